@@ -1,0 +1,46 @@
+//! # metagrad
+//!
+//! A low-level autodiff and kernel engine for computing *gradients through training* (metagradients)
+//! exactly and fast.
+//!
+//! - [`Tensor`]: immutable, contiguous, row-major values in f32/f64 (bf16/f16 for storage).
+//! - [`Var`] and [`Tape`]: tape-based reverse-mode autodiff whose backward pass is itself recorded, so
+//!   [`grad`] with `create_graph = true` returns differentiable gradients: Hessian-vector products
+//!   ([`hvp`]), Jacobian-vector products ([`jvp`]) and backward-over-backward for every op.
+//! - Deterministic CPU kernels on rayon: the same bits for any thread count.
+//! - [`gradcheck`]: finite-difference checks (first and second order) for your own functions.
+//!
+//! ```
+//! use metagrad::{Tape, Tensor, DType, hvp};
+//! # fn main() -> metagrad::Result<()> {
+//! let tape = Tape::new();
+//! let x = tape.var(Tensor::from_vec(vec![1.0f64, 2.0, 3.0], [3])?);
+//! // f(x) = Σ x³, so ∇f = 3x² and H = diag(6x).
+//! let f = x.powf(3.0)?.sum_all()?;
+//! let v = Tensor::ones([3], DType::F64);
+//! let hv = hvp(&f, &[&x], &[v])?;
+//! assert_eq!(hv[0].to_vec::<f64>()?, vec![6.0, 12.0, 18.0]);
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+// Kernels index several buffers with one loop variable; iterator chains would hide the math.
+#![allow(clippy::needless_range_loop)]
+
+pub mod autodiff;
+pub mod backend;
+pub mod device;
+pub mod dtype;
+pub mod error;
+pub mod gradcheck;
+pub mod ops;
+pub mod random;
+pub mod shape;
+pub mod tensor;
+
+pub use autodiff::{grad, grad_with, hvp, is_grad_enabled, jvp, no_grad, vjp, with_grad_mode, GradOptions, Tape, Var};
+pub use device::Device;
+pub use dtype::DType;
+pub use error::{Error, Result};
+pub use ops::conv::Conv2dOpts;
+pub use shape::Shape;
+pub use tensor::Tensor;

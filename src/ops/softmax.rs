@@ -1,0 +1,69 @@
+//! softmax, log_softmax and cross-entropy.
+//!
+//! softmax and log_softmax have fused, max-shifted forward kernels; their VJPs are written in ops
+//! (y∘(g − Σ g∘y) and g − softmax·Σg), so they differentiate again. Cross-entropy is a composite of
+//! log_softmax and gather, so every order of derivative comes from those.
+
+use crate::backend::cpu;
+use crate::dtype::with_float;
+use crate::error::{shape_err, Error, Result};
+use crate::{Tensor, Var};
+
+fn softmax_kernel(op: &'static str, x: &Var, axis: usize, mode: u8) -> Result<Tensor> {
+    let (o, n, i) = x.shape().split_at_axis(axis);
+    with_float!(op, x.dtype(), T => Tensor::from_vec(cpu::softmax_axis(x.value().as_slice::<T>()?, o, n, i, mode), x.shape().clone()))
+}
+
+impl Var {
+    /// exp(x) / Σ exp(x) along `axis`.
+    pub fn softmax(&self, axis: isize) -> Result<Var> {
+        let a = self.shape().axis("softmax", axis)?;
+        let y = softmax_kernel("softmax", self, a, 0)?;
+        Var::record("softmax", y, &[self], move |_, y, g| {
+            let s = g.mul(y)?.sum(&[a as isize], true)?;
+            Ok(vec![Some(y.mul(&g.sub(&s)?)?)])
+        })
+    }
+
+    /// x − log Σ exp(x) along `axis`.
+    pub fn log_softmax(&self, axis: isize) -> Result<Var> {
+        let a = self.shape().axis("log_softmax", axis)?;
+        let y = softmax_kernel("log_softmax", self, a, 1)?;
+        Var::record("log_softmax", y, &[self], move |_, y, g| {
+            let s = g.sum(&[a as isize], true)?;
+            Ok(vec![Some(g.sub(&y.exp()?.mul(&s)?)?)])
+        })
+    }
+
+    /// Per-example cross-entropy of logits [N, C] against integer labels: `−log softmax(x)[i, labels[i]]`,
+    /// shape `[N]`.
+    pub fn cross_entropy_per_example(&self, labels: &[usize]) -> Result<Var> {
+        let d = self.dims();
+        if d.len() != 2 || d[0] != labels.len() {
+            return shape_err("cross_entropy", format!("logits {} need shape [N, C] with N = {} labels", self.shape(), labels.len()));
+        }
+        if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l >= d[1]) {
+            return Err(Error::Invalid {
+                op: "cross_entropy",
+                msg: format!("label {l} of example {i} is out of range for {} classes", d[1]),
+            });
+        }
+        self.log_softmax(1)?.gather(1, labels, [d[0], 1])?.reshape([d[0]])?.neg()
+    }
+
+    /// Mean cross-entropy (1/N)·Σᵢ wᵢ·CEᵢ of logits [N, C] against integer labels, with optional
+    /// per-example weights w of shape `[N]` (differentiable: data weights are metaparameters).
+    pub fn cross_entropy(&self, labels: &[usize], weights: Option<&Var>) -> Result<Var> {
+        let ce = self.cross_entropy_per_example(labels)?;
+        let ce = match weights {
+            Some(w) => {
+                if w.dims() != [labels.len()] {
+                    return shape_err("cross_entropy", format!("weights of shape {} must have shape [{}]", w.shape(), labels.len()));
+                }
+                ce.mul(w)?
+            }
+            None => ce,
+        };
+        ce.mean_all()
+    }
+}

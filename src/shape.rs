@@ -1,0 +1,109 @@
+//! Shapes, strides and broadcasting.
+//!
+//! Tensors are contiguous and row-major, so a shape alone fixes the layout; strides are derived.
+//! Broadcasting follows NumPy: shapes are aligned on the right, and a dimension of size 1 stretches.
+
+use crate::error::{shape_err, Result};
+use std::fmt;
+
+/// The dimensions of a tensor (row-major; the last dimension is contiguous). `[]` is a scalar.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct Shape(Vec<usize>);
+
+impl Shape {
+    /// A shape from its dimensions.
+    pub fn new(dims: impl Into<Vec<usize>>) -> Shape {
+        Shape(dims.into())
+    }
+    /// The dimensions.
+    pub fn dims(&self) -> &[usize] {
+        &self.0
+    }
+    /// Number of dimensions.
+    pub fn rank(&self) -> usize {
+        self.0.len()
+    }
+    /// Number of elements (1 for a scalar).
+    pub fn numel(&self) -> usize {
+        self.0.iter().product()
+    }
+    /// Row-major strides in elements.
+    pub fn strides(&self) -> Vec<usize> {
+        let mut s = vec![1; self.0.len()];
+        for i in (0..self.0.len().saturating_sub(1)).rev() {
+            s[i] = s[i + 1] * self.0[i + 1];
+        }
+        s
+    }
+    /// Resolves a possibly negative axis (−1 is the last) against this shape's rank.
+    pub fn axis(&self, op: &'static str, axis: isize) -> Result<usize> {
+        let r = self.rank() as isize;
+        let a = if axis < 0 { axis + r } else { axis };
+        if a < 0 || a >= r {
+            return shape_err(op, format!("axis {axis} is out of range for shape {self}"));
+        }
+        Ok(a as usize)
+    }
+    /// The product of the dimensions before `axis`, the size of `axis`, and the product after it: the
+    /// (outer, n, inner) view that every axis kernel uses.
+    pub fn split_at_axis(&self, axis: usize) -> (usize, usize, usize) {
+        let d = &self.0;
+        (d[..axis].iter().product(), d[axis], d[axis + 1..].iter().product())
+    }
+    /// The broadcast of two shapes (NumPy rules), or an error naming `op` and both shapes.
+    pub fn broadcast(op: &'static str, a: &Shape, b: &Shape) -> Result<Shape> {
+        let r = a.rank().max(b.rank());
+        let mut out = vec![0; r];
+        for i in 0..r {
+            let da = if i + a.rank() >= r { a.0[i + a.rank() - r] } else { 1 };
+            let db = if i + b.rank() >= r { b.0[i + b.rank() - r] } else { 1 };
+            out[i] = match (da, db) {
+                (x, y) if x == y => x,
+                (1, y) => y,
+                (x, 1) => x,
+                _ => return shape_err(op, format!("shapes {a} and {b} do not broadcast")),
+            };
+        }
+        Ok(Shape(out))
+    }
+    /// Whether `self` can be broadcast to `target`.
+    pub fn broadcasts_to(&self, target: &Shape) -> bool {
+        self.rank() <= target.rank() && self.0.iter().rev().zip(target.0.iter().rev()).all(|(&s, &t)| s == t || s == 1)
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+impl fmt::Debug for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+impl From<Vec<usize>> for Shape {
+    fn from(v: Vec<usize>) -> Shape {
+        Shape(v)
+    }
+}
+impl From<&[usize]> for Shape {
+    fn from(v: &[usize]) -> Shape {
+        Shape(v.to_vec())
+    }
+}
+impl<const N: usize> From<[usize; N]> for Shape {
+    fn from(v: [usize; N]) -> Shape {
+        Shape(v.to_vec())
+    }
+}
+impl From<&Shape> for Shape {
+    fn from(s: &Shape) -> Shape {
+        s.clone()
+    }
+}
+impl From<()> for Shape {
+    fn from(_: ()) -> Shape {
+        Shape(vec![])
+    }
+}
