@@ -28,12 +28,15 @@
 
 pub mod autodiff;
 pub mod backend;
+pub mod data;
 pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod gradcheck;
 pub mod ops;
+pub mod optim;
 pub mod random;
+pub mod replay;
 pub mod shape;
 pub mod tensor;
 

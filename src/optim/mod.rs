@@ -1,0 +1,214 @@
+//! Differentiable optimizer steps: SGD (heavy-ball or Nesterov momentum, coupled weight decay) and
+//! Adam/AdamW with bias correction and `eps_root` inside the square root (paper appendix C, eq. 12).
+//!
+//! Each update has two paths that give **bitwise-identical** states:
+//! - the *taped* path, written with differentiable [`Var`] ops, used in REPLAY's taped step so the new
+//!   state is differentiable with respect to the old state, the gradient (and through it the data) and
+//!   every hyperparameter passed as a tracked scalar (learning rate, momentum, betas, weight decay);
+//! - the *fast* path, one fused pass per tensor with no tape, used for training and replays.
+//!
+//! Bitwise identity holds because the fused kernel performs exactly the same IEEE operations, in the
+//! same order, as the taped ops (every scalar op of the taped path rounds once, as does the kernel's).
+//! Hyperparameters are scalar `Var`s (shape `[]`, the parameters' dtype); use [`scalar`] for constants.
+
+use crate::backend::cpu;
+use crate::dtype::{with_float, Element, Float};
+use crate::error::{invalid, shape_err, Result};
+use crate::{Tensor, Var};
+
+/// A constant scalar hyperparameter of the given dtype.
+pub fn scalar(v: f64, like: &Var) -> Var {
+    Var::constant(Tensor::scalar(v, like.dtype()))
+}
+
+fn check(op: &'static str, params: &[Var], rest: &[&[Var]], hypers: &[&Var]) -> Result<()> {
+    for (i, p) in params.iter().enumerate() {
+        for r in rest {
+            let Some(q) = r.get(i) else {
+                return invalid(op, format!("{} parameters but only {} gradients or buffers", params.len(), r.len()));
+            };
+            if q.shape() != p.shape() || q.dtype() != p.dtype() {
+                return shape_err(
+                    op,
+                    format!("parameter {i} is {} {} but its gradient or buffer is {} {}", p.shape(), p.dtype(), q.shape(), q.dtype()),
+                );
+            }
+        }
+    }
+    for h in hypers {
+        if h.shape().rank() != 0 || params.first().is_some_and(|p| p.dtype() != h.dtype()) {
+            return shape_err(op, format!("hyperparameters must be scalars of the parameters' dtype, got {} {}", h.shape(), h.dtype()));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the update must be recorded (some operand is tracked and recording is on).
+fn taped(all: &[&[Var]], hypers: &[&Var]) -> bool {
+    crate::is_grad_enabled() && (all.iter().any(|s| s.iter().any(Var::is_tracked)) || hypers.iter().any(|h| h.is_tracked()))
+}
+
+fn s<T: Float>(v: &Var) -> Result<T> {
+    Ok(v.value().as_slice::<T>()?[0])
+}
+
+/// SGD with optional heavy-ball or Nesterov momentum and coupled (L2) weight decay, as in PyTorch:
+/// g' = g + wd·θ; v' = μ·v + g'; θ' = θ − lr·v' (Nesterov: θ' = θ − lr·(g' + μ·v')).
+#[derive(Clone, Debug)]
+pub struct Sgd {
+    /// Learning rate.
+    pub lr: Var,
+    /// Momentum μ (`None`: plain SGD, no buffer).
+    pub momentum: Option<Var>,
+    /// Coupled weight decay.
+    pub weight_decay: Var,
+    /// Nesterov momentum (needs `momentum`).
+    pub nesterov: bool,
+}
+
+impl Sgd {
+    /// One step. `bufs` holds one momentum buffer per parameter (empty without momentum). Returns the
+    /// new parameters and buffers.
+    pub fn step(&self, params: &[Var], grads: &[Var], bufs: &[Var]) -> Result<(Vec<Var>, Vec<Var>)> {
+        let mu = self.momentum.as_ref();
+        if self.nesterov && mu.is_none() {
+            return invalid("sgd", "nesterov needs momentum");
+        }
+        let mut hypers = vec![&self.lr, &self.weight_decay];
+        hypers.extend(mu);
+        let bufs_expected: &[&[Var]] = if mu.is_some() { &[grads, bufs] } else { &[grads] };
+        check("sgd", params, bufs_expected, &hypers)?;
+        if mu.is_none() && !bufs.is_empty() {
+            return invalid("sgd", format!("{} momentum buffers given without momentum", bufs.len()));
+        }
+        let (mut new_p, mut new_b) = (Vec::new(), Vec::new());
+        if taped(&[params, grads, bufs], &hypers) {
+            for (i, (p, g)) in params.iter().zip(grads).enumerate() {
+                let g1 = g.add(&p.mul(&self.weight_decay)?)?;
+                let step = match mu {
+                    None => g1,
+                    Some(mu) => {
+                        let v1 = bufs[i].mul(mu)?.add(&g1)?;
+                        let s = if self.nesterov { g1.add(&v1.mul(mu)?)? } else { v1.clone() };
+                        new_b.push(v1);
+                        s
+                    }
+                };
+                new_p.push(p.sub(&step.mul(&self.lr)?)?);
+            }
+            return Ok((new_p, new_b));
+        }
+        for (i, (p, g)) in params.iter().zip(grads).enumerate() {
+            let (np, nb) = with_float!("sgd", p.dtype(), T => {
+                let (lr, wd) = (s::<T>(&self.lr)?, s::<T>(&self.weight_decay)?);
+                let m: Option<T> = mu.map(s::<T>).transpose()?;
+                let nesterov = self.nesterov;
+                let (pv, gv) = (p.value().as_slice::<T>()?, g.value().as_slice::<T>()?);
+                let bv: Option<&[T]> = if m.is_some() { Some(bufs[i].value().as_slice::<T>()?) } else { None };
+                let out = cpu::zip_n(pv.len(), |k| {
+                    let g1 = gv[k] + pv[k] * wd;
+                    let (step, v1) = match (m, bv) {
+                        (Some(m), Some(b)) => {
+                            let v1 = b[k] * m + g1;
+                            (if nesterov { g1 + v1 * m } else { v1 }, v1)
+                        }
+                        _ => (g1, T::ZERO),
+                    };
+                    [pv[k] - step * lr, v1]
+                });
+                let [np, nb] = out;
+                (Tensor::from_vec(np, p.shape().clone())?, Tensor::from_vec(nb, p.shape().clone())?)
+            });
+            new_p.push(Var::constant(np));
+            if mu.is_some() {
+                new_b.push(Var::constant(nb));
+            }
+        }
+        Ok((new_p, new_b))
+    }
+}
+
+/// Adam (coupled weight decay) or AdamW (decoupled), with bias correction and `eps_root`:
+/// m' = β₁m + (1−β₁)g; v' = β₂v + (1−β₂)g²; m̂ = m'/(1−β₁ᵗ⁺¹); v̂ = v'/(1−β₂ᵗ⁺¹);
+/// θ' = θ − lr·(m̂/(√(v̂ + eps_root) + eps) + wd·θ) (AdamW), with g ← g + wd·θ instead for Adam.
+/// `eps_root > 0` keeps the derivative of √ finite at v̂ = 0, which the backward-over-backward needs.
+#[derive(Clone, Debug)]
+pub struct Adam {
+    /// Learning rate.
+    pub lr: Var,
+    /// β₁.
+    pub beta1: Var,
+    /// β₂.
+    pub beta2: Var,
+    /// Added outside the square root.
+    pub eps: f64,
+    /// Added inside the square root.
+    pub eps_root: f64,
+    /// Weight decay (decoupled for AdamW, coupled for Adam).
+    pub weight_decay: Var,
+    /// Decoupled weight decay (AdamW).
+    pub decoupled: bool,
+}
+
+impl Adam {
+    /// One step at step index `t` (bias correction uses t + 1). `m` and `v` hold one buffer per
+    /// parameter. Returns the new parameters, first moments and second moments.
+    pub fn step(&self, t: usize, params: &[Var], grads: &[Var], m: &[Var], v: &[Var]) -> Result<(Vec<Var>, Vec<Var>, Vec<Var>)> {
+        let hypers = [&self.lr, &self.beta1, &self.beta2, &self.weight_decay];
+        check("adam", params, &[grads, m, v], &hypers)?;
+        let p1 = (t + 1) as f64;
+        let (mut np, mut nm, mut nv) = (Vec::new(), Vec::new(), Vec::new());
+        if taped(&[params, grads, m, v], &hypers) {
+            let (b1, b2, wd) = (&self.beta1, &self.beta2, &self.weight_decay);
+            let (c1, c2) = (b1.affine(-1.0, 1.0)?, b2.affine(-1.0, 1.0)?);
+            let (bc1, bc2) = (b1.powf(p1)?.affine(-1.0, 1.0)?, b2.powf(p1)?.affine(-1.0, 1.0)?);
+            for i in 0..params.len() {
+                let p = &params[i];
+                let g = if self.decoupled { grads[i].clone() } else { grads[i].add(&p.mul(wd)?)? };
+                let m1 = m[i].mul(b1)?.add(&g.mul(&c1)?)?;
+                let v1 = v[i].mul(b2)?.add(&g.square()?.mul(&c2)?)?;
+                let denom = v1.div(&bc2)?.add_scalar(self.eps_root)?.sqrt()?.add_scalar(self.eps)?;
+                let mut upd = m1.div(&bc1)?.div(&denom)?;
+                if self.decoupled {
+                    upd = upd.add(&p.mul(wd)?)?;
+                }
+                np.push(p.sub(&upd.mul(&self.lr)?)?);
+                nm.push(m1);
+                nv.push(v1);
+            }
+            return Ok((np, nm, nv));
+        }
+        for i in 0..params.len() {
+            let p = &params[i];
+            let out = with_float!("adam", p.dtype(), T => {
+                let (lr, b1, b2, wd) = (s::<T>(&self.lr)?, s::<T>(&self.beta1)?, s::<T>(&self.beta2)?, s::<T>(&self.weight_decay)?);
+                // The same roundings as the taped path: affine(−1, 1) is one FMA, i.e. fl(1 − b).
+                let one = T::ONE;
+                let (c1, c2) = ((-one).mul_add(b1, one), (-one).mul_add(b2, one));
+                let e = T::from_f64(p1);
+                let (bc1, bc2) = ((-one).mul_add(b1.powf(e), one), (-one).mul_add(b2.powf(e), one));
+                let (er, ep) = (T::from_f64(self.eps_root), T::from_f64(self.eps));
+                let decoupled = self.decoupled;
+                let (pv, gv, mv, vv) = (p.value().as_slice::<T>()?, grads[i].value().as_slice::<T>()?, m[i].value().as_slice::<T>()?, v[i].value().as_slice::<T>()?);
+                let out = cpu::zip_n(pv.len(), |k| {
+                    let g = if decoupled { gv[k] } else { gv[k] + pv[k] * wd };
+                    let m1 = mv[k] * b1 + g * c1;
+                    let v1 = vv[k] * b2 + (g * g) * c2;
+                    let denom = one.mul_add(one.mul_add(v1 / bc2, er).sqrt(), ep);
+                    let mut upd = (m1 / bc1) / denom;
+                    if decoupled {
+                        upd = upd + pv[k] * wd;
+                    }
+                    [pv[k] - upd * lr, m1, v1]
+                });
+                let [a, b, c] = out.map(|o| Tensor::from_vec(o, p.shape().clone()));
+                [a?, b?, c?]
+            });
+            let [a, b, c] = out;
+            np.push(Var::constant(a));
+            nm.push(Var::constant(b));
+            nv.push(Var::constant(c));
+        }
+        Ok((np, nm, nv))
+    }
+}

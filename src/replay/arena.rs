@@ -1,0 +1,140 @@
+//! The checkpoint arena: one allocation, a fixed number of state slots.
+//!
+//! REPLAY keeps at most a few (O(k·log_k T)) optimizer states alive at once. The arena is sized once from
+//! the schedule's slot count and the state's layout, and never grows or frees memory during the
+//! traversal: storing a state copies its bytes into a slot, loading copies them out. Slot indices come
+//! from the schedule, which reuses them LIFO. Asking for a slot past the end is an
+//! [`Error::OutOfMemory`], never a panic. Counters report the peak number of occupied slots, the bytes
+//! held and the copies made.
+
+use crate::error::{Error, Result};
+use crate::{DType, Shape, Tensor};
+
+/// Counters of an [`Arena`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArenaStats {
+    /// Slots allocated.
+    pub slots: usize,
+    /// Bytes per slot (each tensor padded to 8 bytes).
+    pub slot_bytes: usize,
+    /// Bytes allocated in total (`slots · slot_bytes`).
+    pub total_bytes: usize,
+    /// Most slots occupied at once.
+    pub peak_slots: usize,
+    /// States copied in.
+    pub stores: u64,
+    /// States copied out.
+    pub loads: u64,
+    /// Bytes copied in and out.
+    pub bytes_copied: u64,
+}
+
+/// A fixed pool of state slots in one host allocation.
+#[derive(Debug)]
+pub struct Arena {
+    layout: Vec<(Shape, DType, usize)>, // shape, dtype, byte offset within a slot
+    slot_bytes: usize,
+    buf: Vec<u64>,                // u64 backing keeps every tensor 8-byte aligned
+    occupied: Vec<Option<usize>>, // the step each slot holds
+    stats: ArenaStats,
+}
+
+fn describe(state: &[Tensor]) -> String {
+    state.iter().map(|t| format!("{} {}", t.shape(), t.dtype())).collect::<Vec<_>>().join(", ")
+}
+
+impl Arena {
+    /// An arena of `slots` slots, each holding a state laid out like `like` (shapes and dtypes).
+    pub fn new(slots: usize, like: &[Tensor]) -> Result<Arena> {
+        let mut layout = Vec::with_capacity(like.len());
+        let mut off = 0usize;
+        for t in like {
+            layout.push((t.shape().clone(), t.dtype(), off));
+            off += t.size_in_bytes().div_ceil(8) * 8;
+        }
+        let words = (off / 8).checked_mul(slots).ok_or_else(|| Error::OutOfMemory {
+            op: "Arena::new",
+            msg: format!("{slots} slots of {off} bytes overflow the address space"),
+        })?;
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(words).map_err(|_| Error::OutOfMemory {
+            op: "Arena::new",
+            msg: format!("cannot allocate {slots} slots of {off} bytes ({} bytes)", words * 8),
+        })?;
+        buf.resize(words, 0);
+        let stats = ArenaStats { slots, slot_bytes: off, total_bytes: off * slots, ..Default::default() };
+        Ok(Arena { layout, slot_bytes: off, buf, occupied: vec![None; slots], stats })
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> ArenaStats {
+        self.stats
+    }
+
+    fn slot_range(&self, op: &'static str, slot: usize) -> Result<std::ops::Range<usize>> {
+        if slot >= self.occupied.len() {
+            return Err(Error::OutOfMemory { op, msg: format!("slot {slot} requested but the arena has {} slots", self.occupied.len()) });
+        }
+        Ok(slot * self.slot_bytes..(slot + 1) * self.slot_bytes)
+    }
+
+    /// Copies `state` (which is s_step) into the empty slot `slot`.
+    pub fn store(&mut self, slot: usize, step: usize, state: &[Tensor]) -> Result<()> {
+        let range = self.slot_range("Arena::store", slot)?;
+        if let Some(held) = self.occupied[slot] {
+            return Err(Error::Invalid { op: "Arena::store", msg: format!("slot {slot} still holds s_{held}; free it first") });
+        }
+        let fits =
+            state.len() == self.layout.len() && state.iter().zip(&self.layout).all(|(t, (s, d, _))| t.shape() == s && t.dtype() == *d);
+        if !fits {
+            let want: Vec<String> = self.layout.iter().map(|(s, d, _)| format!("{s} {d}")).collect();
+            return Err(Error::Shape {
+                op: "Arena::store",
+                msg: format!("state s_{step} is [{}] but the arena holds [{}]", describe(state), want.join(", ")),
+            });
+        }
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.buf);
+        let dst = &mut bytes[range];
+        for (t, (_, _, off)) in state.iter().zip(&self.layout) {
+            let b = t.as_bytes();
+            dst[*off..*off + b.len()].copy_from_slice(b);
+            self.stats.bytes_copied += b.len() as u64;
+        }
+        self.occupied[slot] = Some(step);
+        self.stats.stores += 1;
+        self.stats.peak_slots = self.stats.peak_slots.max(self.occupied.iter().filter(|o| o.is_some()).count());
+        Ok(())
+    }
+
+    /// Copies slot `slot` out as a state (new tensors); the slot keeps its copy.
+    pub fn load(&mut self, slot: usize) -> Result<Vec<Tensor>> {
+        let range = self.slot_range("Arena::load", slot)?;
+        if self.occupied[slot].is_none() {
+            return Err(Error::Invalid { op: "Arena::load", msg: format!("slot {slot} is empty") });
+        }
+        let bytes: &[u8] = bytemuck::cast_slice(&self.buf);
+        let src = &bytes[range];
+        let mut out = Vec::with_capacity(self.layout.len());
+        for (shape, dtype, off) in &self.layout {
+            let n = shape.numel() * dtype.size_in_bytes();
+            out.push(Tensor::from_bytes(&src[*off..*off + n], *dtype, shape.clone())?);
+            self.stats.bytes_copied += n as u64;
+        }
+        self.stats.loads += 1;
+        Ok(out)
+    }
+
+    /// Marks slot `slot` empty (its memory stays in the arena).
+    pub fn free(&mut self, slot: usize) -> Result<()> {
+        self.slot_range("Arena::free", slot)?;
+        if self.occupied[slot].take().is_none() {
+            return Err(Error::Invalid { op: "Arena::free", msg: format!("slot {slot} is already empty") });
+        }
+        Ok(())
+    }
+
+    /// The step whose state slot `slot` holds, if any.
+    pub fn holds(&self, slot: usize) -> Option<usize> {
+        self.occupied.get(slot).copied().flatten()
+    }
+}

@@ -1,0 +1,270 @@
+//! REPLAY: exact metagradients through training (paper §2.3 and appendix A).
+//!
+//! A training run is a chain s_{t+1} = h_t(s_t, z) for t < T, from a state s_0 (a flat list of tensors:
+//! parameters and optimizer buffers) under metaparameters z (learning-rate schedules, data weights, the
+//! data itself, ...); the user scores the final state with φ(s_T). The metagradient ∂φ(s_T)/∂z is the
+//! reverse pass of that chain: for t = T−1 down to 0, one *taped* step from s_t and one backward give
+//! s̄_t = s̄_{t+1}·∂h_t/∂s_t and the step's share z̄_t = s̄_{t+1}·∂h_t/∂z. Since h_t contains a gradient,
+//! that backward is a backward-over-backward, which the engine's taped backward pass provides natively.
+//!
+//! The reverse pass needs s_{T−1}, …, s_0 in that order. Storing them all (step-wise AD, the paper's
+//! algorithm 2: [`ScheduleKind::StoreAll`]) costs T states; REPLAY's lazy k-ary tree
+//! ([`ScheduleKind::KAry`]) keeps O(k·log_k T) states and replays training about log_k T times;
+//! binomial checkpointing ([`ScheduleKind::Revolve`]) is optimal for a given slot count, and
+//! [`plan::plan`] picks one from a memory budget. All of them give **bitwise-identical** metagradients,
+//! because training is bitwise deterministic: every replayed state equals the original one exactly.
+//!
+//! - [`schedule`]: the schedules (actions: store, restore, advance, reverse, free) and their counters;
+//! - [`arena`]: the fixed checkpoint arena that holds the stored states;
+//! - [`plan`]: the memory-budget planner;
+//! - [`reference`]: the reference problems R1 (SGD with momentum) and R2 (AdamW);
+//! - this module: the [`Training`] abstraction, [`train`], the [`metagradient`] driver, and
+//!   [`metasmoothness`] (the paper's definition 2).
+
+pub mod arena;
+pub mod plan;
+pub mod reference;
+pub mod schedule;
+
+use crate::error::{invalid, Error, Result};
+use crate::{grad, Tape, Tensor, Var};
+use arena::{Arena, ArenaStats};
+pub use schedule::ScheduleKind;
+use schedule::{Action, Schedule};
+
+/// How a step is being run, and the gradient that matches it.
+#[derive(Clone, Copy, Debug)]
+pub struct StepCtx {
+    taped: bool,
+}
+
+impl StepCtx {
+    /// Whether this step is the taped one that REPLAY differentiates (else: training or a replay).
+    pub fn taped(&self) -> bool {
+        self.taped
+    }
+
+    /// ∇loss with respect to `params`: differentiable (recorded, `create_graph`) in a taped step,
+    /// plain constants otherwise. Use this for the training gradient inside [`Training::step`].
+    pub fn grad(&self, loss: &Var, params: &[&Var]) -> Result<Vec<Var>> {
+        grad(loss, params, self.taped)
+    }
+}
+
+/// A deterministic training run, as REPLAY sees it.
+///
+/// `step` must be a pure function of `(t, state, meta)`: choose step t's batch (and any randomness, from
+/// a counter-based generator keyed by t) deterministically from t, so that a replayed step reproduces the
+/// original bit for bit. The optimizers in [`crate::optim`] take the fast untaped path or the taped path
+/// by themselves, with identical results.
+pub trait Training {
+    /// The number of steps T (at least 1).
+    fn steps(&self) -> usize;
+    /// The initial state s_0.
+    fn initial_state(&self) -> Result<Vec<Tensor>>;
+    /// One step h_t(s_t, z) → s_{t+1}. `state` holds variables on a tape (so gradients can be taken with
+    /// [`StepCtx::grad`]); `meta` holds the metaparameters (tracked only in a taped step).
+    fn step(&self, ctx: &StepCtx, t: usize, state: &[Var], meta: &[Var]) -> Result<Vec<Var>>;
+    /// The output function φ(s_T), a scalar.
+    fn output(&self, state: &[Var]) -> Result<Var>;
+}
+
+/// Counters of one metagradient computation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    /// The schedule used.
+    pub kind: Option<ScheduleKind>,
+    /// Training steps T.
+    pub steps: usize,
+    /// Untaped training steps run (including the first forward sweep to s_{T−1}).
+    pub replayed_steps: u64,
+    /// Taped steps (one per t).
+    pub taped_steps: usize,
+    /// The checkpoint arena's counters (slots, bytes, peak slots, copies).
+    pub arena: ArenaStats,
+}
+
+/// The result of [`metagradient`].
+#[derive(Clone, Debug)]
+pub struct MetaGradient {
+    /// φ(s_T).
+    pub phi: f64,
+    /// ∂φ(s_T)/∂z, one tensor per metaparameter tensor.
+    pub grads: Vec<Tensor>,
+    /// Counters.
+    pub stats: ReplayStats,
+}
+
+fn check_state(op: &'static str, t: usize, like: &[Tensor], got: &[Var]) -> Result<()> {
+    let ok = like.len() == got.len() && like.iter().zip(got).all(|(a, b)| a.shape() == b.shape() && a.dtype() == b.dtype());
+    if !ok {
+        let fmt = |it: &mut dyn Iterator<Item = String>| it.collect::<Vec<_>>().join(", ");
+        return Err(Error::Shape {
+            op,
+            msg: format!(
+                "step {t} returned a state [{}] unlike s_0 [{}]",
+                fmt(&mut got.iter().map(|v| format!("{} {}", v.shape(), v.dtype()))),
+                fmt(&mut like.iter().map(|v| format!("{} {}", v.shape(), v.dtype())))
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// One untaped step: state → next state (the inner gradient is first order, nothing is kept).
+fn advance(tr: &impl Training, t: usize, state: Vec<Tensor>, meta: &[Var]) -> Result<Vec<Tensor>> {
+    let tape = Tape::new();
+    let s: Vec<Var> = state.iter().map(|x| tape.var(x.clone())).collect();
+    let out = tr.step(&StepCtx { taped: false }, t, &s, meta)?;
+    check_state("train", t, &state, &out)?;
+    Ok(out.into_iter().map(|v| v.value().clone()).collect())
+}
+
+fn constants(meta: &[Tensor]) -> Vec<Var> {
+    meta.iter().map(|m| Var::constant(m.clone())).collect()
+}
+
+/// Trains from s_0 for T steps (untaped) and returns s_T.
+pub fn train(tr: &impl Training, meta: &[Tensor]) -> Result<Vec<Tensor>> {
+    let z = constants(meta);
+    let mut s = tr.initial_state()?;
+    for t in 0..tr.steps() {
+        s = advance(tr, t, s, &z)?;
+    }
+    Ok(s)
+}
+
+/// φ(s_T) after a plain training run.
+pub fn evaluate(tr: &impl Training, meta: &[Tensor]) -> Result<f64> {
+    let s = train(tr, meta)?;
+    let vars: Vec<Var> = s.into_iter().map(Var::constant).collect();
+    crate::no_grad(|| tr.output(&vars)?.value().to_scalar())
+}
+
+/// The metagradient ∂φ(s_T)/∂z by reversing training under `kind`'s checkpoint schedule (REPLAY's lazy
+/// k-ary tree, revolve, or store-all step-wise AD). A NaN or infinity in the reverse pass is an
+/// [`Error::NonFinite`] naming the step that produced it.
+pub fn metagradient(tr: &impl Training, meta: &[Tensor], kind: ScheduleKind) -> Result<MetaGradient> {
+    let steps = tr.steps();
+    if steps == 0 {
+        return invalid("metagradient", "training has T = 0 steps: there is nothing to differentiate");
+    }
+    let schedule = Schedule::new(kind, steps)?;
+    let s0 = tr.initial_state()?;
+    let mut arena = Arena::new(schedule.slots(), &s0)?;
+    let zc = constants(meta);
+    let mut working: Option<Vec<Tensor>> = Some(s0.clone());
+    let mut sbar: Vec<Tensor> = Vec::new();
+    let mut zbar: Option<Vec<Var>> = None;
+    let mut phi = f64::NAN;
+    let mut stats = ReplayStats { kind: Some(kind), steps, ..Default::default() };
+    let lost = |what: &str| Error::Invalid { op: "metagradient", msg: format!("schedule {what} without a valid working state") };
+    schedule.for_each(&mut |action| {
+        match action {
+            Action::Store { slot, step } => arena.store(slot, step, working.as_ref().ok_or_else(|| lost("stores"))?)?,
+            Action::Restore { slot, .. } => working = Some(arena.load(slot)?),
+            Action::Free { slot } => arena.free(slot)?,
+            Action::Advance { from, to } => {
+                let mut s = working.take().ok_or_else(|| lost("advances"))?;
+                for t in from..to {
+                    s = advance(tr, t, s, &zc)?;
+                }
+                stats.replayed_steps += (to - from) as u64;
+                working = Some(s);
+            }
+            Action::Reverse { step: t } => {
+                let s = working.take().ok_or_else(|| lost("reverses"))?;
+                let tape = Tape::new();
+                let sv: Vec<Var> = s.iter().map(|x| tape.var(x.clone())).collect();
+                let zv: Vec<Var> = meta.iter().map(|x| tape.var(x.clone())).collect();
+                let out = tr.step(&StepCtx { taped: true }, t, &sv, &zv)?;
+                check_state("metagradient", t, &s0, &out)?;
+                let objective = if t + 1 == steps {
+                    let y = tr.output(&out)?;
+                    phi = y.value().to_scalar()?;
+                    y
+                } else {
+                    // ⟨s̄_{t+1}, h_t(s_t, z)⟩: its gradient is the vector-Jacobian product we need.
+                    let mut acc: Option<Var> = None;
+                    for (o, b) in out.iter().zip(&sbar) {
+                        let d = o.mul(&Var::constant(b.clone()))?.sum_all()?;
+                        acc = Some(match acc {
+                            None => d,
+                            Some(a) => a.add(&d)?,
+                        });
+                    }
+                    acc.ok_or_else(|| Error::Invalid { op: "metagradient", msg: "the state is empty".into() })?
+                };
+                let wrt: Vec<&Var> = sv.iter().chain(&zv).collect();
+                let mut g = grad(&objective, &wrt, false)?;
+                let gz = g.split_off(sv.len());
+                for (i, x) in g.iter().enumerate() {
+                    if !x.value().all_finite() {
+                        return Err(Error::NonFinite { step: t, msg: format!("the adjoint of state tensor {i} (shape {})", x.shape()) });
+                    }
+                }
+                for (j, x) in gz.iter().enumerate() {
+                    if !x.value().all_finite() {
+                        return Err(Error::NonFinite {
+                            step: t,
+                            msg: format!("the metagradient contribution to meta tensor {j} (shape {})", x.shape()),
+                        });
+                    }
+                }
+                sbar = g.into_iter().map(|v| v.value().clone()).collect();
+                zbar = Some(match zbar.take() {
+                    None => gz,
+                    Some(acc) => acc.iter().zip(&gz).map(|(a, b)| a.add(b)).collect::<Result<_>>()?,
+                });
+                stats.taped_steps += 1;
+            }
+        }
+        Ok(())
+    })?;
+    stats.arena = arena.stats();
+    let grads = zbar.ok_or_else(|| Error::Invalid { op: "metagradient", msg: "the schedule reversed no step".into() })?;
+    Ok(MetaGradient { phi, grads: grads.into_iter().map(|v| v.value().clone()).collect(), stats })
+}
+
+/// Empirical (h, v)-metasmoothness of a learning algorithm A at z (paper definition 2):
+/// with θ₀ = A(z), θ_h = A(z + h·v), θ_2h = A(z + 2h·v), Δ₀ = (θ_h − θ₀)/h, Δ₁ = (θ_2h − θ_h)/h and
+/// d = |θ_2h − θ₀|, returns Σᵢ sign(Δ₁ᵢ)·dᵢ/‖d‖₁·sign(Δ₀ᵢ) ∈ [−1, 1]: the d-weighted agreement in sign
+/// of two successive finite-difference metagradients. `a` maps metaparameters to model parameters.
+/// Returns 0 when θ does not move at all.
+pub fn metasmoothness(a: impl Fn(&[Tensor]) -> Result<Vec<Tensor>>, z: &[Tensor], v: &[Tensor], h: f64) -> Result<f64> {
+    if h.is_nan() || h <= 0.0 {
+        return invalid("metasmoothness", format!("step h = {h} must be positive"));
+    }
+    if z.len() != v.len() || z.iter().zip(v).any(|(a, b)| a.shape() != b.shape()) {
+        return invalid("metasmoothness", "the direction v must have the metaparameters' shapes");
+    }
+    let shifted = |c: f64| -> Result<Vec<Tensor>> {
+        z.iter()
+            .zip(v)
+            .map(|(z, v)| {
+                let d: Vec<f64> = z.to_vec_f64().iter().zip(v.to_vec_f64()).map(|(a, b)| a + c * b).collect();
+                Ok(Tensor::from_vec(d, z.shape().clone())?.to_dtype(z.dtype()))
+            })
+            .collect()
+    };
+    let flat = |ts: Vec<Tensor>| -> Vec<f64> { ts.iter().flat_map(|t| t.to_vec_f64()).collect() };
+    let (t0, th, t2h) = (flat(a(z)?), flat(a(&shifted(h)?)?), flat(a(&shifted(2.0 * h)?)?));
+    if t0.len() != th.len() || t0.len() != t2h.len() {
+        return invalid("metasmoothness", "the algorithm returned parameters of different sizes");
+    }
+    let d: Vec<f64> = t2h.iter().zip(&t0).map(|(a, b)| (a - b).abs()).collect();
+    let norm: f64 = d.iter().sum();
+    if norm == 0.0 {
+        return Ok(0.0);
+    }
+    let sign = |x: f64| {
+        if x > 0.0 {
+            1.0
+        } else if x < 0.0 {
+            -1.0
+        } else {
+            0.0
+        }
+    };
+    Ok((0..d.len()).map(|i| sign((t2h[i] - th[i]) / h) * d[i] / norm * sign((th[i] - t0[i]) / h)).sum())
+}
