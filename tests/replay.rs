@@ -1,0 +1,211 @@
+//! REPLAY end to end: metagradients of the reference problems against finite differences of the whole
+//! training function, bitwise equality across schedules, exact counters, the optimizers' two paths,
+//! and errors.
+
+use metagrad::optim::{scalar, Adam, Sgd};
+use metagrad::replay::reference::{Reference, ReferenceProblem};
+use metagrad::replay::schedule::{kary_replayed_steps, revolve_replayed_steps, Schedule};
+use metagrad::replay::{evaluate, metagradient, metasmoothness, ScheduleKind, StepCtx, Training};
+use metagrad::{DType, Error, Result, Tape, Tensor, Var};
+
+/// φ(z) with coordinate `i` of meta tensor `m` shifted by `d`.
+fn phi_shifted(p: &ReferenceProblem, m: usize, i: usize, d: f64) -> f64 {
+    let mut z = p.initial_meta();
+    let mut v = z[m].to_vec_f64();
+    v[i] += d;
+    z[m] = Tensor::from_vec(v, z[m].shape().clone()).unwrap();
+    evaluate(p, &z).unwrap()
+}
+
+#[test]
+fn reference_metagradients_match_finite_differences() {
+    for kind in [Reference::R1, Reference::R2] {
+        let p = ReferenceProblem::new(kind, DType::F64);
+        let mg = metagradient(&p, &p.initial_meta(), ScheduleKind::KAry { k: 2 }).unwrap();
+        assert!((mg.phi - evaluate(&p, &p.initial_meta()).unwrap()).abs() == 0.0, "phi equals a plain training run");
+        // Every learning-rate keypoint and a spread of data weights.
+        let coords: Vec<(usize, usize)> = (0..5).map(|i| (0, i)).chain([0, 7, 31, 50, 63].map(|i| (1, i))).collect();
+        for (m, i) in coords {
+            let h = if m == 0 && kind == Reference::R2 { 1e-6 } else { 1e-5 };
+            let fd = (phi_shifted(&p, m, i, h) - phi_shifted(&p, m, i, -h)) / (2.0 * h);
+            let a = mg.grads[m].to_vec_f64()[i];
+            let rel = (a - fd).abs() / a.abs().max(fd.abs());
+            assert!(rel <= 1e-5, "{kind:?} meta {m}[{i}]: metagradient {a:e} vs finite difference {fd:e} (rel {rel:e})");
+        }
+    }
+}
+
+#[test]
+fn replay_equals_stepwise_bit_for_bit() {
+    for kind in [Reference::R1, Reference::R2] {
+        let p = ReferenceProblem::new(kind, DType::F64);
+        let z = p.initial_meta();
+        let base = metagradient(&p, &z, ScheduleKind::StoreAll).unwrap();
+        for sk in
+            [ScheduleKind::KAry { k: 2 }, ScheduleKind::KAry { k: 3 }, ScheduleKind::KAry { k: 7 }, ScheduleKind::Revolve { slots: 4 }]
+        {
+            let mg = metagradient(&p, &z, sk).unwrap();
+            assert_eq!(mg.phi.to_bits(), base.phi.to_bits(), "{kind:?} {sk:?}: phi");
+            for (a, b) in mg.grads.iter().zip(&base.grads) {
+                assert!(a.bit_eq(b), "{kind:?} {sk:?}: metagradient differs from step-wise AD");
+            }
+            // Counters: the replays the schedule promises, and the k-ary storage bound k·⌈log_k T⌉ + 1.
+            let t = p.steps();
+            let expected = match sk {
+                ScheduleKind::KAry { k } => kary_replayed_steps(t, k).unwrap(),
+                ScheduleKind::Revolve { slots } => revolve_replayed_steps(t, slots).unwrap(),
+                ScheduleKind::StoreAll => unreachable!(),
+            };
+            assert_eq!(mg.stats.replayed_steps, expected, "{kind:?} {sk:?}");
+            assert_eq!(mg.stats.taped_steps, t);
+            assert!(mg.stats.arena.peak_slots <= Schedule::new(sk, t).unwrap().slots());
+            if let ScheduleKind::KAry { k } = sk {
+                let depth = (t as f64).log(k as f64).ceil() as usize;
+                assert!(mg.stats.arena.peak_slots <= k * depth + 1);
+            }
+        }
+        assert_eq!(base.stats.replayed_steps, p.steps() as u64 - 1);
+    }
+}
+
+#[test]
+fn f32_reference_is_close_to_f64() {
+    let (p64, p32) = (ReferenceProblem::new(Reference::R1, DType::F64), ReferenceProblem::new(Reference::R1, DType::F32));
+    let (a, b) = (
+        metagradient(&p64, &p64.initial_meta(), ScheduleKind::KAry { k: 4 }).unwrap(),
+        metagradient(&p32, &p32.initial_meta(), ScheduleKind::KAry { k: 4 }).unwrap(),
+    );
+    assert!((a.phi - b.phi).abs() < 1e-5 * a.phi.abs());
+    for (x, y) in a.grads[0].to_vec_f64().iter().zip(b.grads[0].to_vec_f64()) {
+        assert!((x - y).abs() < 1e-3 * x.abs().max(1e-3), "{x} vs {y}");
+    }
+}
+
+fn rand(shape: &[usize], seed: u64, dt: DType) -> Tensor {
+    Tensor::randn(shape.to_vec(), dt, seed)
+}
+
+/// The fast (untaped, fused) and taped optimizer paths must give the same bits.
+#[test]
+fn optimizer_paths_are_bitwise_identical() {
+    for dt in [DType::F32, DType::F64] {
+        let shapes = [vec![3, 5], vec![7], vec![]];
+        let mk = |seed: u64| -> Vec<Tensor> { shapes.iter().enumerate().map(|(i, s)| rand(s, seed * 10 + i as u64, dt)).collect() };
+        let (p, g, b) = (mk(1), mk(2), mk(3));
+        let v: Vec<Tensor> = mk(4)
+            .iter()
+            .map(|t| Tensor::from_vec(t.to_vec_f64().iter().map(|x| x * x).collect::<Vec<_>>(), t.shape().clone()).unwrap().to_dtype(dt))
+            .collect();
+        let consts = |ts: &[Tensor]| -> Vec<Var> { ts.iter().map(|t| Var::constant(t.clone())).collect() };
+        let tape = Tape::new();
+        let tracked = |ts: &[Tensor]| -> Vec<Var> { ts.iter().map(|t| tape.var(t.clone())).collect() };
+        let same = |a: &[Var], b: &[Var], what: &str| {
+            for (x, y) in a.iter().zip(b) {
+                assert!(y.is_tracked(), "{what}: taped path must be tracked");
+                assert!(!x.is_tracked(), "{what}: fast path must be untracked");
+                assert!(x.value().bit_eq(y.value()), "{what} {dt}: fast {:?} vs taped {:?}", x.value(), y.value());
+            }
+        };
+        let p0 = Var::constant(p[0].clone());
+        for (mom, nesterov) in [(None, false), (Some(0.9), false), (Some(0.8), true)] {
+            let opt = Sgd { lr: scalar(0.05, &p0), momentum: mom.map(|m| scalar(m, &p0)), weight_decay: scalar(1e-3, &p0), nesterov };
+            let bufs = |f: &dyn Fn(&[Tensor]) -> Vec<Var>| if mom.is_some() { f(&b) } else { vec![] };
+            let fast = opt.step(&consts(&p), &consts(&g), &bufs(&consts)).unwrap();
+            let slow = opt.step(&tracked(&p), &tracked(&g), &bufs(&tracked)).unwrap();
+            same(&fast.0, &slow.0, "sgd params");
+            same(&fast.1, &slow.1, "sgd buffers");
+        }
+        for decoupled in [false, true] {
+            let opt = Adam {
+                lr: scalar(1e-2, &p0),
+                beta1: scalar(0.9, &p0),
+                beta2: scalar(0.999, &p0),
+                eps: 1e-8,
+                eps_root: 1e-9,
+                weight_decay: scalar(0.05, &p0),
+                decoupled,
+            };
+            let fast = opt.step(6, &consts(&p), &consts(&g), &consts(&b), &consts(&v)).unwrap();
+            let slow = opt.step(6, &tracked(&p), &tracked(&g), &tracked(&b), &tracked(&v)).unwrap();
+            same(&fast.0, &slow.0, "adam params");
+            same(&fast.1, &slow.1, "adam m");
+            same(&fast.2, &slow.2, "adam v");
+        }
+    }
+}
+
+/// x_{t+1} = x_t + sqrt(x_t − c) with c = x_5 at step 5: the derivative of √ at 0 is infinite there.
+struct Blowup;
+impl Training for Blowup {
+    fn steps(&self) -> usize {
+        8
+    }
+    fn initial_state(&self) -> Result<Vec<Tensor>> {
+        Ok(vec![Tensor::from_vec(vec![1.0f64, 2.0], [2])?])
+    }
+    fn step(&self, _: &StepCtx, t: usize, s: &[Var], z: &[Var]) -> Result<Vec<Var>> {
+        let x = s[0].mul(&z[0])?;
+        let kink = if t == 5 { x.sub(&x.detach())?.sqrt()? } else { x.mul_scalar(0.0)? };
+        Ok(vec![x.add(&kink)?])
+    }
+    fn output(&self, s: &[Var]) -> Result<Var> {
+        s[0].sum_all()
+    }
+}
+
+#[test]
+fn non_finite_adjoint_names_the_step() {
+    let z = vec![Tensor::scalar(1.01, DType::F64)];
+    match metagradient(&Blowup, &z, ScheduleKind::KAry { k: 2 }) {
+        Err(Error::NonFinite { step, msg }) => {
+            assert_eq!(step, 5, "{msg}");
+            assert!(Error::NonFinite { step, msg }.to_string().contains("step 5"));
+        }
+        other => panic!("expected NonFinite at step 5, got {other:?}"),
+    }
+}
+
+struct NoSteps;
+impl Training for NoSteps {
+    fn steps(&self) -> usize {
+        0
+    }
+    fn initial_state(&self) -> Result<Vec<Tensor>> {
+        Ok(vec![Tensor::zeros([1], DType::F64)])
+    }
+    fn step(&self, _: &StepCtx, _: usize, s: &[Var], _: &[Var]) -> Result<Vec<Var>> {
+        Ok(s.to_vec())
+    }
+    fn output(&self, s: &[Var]) -> Result<Var> {
+        s[0].sum_all()
+    }
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let e = metagradient(&NoSteps, &[], ScheduleKind::KAry { k: 2 }).unwrap_err();
+    assert!(e.to_string().contains("T = 0"), "{e}");
+    let p = ReferenceProblem::new(Reference::R1, DType::F64);
+    let e = metagradient(&p, &p.initial_meta(), ScheduleKind::KAry { k: 1 }).unwrap_err();
+    assert!(matches!(e, Error::Invalid { .. }) && e.to_string().contains('k'), "{e}");
+    let bad = vec![Tensor::ones([4], DType::F64), Tensor::ones([64], DType::F64)];
+    let e = metagradient(&p, &bad, ScheduleKind::KAry { k: 2 }).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("[4]"), "{e}");
+}
+
+#[test]
+fn metasmoothness_of_simple_algorithms() {
+    let z = vec![Tensor::from_vec(vec![0.5f64, -1.0, 2.0], [3]).unwrap()];
+    let v = vec![Tensor::from_vec(vec![1.0f64, 1.0, 1.0], [3]).unwrap()];
+    // A linear algorithm has the same finite-difference metagradient everywhere: S = 1.
+    let linear = |z: &[Tensor]| Ok(vec![Tensor::from_vec(z[0].to_vec_f64().iter().map(|x| 3.0 * x - 1.0).collect::<Vec<_>>(), [3])?]);
+    assert!((metasmoothness(linear, &z, &v, 0.1).unwrap() - 1.0).abs() < 1e-12);
+    // θ = −(z − z₀ − 1.2h)² turns around between the two differences in every coordinate: Δ₀ > 0 > Δ₁, S = −1.
+    let h = 0.1;
+    let z1 = z[0].to_vec_f64();
+    let skew = move |zz: &[Tensor]| {
+        let th: Vec<f64> = zz[0].to_vec_f64().iter().zip(&z1).map(|(x, c)| -(x - c - 1.2 * h).powi(2)).collect();
+        Ok(vec![Tensor::from_vec(th, [3])?])
+    };
+    assert!((metasmoothness(skew, &z, &v, h).unwrap() + 1.0).abs() < 1e-12);
+}
