@@ -209,3 +209,30 @@ fn metasmoothness_of_simple_algorithms() {
     };
     assert!((metasmoothness(skew, &z, &v, h).unwrap() + 1.0).abs() < 1e-12);
 }
+
+#[test]
+fn arena_stores_loads_and_refuses_bad_requests() {
+    use metagrad::replay::arena::Arena;
+    let state = vec![rand(&[3, 2], 1, DType::F64), rand(&[5], 2, DType::F32), Tensor::scalar(7.0, DType::F64)];
+    let mut a = Arena::new(2, &state).unwrap();
+    // Each tensor padded to 8 bytes: 48 + 24 (20 rounded up) + 8.
+    assert_eq!(a.stats().slot_bytes, 80);
+    assert_eq!(a.stats().total_bytes, 160);
+    a.store(1, 4, &state).unwrap();
+    assert_eq!(a.holds(1), Some(4));
+    let back = a.load(1).unwrap();
+    for (x, y) in back.iter().zip(&state) {
+        assert!(x.bit_eq(y));
+    }
+    assert!(matches!(a.store(1, 5, &state), Err(Error::Invalid { .. })), "occupied slot");
+    assert!(matches!(a.store(2, 5, &state), Err(Error::OutOfMemory { .. })), "past the last slot");
+    assert!(matches!(a.load(0), Err(Error::Invalid { .. })), "empty slot");
+    let e = a.store(0, 5, &state[..2]).unwrap_err();
+    assert!(e.to_string().contains("[3, 2] f64"), "{e}");
+    a.store(0, 0, &state).unwrap();
+    a.free(1).unwrap();
+    assert!(matches!(a.free(1), Err(Error::Invalid { .. })), "double free");
+    let s = a.stats();
+    assert_eq!((s.stores, s.loads, s.peak_slots), (2, 1, 2));
+    assert_eq!(s.bytes_copied, 3 * (48 + 20 + 8));
+}
