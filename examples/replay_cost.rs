@@ -8,7 +8,8 @@
 //! ```
 //! Theory: time ≈ (replayed_steps / T) training runs of untaped steps, plus T taped steps, each a
 //! forward, a backward with `create_graph`, and a backward-over-backward; `taped_step_over_step` below is
-//! that per-step cost in untaped steps, derived from the measurements.
+//! that per-step cost in untaped steps, from the driver's clocks (`ReplayStats::taped_seconds` and
+//! `replay_seconds`).
 
 use metagrad::replay::reference::{Reference, ReferenceProblem};
 use metagrad::replay::{metagradient, train, ScheduleKind, Training};
@@ -53,8 +54,9 @@ fn main() -> metagrad::Result<()> {
         let mg = last.expect("reps ≥ 1");
         let ms = median(times);
         let replays = mg.stats.replayed_steps as f64 / t_steps;
-        let step_ms = train_ms / t_steps;
-        let taped = (ms - mg.stats.replayed_steps as f64 * step_ms) / t_steps / step_ms;
+        // The taped step's cost in untaped steps, from the driver's own clocks.
+        let per_replay = mg.stats.replay_seconds / (mg.stats.replayed_steps.max(1) as f64);
+        let taped = mg.stats.taped_seconds / t_steps / per_replay;
         rows.push(format!(
             "\"{name}\": {{\"metagradient_ms\": {ms:.3}, \"over_training\": {:.3}, \"replayed_steps\": {}, \"replayed_per_step\": {replays:.3}, \"taped_step_over_step\": {taped:.3}, \"peak_states\": {}, \"arena_bytes\": {}}}",
             ms / train_ms,

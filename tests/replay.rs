@@ -236,3 +236,22 @@ fn arena_stores_loads_and_refuses_bad_requests() {
     assert_eq!((s.stores, s.loads, s.peak_slots), (2, 1, 2));
     assert_eq!(s.bytes_copied, 3 * (48 + 20 + 8));
 }
+
+#[test]
+fn planned_schedule_fits_its_budget_and_matches_stepwise() {
+    use metagrad::replay::plan::{plan, StateBytes};
+    let p = ReferenceProblem::new(Reference::R2, DType::F64);
+    let z = p.initial_meta();
+    let sizes = StateBytes::of(&p.initial_state().unwrap(), &z);
+    // Room for 5 slots besides the working state and the adjoint.
+    let budget = 6 * sizes.state + sizes.adjoint;
+    let pl = plan(budget, sizes, p.steps()).unwrap();
+    assert_eq!(pl.kind, ScheduleKind::Revolve { slots: 5 });
+    let mg = metagradient(&p, &z, pl.kind).unwrap();
+    assert_eq!(mg.stats.replayed_steps, pl.expected_replayed_steps);
+    assert!(mg.stats.arena.total_bytes as u64 <= budget - sizes.state - sizes.adjoint);
+    let base = metagradient(&p, &z, ScheduleKind::StoreAll).unwrap();
+    assert!(mg.grads.iter().zip(&base.grads).all(|(a, b)| a.bit_eq(b)));
+    let e = plan(sizes.state + sizes.adjoint, sizes, p.steps()).unwrap_err();
+    assert!(matches!(e, Error::OutOfMemory { .. }), "{e}");
+}

@@ -520,3 +520,48 @@ fn plan_display_and_kary() {
     assert!(matches!(plan(1 << 40, SIZES, 0), Err(Error::Invalid { .. })));
     assert!(peak_bytes(usize::MAX, SIZES).is_err());
 }
+
+mod tiered {
+    use metagrad::replay::plan::{plan, plan_tiered, StateBytes, Tiers};
+    use metagrad::replay::schedule::ScheduleKind;
+
+    const SIZES: StateBytes = StateBytes { state: 1000, adjoint: 2000 };
+
+    #[test]
+    fn no_slow_memory_is_the_single_tier_plan() {
+        let t = plan_tiered(Tiers { fast_bytes: 10_000, slow_bytes: 0, copy_steps: 1.0 }, SIZES, 500).unwrap();
+        assert_eq!(t.plan, plan(10_000, SIZES, 500).unwrap());
+        assert_eq!((t.slow_slots, t.slow_copies), (0, 0));
+        assert_eq!(t.cost_steps, t.plan.expected_replayed_steps as f64);
+    }
+
+    #[test]
+    fn free_copies_use_all_slow_memory_and_costly_copies_none() {
+        // Fast memory: 7 slots; slow: 20 more. With free copies more slots always replay less.
+        let free = plan_tiered(Tiers { fast_bytes: 10_000, slow_bytes: 20_000, copy_steps: 0.0 }, SIZES, 500).unwrap();
+        assert_eq!((free.fast_slots, free.slow_slots), (7, 20));
+        assert!(free.plan.expected_replayed_steps < plan(10_000, SIZES, 500).unwrap().expected_replayed_steps);
+        let dear = plan_tiered(Tiers { fast_bytes: 10_000, slow_bytes: 20_000, copy_steps: 1e9 }, SIZES, 500).unwrap();
+        assert_eq!(dear.slow_slots, 0);
+        // Everything fits in slow memory: store-all, T − 1 slots.
+        let all = plan_tiered(Tiers { fast_bytes: 10_000, slow_bytes: 10_000_000, copy_steps: 0.0 }, SIZES, 500).unwrap();
+        assert_eq!(all.plan.kind, ScheduleKind::StoreAll);
+    }
+
+    #[test]
+    fn store_all_traffic_is_one_store_and_one_restore_per_slow_slot() {
+        // T = 5: store-all keeps s_0..s_3 in 4 slots; each is stored once and restored once. With free
+        // copies it wins (4 replayed steps against revolve's 5 with 3 slots).
+        let t = plan_tiered(Tiers { fast_bytes: 4_000, slow_bytes: 1_000_000, copy_steps: 0.0 }, SIZES, 5).unwrap();
+        assert_eq!(t.plan.kind, ScheduleKind::StoreAll);
+        assert_eq!((t.fast_slots, t.slow_slots, t.slow_copies), (1, 3, 6));
+        assert_eq!(t.cost_steps, 4.0);
+    }
+
+    #[test]
+    fn bad_arguments_are_errors() {
+        assert!(plan_tiered(Tiers { fast_bytes: 10_000, slow_bytes: 0, copy_steps: f64::NAN }, SIZES, 10).is_err());
+        let e = plan_tiered(Tiers { fast_bytes: 100, slow_bytes: 1 << 30, copy_steps: 1.0 }, SIZES, 10).unwrap_err();
+        assert!(e.to_string().contains("at least"), "{e}");
+    }
+}

@@ -31,6 +31,7 @@ use crate::{grad, Tape, Tensor, Var};
 use arena::{Arena, ArenaStats};
 pub use schedule::ScheduleKind;
 use schedule::{Action, Schedule};
+use std::time::Instant;
 
 /// How a step is being run, and the gradient that matches it.
 #[derive(Clone, Copy, Debug)]
@@ -70,7 +71,7 @@ pub trait Training {
 }
 
 /// Counters of one metagradient computation.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ReplayStats {
     /// The schedule used.
     pub kind: Option<ScheduleKind>,
@@ -82,6 +83,10 @@ pub struct ReplayStats {
     pub taped_steps: usize,
     /// The checkpoint arena's counters (slots, bytes, peak slots, copies).
     pub arena: ArenaStats,
+    /// Wall-clock seconds spent in untaped (replayed) steps.
+    pub replay_seconds: f64,
+    /// Wall-clock seconds spent in taped steps and their backward-over-backward.
+    pub taped_seconds: f64,
 }
 
 /// The result of [`metagradient`].
@@ -166,14 +171,17 @@ pub fn metagradient(tr: &impl Training, meta: &[Tensor], kind: ScheduleKind) -> 
             Action::Free { slot } => arena.free(slot)?,
             Action::Advance { from, to } => {
                 let mut s = working.take().ok_or_else(|| lost("advances"))?;
+                let clock = Instant::now();
                 for t in from..to {
                     s = advance(tr, t, s, &zc)?;
                 }
+                stats.replay_seconds += clock.elapsed().as_secs_f64();
                 stats.replayed_steps += (to - from) as u64;
                 working = Some(s);
             }
             Action::Reverse { step: t } => {
                 let s = working.take().ok_or_else(|| lost("reverses"))?;
+                let clock = Instant::now();
                 let tape = Tape::new();
                 let sv: Vec<Var> = s.iter().map(|x| tape.var(x.clone())).collect();
                 let zv: Vec<Var> = meta.iter().map(|x| tape.var(x.clone())).collect();
@@ -217,6 +225,7 @@ pub fn metagradient(tr: &impl Training, meta: &[Tensor], kind: ScheduleKind) -> 
                     Some(acc) => acc.iter().zip(&gz).map(|(a, b)| a.add(b)).collect::<Result<_>>()?,
                 });
                 stats.taped_steps += 1;
+                stats.taped_seconds += clock.elapsed().as_secs_f64();
             }
         }
         Ok(())

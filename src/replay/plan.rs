@@ -13,7 +13,8 @@
 //! [`plan`] is an [`Error::OutOfMemory`] that states that minimum.
 
 use crate::error::{Error, Result};
-use crate::replay::schedule::{Schedule, ScheduleKind};
+use crate::replay::schedule::{Action, Schedule, ScheduleKind};
+use crate::Tensor;
 use std::fmt;
 
 /// Memory sizes of one training run, in bytes.
@@ -23,6 +24,17 @@ pub struct StateBytes {
     pub state: u64,
     /// Bytes the backward needs beside the states: the adjoint `s̄` and the taped step's working memory.
     pub adjoint: u64,
+}
+
+impl StateBytes {
+    /// The sizes of a run whose states look like `state` and whose metaparameters look like `meta`: the
+    /// adjoint holds one state-sized s̄ and one metaparameter-sized z̄. Add the taped step's own working
+    /// memory (activations of one forward, backward and backward-over-backward) to `adjoint` if it matters
+    /// next to the states.
+    pub fn of(state: &[Tensor], meta: &[Tensor]) -> StateBytes {
+        let bytes = |ts: &[Tensor]| ts.iter().map(|t| t.size_in_bytes() as u64).sum::<u64>();
+        StateBytes { state: bytes(state), adjoint: bytes(state) + bytes(meta) }
+    }
 }
 
 /// A chosen schedule with its cost.
@@ -136,6 +148,99 @@ impl fmt::Display for Plan {
             if self.slots == 1 { "" } else { "s" },
             self.expected_replayed_steps,
             human_bytes(self.peak_bytes)
+        )
+    }
+}
+
+/// Two memory tiers for checkpoint slots: fast memory (device memory on a GPU) holds the working state,
+/// the adjoint and as many slots as fit; slow memory (pinned host memory) holds more slots, each store
+/// into or restore from it costing a copy. On the CPU backend both tiers are the same host memory and
+/// [`plan`] is all there is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tiers {
+    /// Fast-memory budget in bytes (working state, adjoint and fast slots).
+    pub fast_bytes: u64,
+    /// Slow-memory budget in bytes (slow slots only).
+    pub slow_bytes: u64,
+    /// The cost of copying one state between the tiers, in training-step units (e.g. state bytes over
+    /// the link bandwidth, divided by the time of one untaped step).
+    pub copy_steps: f64,
+}
+
+/// A plan over two memory tiers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TieredPlan {
+    /// The schedule and its single-tier cost (its `peak_bytes` counts both tiers together).
+    pub plan: Plan,
+    /// Slots in fast memory.
+    pub fast_slots: usize,
+    /// Slots in slow memory: the schedule's least-used slot indices.
+    pub slow_slots: usize,
+    /// Stores and restores that touch slow slots (each one copy between the tiers).
+    pub slow_copies: u64,
+    /// Expected cost in training steps: replayed steps + copies·copy_steps.
+    pub cost_steps: f64,
+}
+
+/// Per-slot count of stores and restores of a schedule.
+fn slot_traffic(schedule: &Schedule) -> Result<Vec<u64>> {
+    let mut counts = vec![0u64; schedule.slots()];
+    schedule.for_each(&mut |a| {
+        if let Action::Store { slot, .. } | Action::Restore { slot, .. } = a {
+            if let Some(c) = counts.get_mut(slot) {
+                *c += 1;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(counts)
+}
+
+/// The cheapest schedule over two tiers: for each candidate slot count from what fits in fast memory up
+/// to what fits in both, revolve (or StoreAll) with that many slots, its least-used slots placed in slow
+/// memory; cost = replayed steps + `copy_steps` × the stores and restores of slow slots, counted by
+/// running the schedule symbolically. Errors as [`plan`] when fast memory cannot hold even the minimum.
+pub fn plan_tiered(tiers: Tiers, sizes: StateBytes, steps: usize) -> Result<TieredPlan> {
+    if tiers.copy_steps.is_nan() || tiers.copy_steps < 0.0 {
+        return Err(Error::Invalid { op: "plan_tiered", msg: format!("copy cost {} must be a non-negative number", tiers.copy_steps) });
+    }
+    let fast = plan(tiers.fast_bytes, sizes, steps)?;
+    let slow_fit = if sizes.state == 0 { usize::MAX } else { usize::try_from(tiers.slow_bytes / sizes.state).unwrap_or(usize::MAX) };
+    let max_slots = Schedule::new(ScheduleKind::StoreAll, steps)?.slots();
+    let top = fast.slots.saturating_add(slow_fit).min(max_slots);
+    // Candidates: every count for small ranges, else a geometric grid (the cost is smooth in the count).
+    let mut cands: Vec<usize> = if top - fast.slots <= 64 {
+        (fast.slots..=top).collect()
+    } else {
+        let r = ((top as f64) / (fast.slots.max(1) as f64)).powf(1.0 / 63.0);
+        (0..64).map(|i| ((fast.slots.max(1) as f64) * r.powi(i)).round() as usize).chain([fast.slots, top]).collect()
+    };
+    cands.sort_unstable();
+    cands.dedup();
+    let mut best: Option<TieredPlan> = None;
+    for slots in cands {
+        let kind = if slots >= max_slots { ScheduleKind::StoreAll } else { ScheduleKind::Revolve { slots } };
+        let schedule = Schedule::new(kind, steps)?;
+        let p = Plan::for_schedule(&schedule, sizes)?;
+        let slow_slots = p.slots.saturating_sub(fast.slots);
+        let mut traffic = slot_traffic(&schedule)?;
+        traffic.sort_unstable();
+        let slow_copies: u64 = traffic[..slow_slots].iter().sum();
+        let cost_steps = p.expected_replayed_steps as f64 + tiers.copy_steps * slow_copies as f64;
+        let candidate = TieredPlan { plan: p, fast_slots: p.slots - slow_slots, slow_slots, slow_copies, cost_steps };
+        if best.is_none_or(|b| cost_steps < b.cost_steps) {
+            best = Some(candidate);
+        }
+    }
+    best.ok_or_else(|| Error::Invalid { op: "plan_tiered", msg: "no candidate slot count".into() })
+}
+
+impl fmt::Display for TieredPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} [{} fast + {} slow slots, {} slow copies, cost {:.0} steps]",
+            self.plan, self.fast_slots, self.slow_slots, self.slow_copies, self.cost_steps
         )
     }
 }
