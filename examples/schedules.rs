@@ -8,7 +8,7 @@
 //! `cargo run --release --example schedules` prints tables; `-- --json` prints the rows as a JSON list.
 
 use metagrad::error::{Error, Result};
-use metagrad::replay::plan::{peak_bytes, plan, plan_kary, Plan, StateBytes};
+use metagrad::replay::plan::{peak_bytes, plan, plan_kary, plan_tiered, Plan, StateBytes, Tiers};
 use metagrad::replay::schedule::{simulate, Schedule, ScheduleKind};
 
 const MIB: u64 = 1 << 20;
@@ -126,6 +126,11 @@ fn print_plans() -> Result<()> {
             Some(p) => println!("    best k-ary: {p}"),
             None => println!("    best k-ary: no k fits"),
         }
+    }
+    println!("\nTwo tiers for T = {steps}: 8 MiB fast memory, slow memory for more slots, a copy costs c steps:");
+    for (slow_mib, copy_steps) in [(0u64, 1.0), (64, 0.1), (64, 1.0), (64, 50.0), (1024, 1.0)] {
+        let t = plan_tiered(Tiers { fast_bytes: 8 * MIB, slow_bytes: slow_mib * MIB, copy_steps }, SIZES, steps)?;
+        println!("  slow {slow_mib:>5} MiB, c = {copy_steps:>4}: {t}");
     }
     Ok(())
 }
