@@ -1,41 +1,138 @@
-//! Scaled dot-product attention as a composite: softmax(c·Q·Kᵀ + mask)·V.
+//! Scaled dot-product attention: softmax(c·Q·Kᵀ + mask)·V, fused and composite.
 //!
-//! Built from matmul and softmax, so its first and second derivatives are exact and need no code of
-//! their own; it materializes the N×N score matrix. (The fused, O(N)-memory kernels are tracked
-//! separately and will be selected by [`Var::attention`] when they land.)
+//! [`Var::attention`] is the fused path: three ops, each one CPU kernel that never materializes the N×N
+//! score matrix (see `backend::cpu::attention`), chained so that derivatives stay native:
+//! - `attention` computes O and saves the row logsumexp ℓ; its VJP is the op
+//! - `attention_backward` (dQ, dK, dV from Q, K, V, dO and the saved O, ℓ), whose VJP is the op
+//! - `attention_backward_backward` (cotangents of Q, K, V, dO from cotangents of dQ, dK, dV).
+//!
+//! So gradients, Hessian-vector products and backward-over-backward (REPLAY's metagradients) run fused
+//! kernels end to end. A third derivative is not implemented: the VJP of `attention_backward_backward`
+//! is an [`Error::Autodiff`] saying so; use [`Var::attention_composite`], built from matmul and softmax,
+//! whose derivatives of every order are exact (at O(N²) memory).
+//!
+//! The tape records single-output ops, so the two backward ops record their outputs packed into one
+//! flat tensor and hand them out through the differentiable `narrow` and `reshape`: their adjoints
+//! zero-pad and sum the pieces' cotangents back into the packed cotangent, so the packed op's VJP sees
+//! exactly the cotangents of its outputs. Saved statistics (O, ℓ) are plain tensors captured by the VJP
+//! closures: they are functions of the inputs, and the backward kernels' formulas already account for
+//! that dependence.
 
-use crate::error::{invalid, shape_err, Result};
-use crate::{Tensor, Var};
+use super::same_dtype;
+use crate::backend::cpu::attention::{self as kernel, Geometry, Need};
+use crate::dtype::with_float;
+use crate::error::{invalid, shape_err, Error, Result};
+use crate::{Shape, Tensor, Var};
+
+/// The message of the error raised when differentiating `attention_backward_backward`.
+const THIRD_ORDER: &str = "attention_backward_backward: a third derivative of fused attention is not supported; \
+     use Var::attention_composite (matmul + softmax, every order exact) where third or higher derivatives are needed";
+
+/// Checks Q [.., Nq, d], K [.., Nk, d], V [.., Nk, dv] (equal leading dims, one compute dtype) and the
+/// scale; returns the kernel geometry.
+fn check(q: &Var, k: &Var, v: &Var, scale: f64, causal: bool) -> Result<Geometry> {
+    let r = q.shape().rank();
+    if r < 2 || k.shape().rank() != r || v.shape().rank() != r {
+        return shape_err("attention", format!("q {}, k {}, v {} need equal rank ≥ 2", q.shape(), k.shape(), v.shape()));
+    }
+    let (nq, d, nk, dv) = (q.dims()[r - 2], q.dims()[r - 1], k.dims()[r - 2], v.dims()[r - 1]);
+    if k.dims()[r - 1] != d || v.dims()[r - 2] != nk || q.dims()[..r - 2] != k.dims()[..r - 2] || q.dims()[..r - 2] != v.dims()[..r - 2] {
+        return shape_err(
+            "attention",
+            format!("q {}, k {}, v {} need [.., Nq, d], [.., Nk, d], [.., Nk, dv]", q.shape(), k.shape(), v.shape()),
+        );
+    }
+    same_dtype("attention", q, k)?;
+    same_dtype("attention", q, v)?;
+    if !scale.is_finite() {
+        return invalid("attention", format!("scale {scale} is not finite"));
+    }
+    Ok(Geometry { heads: q.dims()[..r - 2].iter().product(), nq, nk, d, dv, scale, causal })
+}
+
+/// Splits a packed 1-D variable into pieces of the given shapes (differentiably).
+fn unpack<const N: usize>(packed: &Var, shapes: [&Shape; N]) -> Result<[Var; N]> {
+    let mut off = 0;
+    let mut out = Vec::with_capacity(N);
+    for s in shapes {
+        out.push(packed.narrow(0, off, s.numel())?.reshape(s.clone())?);
+        off += s.numel();
+    }
+    Ok(out.try_into().unwrap_or_else(|_| unreachable!("N pieces")))
+}
+
+/// The cotangent `g` for each input that is tracked, `None` for the others.
+fn for_tracked<const N: usize>(inputs: &[Var], grads: [Var; N]) -> Vec<Option<Var>> {
+    grads.into_iter().zip(inputs).map(|(g, x)| x.is_tracked().then_some(g)).collect()
+}
+
+/// The op `attention_backward`: (dQ, dK, dV) from Q, K, V, dO and the forward's O and ℓ.
+fn attention_backward(x: &[Var], d_o: &Var, o: Tensor, lse: Tensor, g: Geometry) -> Result<[Var; 3]> {
+    let (q, k, v) = (&x[0], &x[1], &x[2]);
+    let need = Need { q: q.is_tracked(), kv: k.is_tracked() || v.is_tracked(), d_o: false };
+    let packed = with_float!("attention_backward", q.dtype(), T => {
+        let s = Tensor::as_slice::<T>;
+        let out = kernel::backward::<T>(g, [s(q.value())?, s(k.value())?, s(v.value())?], [s(&o)?, s(&lse)?], s(d_o.value())?, need);
+        let n = out.len();
+        Tensor::from_vec(out, [n])?
+    });
+    let y = Var::record("attention_backward", packed, &[q, k, v, d_o], move |x, _, cot| {
+        Ok(for_tracked(x, attention_backward_backward(x, cot, &o, &lse, g)?))
+    })?;
+    unpack(&y, [q.shape(), k.shape(), v.shape()])
+}
+
+/// The op `attention_backward_backward`: the cotangents of (Q, K, V, dO) = `x` given the packed
+/// cotangent `cot` of (dQ, dK, dV).
+fn attention_backward_backward(x: &[Var], cot: &Var, o: &Tensor, lse: &Tensor, g: Geometry) -> Result<[Var; 4]> {
+    let (q, k, v, d_o) = (&x[0], &x[1], &x[2], &x[3]);
+    let need = Need { q: q.is_tracked(), kv: k.is_tracked() || v.is_tracked(), d_o: d_o.is_tracked() };
+    let packed = with_float!("attention_backward_backward", q.dtype(), T => {
+        let s = Tensor::as_slice::<T>;
+        let c = s(cot.value())?;
+        let (a, rest) = c.split_at(q.value().numel());
+        let (b, e) = rest.split_at(k.value().numel());
+        let qkv = [s(q.value())?, s(k.value())?, s(v.value())?];
+        let out = kernel::backward_backward::<T>(g, qkv, [s(o)?, s(lse)?], s(d_o.value())?, [a, b, e], need);
+        let n = out.len();
+        Tensor::from_vec(out, [n])?
+    });
+    let y = Var::record("attention_backward_backward", packed, &[q, k, v, d_o, cot], |_, _, _| {
+        Err(Error::Autodiff { msg: THIRD_ORDER.into() })
+    })?;
+    unpack(&y, [q.shape(), k.shape(), v.shape(), d_o.shape()])
+}
 
 impl Var {
     /// Attention of queries `self` [.., Nq, d] over keys [.., Nk, d] and values [.., Nk, dv]:
     /// softmax(scale·Q·Kᵀ)·V, shape [.., Nq, dv]. With `causal`, query i sees keys j ≤ i (top-left
-    /// aligned, as PyTorch's `is_causal`). Today this is [`Var::attention_composite`].
+    /// aligned, as PyTorch's `is_causal`).
+    ///
+    /// Fused: O(N) memory per head, deterministic, with fused kernels for the gradient and for
+    /// backward-over-backward (Hessian-vector products). A third derivative returns an
+    /// [`Error::Autodiff`]; use [`Var::attention_composite`] for that.
     pub fn attention(&self, k: &Var, v: &Var, scale: f64, causal: bool) -> Result<Var> {
-        self.attention_composite(k, v, scale, causal)
+        let g = check(self, k, v, scale, causal)?;
+        let (o, lse) = with_float!("attention", self.dtype(), T => {
+            let (o, lse) = kernel::forward::<T>(g, self.value().as_slice::<T>()?, k.value().as_slice::<T>()?, v.value().as_slice::<T>()?);
+            let mut od = self.dims().to_vec();
+            *od.last_mut().expect("rank ≥ 2") = g.dv;
+            (Tensor::from_vec(o, od)?, Tensor::from_vec(lse, &self.dims()[..self.dims().len() - 1])?)
+        });
+        Var::record("attention", o, &[self, k, v], move |x, o, d_o| {
+            Ok(for_tracked(x, attention_backward(x, d_o, o.value().clone(), lse.clone(), g)?))
+        })
     }
 
-    /// The composite (N×N) attention path; see [`Var::attention`].
+    /// The composite attention path, softmax(scale·Q·Kᵀ + mask)·V from matmul and softmax: it
+    /// materializes the N×N scores but differentiates to any order. Same arguments as [`Var::attention`].
     pub fn attention_composite(&self, k: &Var, v: &Var, scale: f64, causal: bool) -> Result<Var> {
-        let (q, r) = (self, self.shape().rank());
-        if r < 2 || k.shape().rank() != r || v.shape().rank() != r {
-            return shape_err("attention", format!("q {}, k {}, v {} need equal rank ≥ 2", q.shape(), k.shape(), v.shape()));
-        }
-        let (nq, d, nk) = (q.dims()[r - 2], q.dims()[r - 1], k.dims()[r - 2]);
-        if k.dims()[r - 1] != d || v.dims()[r - 2] != nk || q.dims()[..r - 2] != k.dims()[..r - 2] || q.dims()[..r - 2] != v.dims()[..r - 2]
-        {
-            return shape_err(
-                "attention",
-                format!("q {}, k {}, v {} need [.., Nq, d], [.., Nk, d], [.., Nk, dv]", q.shape(), k.shape(), v.shape()),
-            );
-        }
-        if !scale.is_finite() {
-            return invalid("attention", format!("scale {scale} is not finite"));
-        }
-        let mut s = q.matmul(&k.transpose(-1, -2)?)?.mul_scalar(scale)?;
+        let g = check(self, k, v, scale, causal)?;
+        let mut s = self.matmul(&k.transpose(-1, -2)?)?.mul_scalar(scale)?;
         if causal {
+            let (nq, nk) = (g.nq, g.nk);
             let mask: Vec<f64> = (0..nq * nk).map(|p| if p % nk <= p / nk { 0.0 } else { f64::NEG_INFINITY }).collect();
-            s = s.add(&Var::constant(Tensor::from_vec(mask, [nq, nk])?.to_dtype(q.dtype())))?;
+            s = s.add(&Var::constant(Tensor::from_vec(mask, [nq, nk])?.to_dtype(self.dtype())))?;
         }
         s.softmax(-1)?.matmul(v)
     }
