@@ -25,8 +25,9 @@
 //!   forward costs 2, the backward 3 (rows) + 4 (columns), the backward-over-backward 5 (statistics,
 //!   kept in the strips) + 2 for Q̄ (+ 2 for dŌ, only when asked) + 8 (columns).
 
-use crate::dtype::Float;
+use crate::dtype::{DType, Float};
 use rayon::prelude::*;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Elements in one strip (a block of rows against all keys, or a block of keys against all rows).
@@ -133,25 +134,115 @@ impl AttnFloat for f32 {
 // ---------------------------------------------------------------------------------------------------
 // Instruction sets and the GEMM on strips.
 
-/// A register-tile shape for one instruction set: MR rows × two vectors of VBYTES bytes.
+/// One SIMD register of `T` lanes. The micro-kernel is written with these rather than left to the
+/// auto-vectorizer, whose treatment of a register tile is fragile (it may keep the tile in memory and
+/// gather/scatter it).
+trait Reg<T>: Copy {
+    const LANES: usize;
+    fn zero() -> Self;
+    fn splat(x: T) -> Self;
+    /// Loads the first LANES elements of `x`.
+    fn load(x: &[T]) -> Self;
+    /// Stores into the first LANES elements of `x`.
+    fn store(self, x: &mut [T]);
+    /// self·b + c, one correctly rounded FMA per lane (so every register width gives the same bits).
+    fn fma(self, b: Self, c: Self) -> Self;
+}
+
+/// The portable register: four lanes in an array.
+#[derive(Clone, Copy)]
+struct Lanes4<T>([T; 4]);
+impl<T: Float> Reg<T> for Lanes4<T> {
+    const LANES: usize = 4;
+    #[inline(always)]
+    fn zero() -> Self {
+        Lanes4([T::ZERO; 4])
+    }
+    #[inline(always)]
+    fn splat(x: T) -> Self {
+        Lanes4([x; 4])
+    }
+    #[inline(always)]
+    fn load(x: &[T]) -> Self {
+        Lanes4(x[..4].try_into().unwrap())
+    }
+    #[inline(always)]
+    fn store(self, x: &mut [T]) {
+        x[..4].copy_from_slice(&self.0)
+    }
+    #[inline(always)]
+    fn fma(self, b: Self, c: Self) -> Self {
+        Lanes4(std::array::from_fn(|l| self.0[l].mul_add(b.0[l], c.0[l])))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Reg;
+    use std::arch::x86_64::*;
+    macro_rules! reg {
+        ($ty:ty, $t:ty, $l:expr, $zero:ident, $splat:ident, $load:ident, $store:ident, $fma:ident) => {
+            impl Reg<$t> for $ty {
+                const LANES: usize = $l;
+                #[inline(always)]
+                fn zero() -> Self {
+                    // SAFETY (all five): these registers are used only by code that the multiversion
+                    // dispatcher runs after checking the CPU has the instruction set; loads and stores
+                    // go through slices of at least LANES elements (checked by slicing).
+                    unsafe { $zero() }
+                }
+                #[inline(always)]
+                fn splat(x: $t) -> Self {
+                    unsafe { $splat(x) }
+                }
+                #[inline(always)]
+                fn load(x: &[$t]) -> Self {
+                    unsafe { $load(x[..$l].as_ptr()) }
+                }
+                #[inline(always)]
+                fn store(self, x: &mut [$t]) {
+                    unsafe { $store(x[..$l].as_mut_ptr(), self) }
+                }
+                #[inline(always)]
+                fn fma(self, b: Self, c: Self) -> Self {
+                    unsafe { $fma(self, b, c) }
+                }
+            }
+        };
+    }
+    reg!(__m512, f32, 16, _mm512_setzero_ps, _mm512_set1_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_fmadd_ps);
+    reg!(__m512d, f64, 8, _mm512_setzero_pd, _mm512_set1_pd, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_fmadd_pd);
+    reg!(__m256, f32, 8, _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_fmadd_ps);
+    reg!(__m256d, f64, 4, _mm256_setzero_pd, _mm256_set1_pd, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_fmadd_pd);
+}
+
+/// An instruction set: the register tile is MR rows × two registers.
 trait Isa {
     const MR: usize;
-    const VBYTES: usize;
+    type R32: Reg<f32>;
+    type R64: Reg<f64>;
 }
 struct Portable;
 impl Isa for Portable {
     const MR: usize = 4;
-    const VBYTES: usize = 16;
+    type R32 = Lanes4<f32>;
+    type R64 = Lanes4<f64>;
 }
+#[cfg(target_arch = "x86_64")]
 struct Avx2;
+#[cfg(target_arch = "x86_64")]
 impl Isa for Avx2 {
     const MR: usize = 4;
-    const VBYTES: usize = 32;
+    type R32 = std::arch::x86_64::__m256;
+    type R64 = std::arch::x86_64::__m256d;
 }
+#[cfg(target_arch = "x86_64")]
 struct Avx512;
+#[cfg(target_arch = "x86_64")]
 impl Isa for Avx512 {
     const MR: usize = 8;
-    const VBYTES: usize = 64;
+    type R32 = std::arch::x86_64::__m512;
+    type R64 = std::arch::x86_64::__m512d;
 }
 
 /// The best instruction set allowed: 2 AVX-512, 1 AVX2+FMA, 0 portable. Tests lower the cap to check
@@ -188,19 +279,19 @@ fn gemm<T: Float, S: Isa>(acc: bool, m: usize, n: usize, k: usize, a: &[T], lda:
         }
         return;
     }
-    match (S::MR, 2 * S::VBYTES / std::mem::size_of::<T>()) {
-        (8, 32) => tiles::<T, 8, 32>(acc, m, n, k, a, lda, b, ldb, c, ldc),
-        (8, 16) => tiles::<T, 8, 16>(acc, m, n, k, a, lda, b, ldb, c, ldc),
-        (4, 16) => tiles::<T, 4, 16>(acc, m, n, k, a, lda, b, ldb, c, ldc),
-        (4, 8) => tiles::<T, 4, 8>(acc, m, n, k, a, lda, b, ldb, c, ldc),
-        (4, 4) => tiles::<T, 4, 4>(acc, m, n, k, a, lda, b, ldb, c, ldc),
-        _ => unreachable!("register tile for MR {} and {} bytes", S::MR, S::VBYTES),
+    // Float is implemented for f32 and f64 only, so these casts are identities.
+    use bytemuck::{cast_slice as cs, cast_slice_mut as cm};
+    match (T::DTYPE, S::MR) {
+        (DType::F32, 8) => tiles::<f32, S::R32, 8>(acc, m, n, k, cs(a), lda, cs(b), ldb, cm(c), ldc),
+        (DType::F32, _) => tiles::<f32, S::R32, 4>(acc, m, n, k, cs(a), lda, cs(b), ldb, cm(c), ldc),
+        (_, 8) => tiles::<f64, S::R64, 8>(acc, m, n, k, cs(a), lda, cs(b), ldb, cm(c), ldc),
+        _ => tiles::<f64, S::R64, 4>(acc, m, n, k, cs(a), lda, cs(b), ldb, cm(c), ldc),
     }
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn tiles<T: Float, const MR: usize, const NR: usize>(
+fn tiles<T: Float, R: Reg<T>, const MR: usize>(
     acc: bool,
     m: usize,
     n: usize,
@@ -212,89 +303,118 @@ fn tiles<T: Float, const MR: usize, const NR: usize>(
     c: &mut [T],
     ldc: usize,
 ) {
-    // Column panels outside, so a k×NR panel of B stays in L1 while the row tiles pass over it.
-    for j0 in (0..n).step_by(NR) {
-        let w = NR.min(n - j0);
-        for i0 in (0..m).step_by(MR) {
-            let rows = MR.min(m - i0);
-            let (a, b, c) = (&a[i0 * lda..], &b[j0..], &mut c[i0 * ldc + j0..]);
-            if rows == MR && w == NR {
-                tile::<T, MR, NR>(acc, k, a, lda, b, ldb, c, ldc);
+    // A packed into panels of MR rows, k-major (zero rows pad the last panel): the micro-kernel then
+    // broadcasts from one contiguous MR-vector per k step.
+    let panels = m.div_ceil(MR);
+    let mut sc = scratch();
+    let [ap] = sc.slices::<T, 1>(panels * k * MR);
+    for (p, panel) in ap.chunks_exact_mut(k * MR).enumerate() {
+        let rows = MR.min(m - p * MR);
+        for r in 0..rows {
+            let row = &a[(p * MR + r) * lda..(p * MR + r) * lda + k];
+            for (kk, &x) in row.iter().enumerate() {
+                panel[kk * MR + r] = x;
+            }
+        }
+        for kk in 0..k {
+            panel[kk * MR + rows..(kk + 1) * MR].fill(T::ZERO);
+        }
+    }
+    // Column panels outside, so a k×NR panel of B stays in L1 while the row panels pass over it.
+    let nr = 2 * R::LANES;
+    for j0 in (0..n).step_by(nr) {
+        let w = nr.min(n - j0);
+        for (p, panel) in ap.chunks_exact(k * MR).enumerate() {
+            tile::<T, R, MR>(acc, MR.min(m - p * MR), w, panel, &b[j0..], ldb, &mut c[p * MR * ldc + j0..], ldc);
+        }
+    }
+}
+
+thread_local! {
+    /// Buffers reused across tasks and calls on each thread: fresh strip-sized allocations would cost
+    /// page faults and zeroing on every call.
+    static POOL: RefCell<Vec<Vec<f64>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer from this thread's pool, given back on drop.
+struct Scratch(Vec<f64>);
+
+fn scratch() -> Scratch {
+    Scratch(POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default())
+}
+
+impl Scratch {
+    /// `N` disjoint slices of `len` elements. Their contents are left over from earlier use: every
+    /// caller writes an element before reading it.
+    fn slices<T: Float, const N: usize>(&mut self, len: usize) -> [&mut [T]; N] {
+        let words = (N * len * std::mem::size_of::<T>()).div_ceil(8);
+        if self.0.len() < words {
+            self.0.resize(words, 0.0);
+        }
+        let mut rest = &mut bytemuck::cast_slice_mut::<f64, T>(&mut self.0[..words])[..N * len];
+        std::array::from_fn(|_| {
+            let (a, r) = std::mem::take(&mut rest).split_at_mut(len);
+            rest = r;
+            a
+        })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        POOL.with(|p| p.borrow_mut().push(v));
+    }
+}
+
+/// The widest register tile row: two AVX-512 registers of f32.
+const MAX_NR: usize = 32;
+
+/// One MR × 2·LANES tile of C (`rows` × `w` of it loaded and stored) from a packed A panel and B rows.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tile<T: Float, R: Reg<T>, const MR: usize>(acc: bool, rows: usize, w: usize, ap: &[T], b: &[T], ldb: usize, c: &mut [T], ldc: usize) {
+    let l = R::LANES;
+    let full = w == 2 * l;
+    let mut t = [[R::zero(); 2]; MR];
+    let mut buf = [T::ZERO; MAX_NR];
+    if acc {
+        for r in 0..rows {
+            let row = &c[r * ldc..r * ldc + w];
+            let row = if full {
+                row
             } else {
-                tile_edge::<T, MR, NR>(acc, rows, w, k, a, lda, b, ldb, c, ldc);
-            }
+                buf[..w].copy_from_slice(row);
+                &buf[..]
+            };
+            t[r] = [R::load(row), R::load(&row[l..])];
         }
     }
-}
-
-/// One full MR×NR tile.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn tile<T: Float, const MR: usize, const NR: usize>(
-    acc: bool,
-    k: usize,
-    a: &[T],
-    lda: usize,
-    b: &[T],
-    ldb: usize,
-    c: &mut [T],
-    ldc: usize,
-) {
-    let mut t = [[T::ZERO; NR]; MR];
-    if acc {
+    for (kk, av) in ap.chunks_exact(MR).enumerate() {
+        let av: &[T; MR] = av.try_into().unwrap();
+        let brow = &b[kk * ldb..kk * ldb + w];
+        let brow = if full {
+            brow
+        } else {
+            buf[..w].copy_from_slice(brow);
+            &buf[..]
+        };
+        let (b0, b1) = (R::load(brow), R::load(&brow[l..]));
         for r in 0..MR {
-            t[r].copy_from_slice(&c[r * ldc..r * ldc + NR]);
-        }
-    }
-    let ar: [&[T]; MR] = std::array::from_fn(|r| &a[r * lda..r * lda + k]);
-    let b = &b[..(k - 1) * ldb + NR];
-    for kk in 0..k {
-        let bv: &[T; NR] = b[kk * ldb..kk * ldb + NR].try_into().unwrap();
-        for r in 0..MR {
-            let av = ar[r][kk];
-            for j in 0..NR {
-                t[r][j] = av.mul_add(bv[j], t[r][j]);
-            }
-        }
-    }
-    for r in 0..MR {
-        c[r * ldc..r * ldc + NR].copy_from_slice(&t[r]);
-    }
-}
-
-/// A partial tile (`rows` ≤ MR, `w` ≤ NR) at the bottom or right edge.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn tile_edge<T: Float, const MR: usize, const NR: usize>(
-    acc: bool,
-    rows: usize,
-    w: usize,
-    k: usize,
-    a: &[T],
-    lda: usize,
-    b: &[T],
-    ldb: usize,
-    c: &mut [T],
-    ldc: usize,
-) {
-    let mut t = [[T::ZERO; NR]; MR];
-    if acc {
-        for r in 0..rows {
-            t[r][..w].copy_from_slice(&c[r * ldc..r * ldc + w]);
-        }
-    }
-    for kk in 0..k {
-        let mut bv = [T::ZERO; NR];
-        bv[..w].copy_from_slice(&b[kk * ldb..kk * ldb + w]);
-        for r in 0..rows {
-            let av = a[r * lda + kk];
-            for j in 0..NR {
-                t[r][j] = av.mul_add(bv[j], t[r][j]);
-            }
+            let a = R::splat(av[r]);
+            t[r][0] = a.fma(b0, t[r][0]);
+            t[r][1] = a.fma(b1, t[r][1]);
         }
     }
     for r in 0..rows {
-        c[r * ldc..r * ldc + w].copy_from_slice(&t[r][..w]);
+        if full {
+            t[r][0].store(&mut c[r * ldc..]);
+            t[r][1].store(&mut c[r * ldc + l..]);
+        } else {
+            t[r][0].store(&mut buf);
+            t[r][1].store(&mut buf[l..]);
+            c[r * ldc..r * ldc + w].copy_from_slice(&buf[..w]);
+        }
     }
 }
 
@@ -456,19 +576,25 @@ fn rows<T>(x: &[T], h: usize, n: usize, width: usize, from: usize) -> &[T] {
     &x[(h * n + from) * width..(h + 1) * n * width]
 }
 
-/// Head `h` of a per-head transpose [heads, width, n], starting at column `from`.
+/// The leading dimension of a per-head transpose of n rows: padded to an odd number of 64-byte lines
+/// (for f32), so the rows of a B panel fall into different L1 sets rather than thrashing two of them.
+#[inline(always)]
+fn ld(n: usize) -> usize {
+    n.next_multiple_of(32) + 16
+}
+
+/// Head `h` of a per-head transpose [heads, width, ld(n)], starting at column `from`.
 #[inline(always)]
 fn cols<T>(xt: &[T], h: usize, n: usize, width: usize, from: usize) -> &[T] {
-    &xt[h * n * width + from..(h + 1) * n * width]
+    &xt[h * ld(n) * width + from..(h + 1) * ld(n) * width]
 }
 
 /// The P strip of row block `i0 .. i0 + nr` of head `h` against keys `0..nkv`: exp(c·q·k − ℓ), zero
 /// past each row's visible keys.
 #[inline(always)]
-fn probs_rows<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, i0: usize, nr: usize, nkv: usize) -> Vec<T> {
+fn probs_rows<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, i0: usize, nr: usize, nkv: usize, p: &mut [T]) {
     let g = cx.g;
-    let mut p = vec![T::ZERO; nr * nkv];
-    gemm::<T, S>(false, nr, nkv, g.d, rows(cx.q, h, g.nq, g.d, i0), g.d, cols(cx.kt, h, g.nk, g.d, 0), g.nk, &mut p, nkv);
+    gemm::<T, S>(false, nr, nkv, g.d, rows(cx.q, h, g.nq, g.d, i0), g.d, cols(cx.kt, h, g.nk, g.d, 0), ld(g.nk), p, nkv);
     for r in 0..nr {
         let (vis, l) = (g.visible(i0 + r), cx.lse[h * g.nq + i0 + r]);
         let (live, dead) = p[r * nkv..(r + 1) * nkv].split_at_mut(vis);
@@ -477,17 +603,15 @@ fn probs_rows<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, i0: usize, nr: usize,
         }
         dead.fill(T::ZERO);
     }
-    p
 }
 
 /// The Pᵀ strip of key block `j0 .. j0 + nc` of head `h` against rows `i_start..nq`: exp(c·k·q − ℓ),
 /// zero before each key's first visible row.
 #[inline(always)]
-fn probs_cols<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, j0: usize, nc: usize, i_start: usize) -> Vec<T> {
+fn probs_cols<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, j0: usize, nc: usize, i_start: usize, pt: &mut [T]) {
     let g = cx.g;
     let nr = g.nq - i_start;
-    let mut pt = vec![T::ZERO; nc * nr];
-    gemm::<T, S>(false, nc, nr, g.d, rows(cx.k, h, g.nk, g.d, j0), g.d, cols(cx.qt, h, g.nq, g.d, i_start), g.nq, &mut pt, nr);
+    gemm::<T, S>(false, nc, nr, g.d, rows(cx.k, h, g.nk, g.d, j0), g.d, cols(cx.qt, h, g.nq, g.d, i_start), ld(g.nq), pt, nr);
     let lse = &cx.lse[h * g.nq + i_start..(h + 1) * g.nq];
     for jj in 0..nc {
         let f = g.first_row(j0 + jj).max(i_start) - i_start;
@@ -497,7 +621,6 @@ fn probs_cols<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, j0: usize, nc: usize,
             *x = x.mul_add(cx.c, -l).fast_exp();
         }
     }
-    pt
 }
 
 /// Forward, rows `i0 .. i0 + nr` of head `h`: O (`o`, nr×dv) and ℓ (`lse`, nr).
@@ -505,9 +628,10 @@ fn probs_cols<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, j0: usize, nc: usize,
 fn fwd_rows<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, i0: usize, nr: usize, o: &mut [T], lse: &mut [T]) {
     let g = cx.g;
     let nkv = g.visible(i0 + nr - 1);
-    let mut s = vec![T::ZERO; nr * nkv];
-    gemm::<T, S>(false, nr, nkv, g.d, rows(cx.q, h, g.nq, g.d, i0), g.d, cols(cx.kt, h, g.nk, g.d, 0), g.nk, &mut s, nkv);
-    let mut inv = vec![T::ZERO; nr];
+    let mut sc = scratch();
+    let [s] = sc.slices::<T, 1>(nr * nkv);
+    gemm::<T, S>(false, nr, nkv, g.d, rows(cx.q, h, g.nq, g.d, i0), g.d, cols(cx.kt, h, g.nk, g.d, 0), ld(g.nk), s, nkv);
+    let mut inv = [T::ZERO; 64];
     for r in 0..nr {
         let (live, dead) = s[r * nkv..(r + 1) * nkv].split_at_mut(g.visible(i0 + r));
         for x in live.iter_mut() {
@@ -525,7 +649,7 @@ fn fwd_rows<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, i0: usize, nr: usize, o
         lse[r] = m + l.ln();
         inv[r] = if l == T::ZERO { T::ZERO } else { T::ONE / l };
     }
-    gemm::<T, S>(false, nr, g.dv, nkv, &s, nkv, rows(cx.v, h, g.nk, g.dv, 0), g.dv, o, g.dv);
+    gemm::<T, S>(false, nr, g.dv, nkv, s, nkv, rows(cx.v, h, g.nk, g.dv, 0), g.dv, o, g.dv);
     for r in 0..nr {
         for x in &mut o[r * g.dv..(r + 1) * g.dv] {
             *x = *x * inv[r];
@@ -538,16 +662,17 @@ fn fwd_rows<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, i0: usize, nr: usize, o
 fn bwd_rows<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, i0: usize, nr: usize, dq: &mut [T]) {
     let g = cx.g;
     let nkv = g.visible(i0 + nr - 1);
-    let p = probs_rows::<T, S>(cx, h, i0, nr, nkv);
-    let mut ds = vec![T::ZERO; nr * nkv];
-    gemm::<T, S>(false, nr, nkv, g.dv, rows(cx.d_o, h, g.nq, g.dv, i0), g.dv, cols(cx.vt, h, g.nk, g.dv, 0), g.nk, &mut ds, nkv);
+    let mut sc = scratch();
+    let [p, ds] = sc.slices::<T, 2>(nr * nkv);
+    probs_rows::<T, S>(cx, h, i0, nr, nkv, p);
+    gemm::<T, S>(false, nr, nkv, g.dv, rows(cx.d_o, h, g.nq, g.dv, i0), g.dv, cols(cx.vt, h, g.nk, g.dv, 0), ld(g.nk), ds, nkv);
     for r in 0..nr {
         let dd = cx.dd[h * g.nq + i0 + r];
         for (x, &p) in ds[r * nkv..(r + 1) * nkv].iter_mut().zip(&p[r * nkv..(r + 1) * nkv]) {
             *x = p * (*x - dd);
         }
     }
-    gemm::<T, S>(false, nr, g.d, nkv, &ds, nkv, rows(cx.k, h, g.nk, g.d, 0), g.d, dq, g.d);
+    gemm::<T, S>(false, nr, g.d, nkv, ds, nkv, rows(cx.k, h, g.nk, g.d, 0), g.d, dq, g.d);
     for x in dq.iter_mut() {
         *x = *x * cx.c;
     }
@@ -559,9 +684,10 @@ fn bwd_cols<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, j0: usize, nc: usize, d
     let g = cx.g;
     let i_start = g.first_row(j0);
     let nr = g.nq - i_start;
-    let pt = probs_cols::<T, S>(cx, h, j0, nc, i_start);
-    let mut dst = vec![T::ZERO; nc * nr];
-    gemm::<T, S>(false, nc, nr, g.dv, rows(cx.v, h, g.nk, g.dv, j0), g.dv, cols(cx.dot, h, g.nq, g.dv, i_start), g.nq, &mut dst, nr);
+    let mut sc = scratch();
+    let [pt, dst] = sc.slices::<T, 2>(nc * nr);
+    probs_cols::<T, S>(cx, h, j0, nc, i_start, pt);
+    gemm::<T, S>(false, nc, nr, g.dv, rows(cx.v, h, g.nk, g.dv, j0), g.dv, cols(cx.dot, h, g.nq, g.dv, i_start), ld(g.nq), dst, nr);
     let dd = &cx.dd[h * g.nq + i_start..(h + 1) * g.nq];
     for jj in 0..nc {
         let row = jj * nr..(jj + 1) * nr;
@@ -569,8 +695,8 @@ fn bwd_cols<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, j0: usize, nc: usize, d
             *x = p * (*x - d);
         }
     }
-    gemm::<T, S>(false, nc, g.dv, nr, &pt, nr, rows(cx.d_o, h, g.nq, g.dv, i_start), g.dv, dv, g.dv);
-    gemm::<T, S>(false, nc, g.d, nr, &dst, nr, rows(cx.q, h, g.nq, g.d, i_start), g.d, dk, g.d);
+    gemm::<T, S>(false, nc, g.dv, nr, pt, nr, rows(cx.d_o, h, g.nq, g.dv, i_start), g.dv, dv, g.dv);
+    gemm::<T, S>(false, nc, g.d, nr, dst, nr, rows(cx.q, h, g.nq, g.d, i_start), g.d, dk, g.d);
     for x in dk.iter_mut() {
         *x = *x * cx.c;
     }
@@ -578,18 +704,17 @@ fn bwd_cols<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, j0: usize, nc: usize, d
 
 /// The dP, dS̄ and X = dO·eᵀ strips of a row block (keys `0..nkv`).
 #[inline(always)]
-fn bb_strips_rows<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, i0: usize, nr: usize, nkv: usize) -> [Vec<T>; 3] {
-    let (g, n) = (cx.g, nr * nkv);
-    let (mut dp, mut dsb, mut x) = (vec![T::ZERO; n], vec![T::ZERO; n], vec![T::ZERO; n]);
+#[allow(clippy::too_many_arguments)]
+fn bb_strips_rows<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, i0: usize, nr: usize, nkv: usize, dp: &mut [T], dsb: &mut [T], x: &mut [T]) {
+    let g = cx.g;
     let (dorows, vt) = (rows(cx.d_o, h, g.nq, g.dv, i0), cols(cx.vt, h, g.nk, g.dv, 0));
-    gemm::<T, S>(false, nr, nkv, g.dv, dorows, g.dv, vt, g.nk, &mut dp, nkv);
-    gemm::<T, S>(false, nr, nkv, g.d, rows(cx.a, h, g.nq, g.d, i0), g.d, cols(cx.kt, h, g.nk, g.d, 0), g.nk, &mut dsb, nkv);
-    gemm::<T, S>(true, nr, nkv, g.d, rows(cx.q, h, g.nq, g.d, i0), g.d, cols(cx.bt, h, g.nk, g.d, 0), g.nk, &mut dsb, nkv);
+    gemm::<T, S>(false, nr, nkv, g.dv, dorows, g.dv, vt, ld(g.nk), dp, nkv);
+    gemm::<T, S>(false, nr, nkv, g.d, rows(cx.a, h, g.nq, g.d, i0), g.d, cols(cx.kt, h, g.nk, g.d, 0), ld(g.nk), dsb, nkv);
+    gemm::<T, S>(true, nr, nkv, g.d, rows(cx.q, h, g.nq, g.d, i0), g.d, cols(cx.bt, h, g.nk, g.d, 0), ld(g.nk), dsb, nkv);
     for y in dsb.iter_mut() {
         *y = *y * cx.c;
     }
-    gemm::<T, S>(false, nr, nkv, g.dv, dorows, g.dv, cols(cx.et, h, g.nk, g.dv, 0), g.nk, &mut x, nkv);
-    [dp, dsb, x]
+    gemm::<T, S>(false, nr, nkv, g.dv, dorows, g.dv, cols(cx.et, h, g.nk, g.dv, 0), ld(g.nk), x, nkv);
 }
 
 /// Backward-over-backward, rows of head `h`: the statistics D̄ and ρ (always: the column pass needs
@@ -608,8 +733,10 @@ fn bb_rows<T: AttnFloat, S: Isa>(
 ) {
     let g = cx.g;
     let nkv = g.visible(i0 + nr - 1);
-    let p = probs_rows::<T, S>(cx, h, i0, nr, nkv);
-    let [mut dp, mut dsb, mut x] = bb_strips_rows::<T, S>(cx, h, i0, nr, nkv);
+    let mut sc = scratch();
+    let [p, dp, dsb, x] = sc.slices::<T, 4>(nr * nkv);
+    probs_rows::<T, S>(cx, h, i0, nr, nkv, p);
+    bb_strips_rows::<T, S>(cx, h, i0, nr, nkv, dp, dsb, x);
     let (dbar, rho) = stats;
     for r in 0..nr {
         let vis = g.visible(i0 + r);
@@ -629,15 +756,15 @@ fn bb_rows<T: AttnFloat, S: Isa>(
         }
     }
     if need.q {
-        gemm::<T, S>(false, nr, g.d, nkv, &dp, nkv, rows(cx.b, h, g.nk, g.d, 0), g.d, qbar, g.d);
-        gemm::<T, S>(true, nr, g.d, nkv, &x, nkv, rows(cx.k, h, g.nk, g.d, 0), g.d, qbar, g.d);
+        gemm::<T, S>(false, nr, g.d, nkv, dp, nkv, rows(cx.b, h, g.nk, g.d, 0), g.d, qbar, g.d);
+        gemm::<T, S>(true, nr, g.d, nkv, x, nkv, rows(cx.k, h, g.nk, g.d, 0), g.d, qbar, g.d);
         for y in qbar.iter_mut() {
             *y = *y * cx.c;
         }
     }
     if need.d_o {
-        gemm::<T, S>(false, nr, g.dv, nkv, &p, nkv, rows(cx.e, h, g.nk, g.dv, 0), g.dv, dobar, g.dv);
-        gemm::<T, S>(true, nr, g.dv, nkv, &dsb, nkv, rows(cx.v, h, g.nk, g.dv, 0), g.dv, dobar, g.dv);
+        gemm::<T, S>(false, nr, g.dv, nkv, p, nkv, rows(cx.e, h, g.nk, g.dv, 0), g.dv, dobar, g.dv);
+        gemm::<T, S>(true, nr, g.dv, nkv, dsb, nkv, rows(cx.v, h, g.nk, g.dv, 0), g.dv, dobar, g.dv);
     }
 }
 
@@ -649,17 +776,18 @@ fn bb_cols<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, j0: usize, nc: usize, kb
     let i_start = g.first_row(j0);
     let nr = g.nq - i_start;
     let n = nc * nr;
-    let pt = probs_cols::<T, S>(cx, h, j0, nc, i_start);
-    let (mut dpt, mut dsbt, mut xt) = (vec![T::ZERO; n], vec![T::ZERO; n], vec![T::ZERO; n]);
+    let mut sc = scratch();
+    let [pt, dpt, dsbt, xt] = sc.slices::<T, 4>(n);
+    probs_cols::<T, S>(cx, h, j0, nc, i_start, pt);
     let dot = cols(cx.dot, h, g.nq, g.dv, i_start);
     let (krows, qt) = (rows(cx.k, h, g.nk, g.d, j0), cols(cx.qt, h, g.nq, g.d, i_start));
-    gemm::<T, S>(false, nc, nr, g.dv, rows(cx.v, h, g.nk, g.dv, j0), g.dv, dot, g.nq, &mut dpt, nr);
-    gemm::<T, S>(false, nc, nr, g.d, krows, g.d, cols(cx.at, h, g.nq, g.d, i_start), g.nq, &mut dsbt, nr);
-    gemm::<T, S>(true, nc, nr, g.d, rows(cx.b, h, g.nk, g.d, j0), g.d, qt, g.nq, &mut dsbt, nr);
+    gemm::<T, S>(false, nc, nr, g.dv, rows(cx.v, h, g.nk, g.dv, j0), g.dv, dot, ld(g.nq), dpt, nr);
+    gemm::<T, S>(false, nc, nr, g.d, krows, g.d, cols(cx.at, h, g.nq, g.d, i_start), ld(g.nq), dsbt, nr);
+    gemm::<T, S>(true, nc, nr, g.d, rows(cx.b, h, g.nk, g.d, j0), g.d, qt, ld(g.nq), dsbt, nr);
     for y in dsbt.iter_mut() {
         *y = *y * cx.c;
     }
-    gemm::<T, S>(false, nc, nr, g.dv, rows(cx.e, h, g.nk, g.dv, j0), g.dv, dot, g.nq, &mut xt, nr);
+    gemm::<T, S>(false, nc, nr, g.dv, rows(cx.e, h, g.nk, g.dv, j0), g.dv, dot, ld(g.nq), xt, nr);
     let span = h * g.nq + i_start..(h + 1) * g.nq;
     let (dd, dbar, rho) = (&cx.dd[span.clone()], &cx.dbar[span.clone()], &cx.rho[span]);
     for jj in 0..nc {
@@ -670,12 +798,12 @@ fn bb_cols<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, j0: usize, nc: usize, kb
         }
     }
     let (arows, qrows) = (rows(cx.a, h, g.nq, g.d, i_start), rows(cx.q, h, g.nq, g.d, i_start));
-    gemm::<T, S>(false, nc, g.d, nr, &dpt, nr, arows, g.d, kbar, g.d);
-    gemm::<T, S>(true, nc, g.d, nr, &xt, nr, qrows, g.d, kbar, g.d);
+    gemm::<T, S>(false, nc, g.d, nr, dpt, nr, arows, g.d, kbar, g.d);
+    gemm::<T, S>(true, nc, g.d, nr, xt, nr, qrows, g.d, kbar, g.d);
     for y in kbar.iter_mut() {
         *y = *y * cx.c;
     }
-    gemm::<T, S>(false, nc, g.dv, nr, &dsbt, nr, rows(cx.d_o, h, g.nq, g.dv, i_start), g.dv, vbar, g.dv);
+    gemm::<T, S>(false, nc, g.dv, nr, dsbt, nr, rows(cx.d_o, h, g.nq, g.dv, i_start), g.dv, vbar, g.dv);
 }
 
 /// Defines `$name`, which runs `$imp` compiled for the best instruction set this CPU has (the same
@@ -742,14 +870,20 @@ fn split<'a, T>(mut buf: &'a mut [T], tasks: &[(usize, usize, usize)], width: us
         .collect()
 }
 
-/// Per-head transposes: [heads, n, w] → [heads, w, n].
+/// Per-head transposes: [heads, n, w] → [heads, w, ld(n)], in 32×32 blocks.
 fn transpose<T: Float>(x: &[T], heads: usize, n: usize, w: usize) -> Vec<T> {
-    let mut out = vec![T::ZERO; heads * n * w];
+    const B: usize = 32;
+    let l = ld(n);
+    let mut out = vec![T::ZERO; heads * w * l];
     if n * w > 0 {
-        out.par_chunks_mut(n * w).zip(x.par_chunks(n * w)).for_each(|(o, x)| {
-            for i in 0..n {
-                for c in 0..w {
-                    o[c * n + i] = x[i * w + c];
+        out.par_chunks_mut(w * l).zip(x.par_chunks(n * w)).for_each(|(o, x)| {
+            for i0 in (0..n).step_by(B) {
+                for c0 in (0..w).step_by(B) {
+                    for c in c0..(c0 + B).min(w) {
+                        for i in i0..(i0 + B).min(n) {
+                            o[c * l + i] = x[i * w + c];
+                        }
+                    }
                 }
             }
         });
