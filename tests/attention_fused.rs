@@ -110,7 +110,7 @@ fn case_strategy(max_n: usize) -> impl Strategy<Value = Case> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn fused_matches_composite_f64(c in case_strategy(90)) {
@@ -123,12 +123,41 @@ proptest! {
     }
 }
 
-/// A long sequence (several row and key blocks, strips capped below N) against the composite path.
+/// Long sequences (several row and key blocks, blocks below 64 rows) and d = 128 against the
+/// composite path.
 #[test]
 fn fused_matches_composite_multi_block() {
     for causal in [false, true] {
         let c = Case { batch: (2, 0), nq: 700, nk: 600, d: 32, dv: 24, scale: 0.2, causal, seed: 7 };
         fused_matches_composite(&c, DType::F64, 1e-10).unwrap();
+        let c = Case { batch: (1, 2), nq: 130, nk: 200, d: 128, dv: 64, scale: 0.09, causal, seed: 8 };
+        fused_matches_composite(&c, DType::F64, 1e-10).unwrap();
+        fused_matches_composite(&c, DType::F32, 2e-4).unwrap();
+    }
+}
+
+/// Gradients and HVPs with only some of Q, K, V tracked (the kernels then skip passes).
+#[test]
+fn subsets_of_inputs_match_composite() {
+    let c = Case { batch: (2, 0), nq: 70, nk: 45, d: 32, dv: 17, scale: 0.3, causal: true, seed: 9 };
+    for tracked in [[true, false, false], [false, true, false], [false, false, true], [false, true, true], [true, false, true]] {
+        for square in [false, true] {
+            let run = |fused: bool| {
+                let tape = Tape::new();
+                let vars: Vec<Var> =
+                    c.inputs(DType::F64).into_iter().zip(tracked).map(|(t, on)| if on { tape.var(t) } else { Var::constant(t) }).collect();
+                let wrt: Vec<&Var> = vars.iter().zip(tracked).filter(|(_, t)| *t).map(|(v, _)| v).collect();
+                let l = loss(&attn(fused, &vars[0], &vars[1], &vars[2], &c).unwrap(), &c.weights(DType::F64), square).unwrap();
+                let dirs: Vec<Tensor> = c.directions(DType::F64).into_iter().zip(tracked).filter(|(_, t)| *t).map(|(d, _)| d).collect();
+                let mut out: Vec<Tensor> = grad(&l, &wrt, true).unwrap().iter().map(|g| g.value().clone()).collect();
+                out.extend(hvp(&l, &wrt, &dirs).unwrap());
+                out
+            };
+            for (a, b) in run(true).iter().zip(&run(false)) {
+                let e = rel_err(a, b);
+                assert!(e < 1e-10, "tracked {tracked:?} square {square}: differs by {e:.3e}");
+            }
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use super::same_dtype;
 use crate::backend::cpu::attention::{self as kernel, Geometry, Need};
 use crate::dtype::with_float;
 use crate::error::{invalid, shape_err, Error, Result};
-use crate::{Shape, Tensor, Var};
+use crate::{Tensor, Var};
 
 /// The message of the error raised when differentiating `attention_backward_backward`.
 const THIRD_ORDER: &str = "attention_backward_backward: a third derivative of fused attention is not supported; \
@@ -50,24 +50,22 @@ fn check(q: &Var, k: &Var, v: &Var, scale: f64, causal: bool) -> Result<Geometry
     Ok(Geometry { heads: q.dims()[..r - 2].iter().product(), nq, nk, d, dv, scale, causal })
 }
 
-/// Splits a packed 1-D variable into pieces of the given shapes (differentiably).
-fn unpack<const N: usize>(packed: &Var, shapes: [&Shape; N]) -> Result<[Var; N]> {
+/// Splits a packed 1-D variable into pieces shaped like `like` (differentiably: narrow, then
+/// reshape), skipping the pieces whose variable in `like` is not tracked (no cotangent is needed there).
+fn unpack(packed: &Var, like: &[Var]) -> Result<Vec<Option<Var>>> {
     let mut off = 0;
-    let mut out = Vec::with_capacity(N);
-    for s in shapes {
-        out.push(packed.narrow(0, off, s.numel())?.reshape(s.clone())?);
-        off += s.numel();
+    let mut out = Vec::with_capacity(like.len());
+    for x in like {
+        let n = x.value().numel();
+        out.push(if x.is_tracked() { Some(packed.narrow(0, off, n)?.reshape(x.shape().clone())?) } else { None });
+        off += n;
     }
-    Ok(out.try_into().unwrap_or_else(|_| unreachable!("N pieces")))
+    Ok(out)
 }
 
-/// The cotangent `g` for each input that is tracked, `None` for the others.
-fn for_tracked<const N: usize>(inputs: &[Var], grads: [Var; N]) -> Vec<Option<Var>> {
-    grads.into_iter().zip(inputs).map(|(g, x)| x.is_tracked().then_some(g)).collect()
-}
-
-/// The op `attention_backward`: (dQ, dK, dV) from Q, K, V, dO and the forward's O and ℓ.
-fn attention_backward(x: &[Var], d_o: &Var, o: Tensor, lse: Tensor, g: Geometry) -> Result<[Var; 3]> {
+/// The op `attention_backward`: (dQ, dK, dV) from Q, K, V = `x`, dO and the forward's O and ℓ, for
+/// the tracked ones of Q, K, V.
+fn attention_backward(x: &[Var], d_o: &Var, o: Tensor, lse: Tensor, g: Geometry) -> Result<Vec<Option<Var>>> {
     let (q, k, v) = (&x[0], &x[1], &x[2]);
     let need = Need { q: q.is_tracked(), kv: k.is_tracked() || v.is_tracked(), d_o: false };
     let packed = with_float!("attention_backward", q.dtype(), T => {
@@ -76,15 +74,13 @@ fn attention_backward(x: &[Var], d_o: &Var, o: Tensor, lse: Tensor, g: Geometry)
         let n = out.len();
         Tensor::from_vec(out, [n])?
     });
-    let y = Var::record("attention_backward", packed, &[q, k, v, d_o], move |x, _, cot| {
-        Ok(for_tracked(x, attention_backward_backward(x, cot, &o, &lse, g)?))
-    })?;
-    unpack(&y, [q.shape(), k.shape(), v.shape()])
+    let y = Var::record("attention_backward", packed, &[q, k, v, d_o], move |x, _, cot| attention_backward_backward(x, cot, &o, &lse, g))?;
+    unpack(&y, x)
 }
 
-/// The op `attention_backward_backward`: the cotangents of (Q, K, V, dO) = `x` given the packed
-/// cotangent `cot` of (dQ, dK, dV).
-fn attention_backward_backward(x: &[Var], cot: &Var, o: &Tensor, lse: &Tensor, g: Geometry) -> Result<[Var; 4]> {
+/// The op `attention_backward_backward`: the cotangents of the tracked ones of (Q, K, V, dO) = `x`,
+/// given the packed cotangent `cot` of (dQ, dK, dV).
+fn attention_backward_backward(x: &[Var], cot: &Var, o: &Tensor, lse: &Tensor, g: Geometry) -> Result<Vec<Option<Var>>> {
     let (q, k, v, d_o) = (&x[0], &x[1], &x[2], &x[3]);
     let need = Need { q: q.is_tracked(), kv: k.is_tracked() || v.is_tracked(), d_o: d_o.is_tracked() };
     let packed = with_float!("attention_backward_backward", q.dtype(), T => {
@@ -100,7 +96,7 @@ fn attention_backward_backward(x: &[Var], cot: &Var, o: &Tensor, lse: &Tensor, g
     let y = Var::record("attention_backward_backward", packed, &[q, k, v, d_o, cot], |_, _, _| {
         Err(Error::Autodiff { msg: THIRD_ORDER.into() })
     })?;
-    unpack(&y, [q.shape(), k.shape(), v.shape(), d_o.shape()])
+    unpack(&y, x)
 }
 
 impl Var {
@@ -119,9 +115,7 @@ impl Var {
             *od.last_mut().expect("rank ≥ 2") = g.dv;
             (Tensor::from_vec(o, od)?, Tensor::from_vec(lse, &self.dims()[..self.dims().len() - 1])?)
         });
-        Var::record("attention", o, &[self, k, v], move |x, o, d_o| {
-            Ok(for_tracked(x, attention_backward(x, d_o, o.value().clone(), lse.clone(), g)?))
-        })
+        Var::record("attention", o, &[self, k, v], move |x, o, d_o| attention_backward(x, d_o, o.value().clone(), lse.clone(), g))
     }
 
     /// The composite attention path, softmax(scale·Q·Kᵀ + mask)·V from matmul and softmax: it

@@ -12,18 +12,22 @@
 //! Why it is shaped this way:
 //! - **Nothing N×N is materialized.** A task holds *strips*: its block of query rows against all
 //!   (visible) keys, or its block of keys against all (visible) rows, for a handful of score-shaped
-//!   quantities. Strips are capped at [`STRIP`] elements, which fixes the block size.
+//!   quantities. Strips are capped at about [`STRIP`] elements, which fixes the block size.
 //! - **Deterministic without atomics.** Row-indexed outputs (O, dQ, Q̄, dŌ) are written by row tasks,
-//!   column-indexed ones (dK, dV, K̄, V̄) by column tasks in a separate pass that recomputes P from ℓ.
-//!   Every output element is owned by one task and is one chain of fused multiply-adds in ascending key
-//!   (or row) order; row statistics are sums with 16 interleaved partials combined in a fixed tree. So
-//!   the bits depend on the shapes alone: not on the thread count, the block size, or the instruction
-//!   set (the register tile widens with AVX2 or AVX-512; the arithmetic does not change).
-//! - **Fast.** Every product is a small GEMM on strips with an MR×NR register tile of FMAs (vectorized
-//!   across the tile's columns), compiled three times (portable, AVX2+FMA, AVX-512) and picked at run
-//!   time; f32 uses a polynomial exp that vectorizes. In units of N²·d multiply-adds per head the
-//!   forward costs 2, the backward 3 (rows) + 4 (columns), the backward-over-backward 5 (statistics,
-//!   kept in the strips) + 2 for Q̄ (+ 2 for dŌ, only when asked) + 8 (columns).
+//!   column-indexed ones (dK, dV, K̄, V̄) by column tasks in a separate pass that recomputes P from ℓ
+//!   (and, for the backward-over-backward, reads the row statistics the row pass stored). Every output
+//!   element and every row statistic is owned by one task and is one chain of operations in ascending
+//!   key (or row) order, so the bits depend on the shapes alone: not on the thread count, the block
+//!   size, or the instruction set (the register tile widens with AVX2 or AVX-512; the arithmetic does
+//!   not change, and a test checks it).
+//! - **Fast.** Every product is a small GEMM with an 8-row register tile of explicit SIMD FMAs,
+//!   compiled for AVX-512, AVX2+FMA and portable code and picked at run time. Strips are stored in
+//!   the orientation their consuming GEMM reduces over (key-major in row tasks, row-major in column
+//!   tasks), so they are read in place; the [N, d] inputs are transposed or packed into 8-row panels
+//!   once per call; buffers come from a per-thread pool. f32 uses a polynomial exp that vectorizes.
+//!   In units of N²·d multiply-adds per head the forward costs 2, the backward 3 (rows) + 4
+//!   (columns), the backward-over-backward 5 (statistics; the strips are kept) + 2 for Q̄ (+ 2 for
+//!   dŌ, only when asked) + 8 (columns, which recompute the strips).
 
 use crate::dtype::{DType, Float};
 use rayon::prelude::*;
@@ -31,7 +35,8 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Elements in one strip (a block of rows against all keys, or a block of keys against all rows).
-/// Blocks have `STRIP / n` rows, clamped to [8, 64]: a few strips per task stay in the L2 cache.
+/// Blocks have `STRIP / n` rows, clamped to [8, 64] and rounded down to a multiple of 8: the four
+/// strips of a task stay in the L2 cache.
 pub const STRIP: usize = 1 << 15;
 
 /// The shapes of one attention call: `heads` problems, each Q [nq, d], K [nk, d], V [nk, dv], all
@@ -176,7 +181,10 @@ impl<T: Float> Reg<T> for Lanes4<T> {
     }
 }
 
+// The AVX-512 intrinsics are stable since Rust 1.89, above the crate's declared rust-version (1.82):
+// building this module needs ≥ 1.89 (the toolchain in use is 1.95).
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::incompatible_msrv)]
 mod x86 {
     use super::Reg;
     use std::arch::x86_64::*;
@@ -216,15 +224,15 @@ mod x86 {
     reg!(__m256d, f64, 4, _mm256_setzero_pd, _mm256_set1_pd, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_fmadd_pd);
 }
 
-/// An instruction set: the register tile is MR rows × two registers.
+/// An instruction set: the register tile is MR rows × NV registers.
 trait Isa {
-    const MR: usize;
+    const NV: usize;
     type R32: Reg<f32>;
     type R64: Reg<f64>;
 }
 struct Portable;
 impl Isa for Portable {
-    const MR: usize = 4;
+    const NV: usize = 1;
     type R32 = Lanes4<f32>;
     type R64 = Lanes4<f64>;
 }
@@ -232,7 +240,7 @@ impl Isa for Portable {
 struct Avx2;
 #[cfg(target_arch = "x86_64")]
 impl Isa for Avx2 {
-    const MR: usize = 4;
+    const NV: usize = 1;
     type R32 = std::arch::x86_64::__m256;
     type R64 = std::arch::x86_64::__m256d;
 }
@@ -240,7 +248,7 @@ impl Isa for Avx2 {
 struct Avx512;
 #[cfg(target_arch = "x86_64")]
 impl Isa for Avx512 {
-    const MR: usize = 8;
+    const NV: usize = 2;
     type R32 = std::arch::x86_64::__m512;
     type R64 = std::arch::x86_64::__m512d;
 }
@@ -263,11 +271,25 @@ fn isa_level() -> u8 {
     found.min(ISA_CAP.load(Ordering::Relaxed))
 }
 
-/// C[m×n] = (C if `acc`, else 0) + A[m×k]·B[k×n], row-major with row strides `lda`, `ldb`, `ldc`.
-/// Each element of C is one FMA chain over k ascending, whatever the tile shape.
+/// Rows of the register tile, and of the panels A is read in.
+const MR: usize = 8;
+/// The widest register-tile row: two AVX-512 registers of f32.
+const MAX_NR: usize = 32;
+
+/// The left operand of a GEMM, read by panels of MR rows: element (r, kk) of panel p is at
+/// `x[p·MR·k + kk·MR + r]` (`Panels`: pre-packed with [`panels`]) or at `x[kk·ld + p·MR + r]`
+/// (`Cols`: column-major with leading dimension ld, such as a strip read transposed).
+#[derive(Clone, Copy)]
+enum A<'a, T> {
+    Panels(&'a [T]),
+    Cols(&'a [T], usize),
+}
+
+/// C[m×n] = (C if `acc`, else 0) + A[m×k]·B[k×n] (B and C row-major with row strides `ldb`, `ldc`).
+/// Each element of C is one FMA chain over k ascending, whatever the tile shape or instruction set.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn gemm<T: Float, S: Isa>(acc: bool, m: usize, n: usize, k: usize, a: &[T], lda: usize, b: &[T], ldb: usize, c: &mut [T], ldc: usize) {
+fn gemm<T: Float, S: Isa>(acc: bool, m: usize, n: usize, k: usize, a: A<T>, b: &[T], ldb: usize, c: &mut [T], ldc: usize) {
     if m == 0 || n == 0 {
         return;
     }
@@ -281,51 +303,132 @@ fn gemm<T: Float, S: Isa>(acc: bool, m: usize, n: usize, k: usize, a: &[T], lda:
     }
     // Float is implemented for f32 and f64 only, so these casts are identities.
     use bytemuck::{cast_slice as cs, cast_slice_mut as cm};
-    match (T::DTYPE, S::MR) {
-        (DType::F32, 8) => tiles::<f32, S::R32, 8>(acc, m, n, k, cs(a), lda, cs(b), ldb, cm(c), ldc),
-        (DType::F32, _) => tiles::<f32, S::R32, 4>(acc, m, n, k, cs(a), lda, cs(b), ldb, cm(c), ldc),
-        (_, 8) => tiles::<f64, S::R64, 8>(acc, m, n, k, cs(a), lda, cs(b), ldb, cm(c), ldc),
-        _ => tiles::<f64, S::R64, 4>(acc, m, n, k, cs(a), lda, cs(b), ldb, cm(c), ldc),
+    match (T::DTYPE, S::NV) {
+        (DType::F32, 2) => tiles::<f32, S::R32, 2>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc),
+        (DType::F32, _) => tiles::<f32, S::R32, 1>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc),
+        (_, 2) => tiles::<f64, S::R64, 2>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc),
+        _ => tiles::<f64, S::R64, 1>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc),
+    }
+}
+
+#[inline(always)]
+fn cast_a<T: bytemuck::Pod, U: bytemuck::Pod>(a: A<'_, T>) -> A<'_, U> {
+    match a {
+        A::Panels(x) => A::Panels(bytemuck::cast_slice(x)),
+        A::Cols(x, l) => A::Cols(bytemuck::cast_slice(x), l),
     }
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn tiles<T: Float, R: Reg<T>, const MR: usize>(
+fn tiles<T: Float, R: Reg<T>, const NV: usize>(
     acc: bool,
     m: usize,
     n: usize,
     k: usize,
-    a: &[T],
-    lda: usize,
+    a: A<T>,
     b: &[T],
     ldb: usize,
     c: &mut [T],
     ldc: usize,
 ) {
-    // A packed into panels of MR rows, k-major (zero rows pad the last panel): the micro-kernel then
-    // broadcasts from one contiguous MR-vector per k step.
     let panels = m.div_ceil(MR);
+    // A column-major operand is read in place, except a last partial panel (it could run past the
+    // operand's end): that one is copied, zero padded.
     let mut sc = scratch();
-    let [ap] = sc.slices::<T, 1>(panels * k * MR);
-    for (p, panel) in ap.chunks_exact_mut(k * MR).enumerate() {
-        let rows = MR.min(m - p * MR);
-        for r in 0..rows {
-            let row = &a[(p * MR + r) * lda..(p * MR + r) * lda + k];
-            for (kk, &x) in row.iter().enumerate() {
-                panel[kk * MR + r] = x;
+    let [edge] = sc.slices::<T, 1>(k * MR);
+    let last = m - (panels - 1) * MR;
+    if let A::Cols(x, l) = a {
+        if last < MR {
+            for kk in 0..k {
+                let at = kk * l + (panels - 1) * MR;
+                edge[kk * MR..kk * MR + last].copy_from_slice(&x[at..at + last]);
+                edge[kk * MR + last..(kk + 1) * MR].fill(T::ZERO);
             }
         }
-        for kk in 0..k {
-            panel[kk * MR + rows..(kk + 1) * MR].fill(T::ZERO);
-        }
     }
+    let panel = |p: usize| -> (&[T], usize) {
+        match a {
+            A::Panels(x) => (&x[p * MR * k..(p + 1) * MR * k], MR),
+            A::Cols(_, _) if p + 1 == panels && last < MR => (&edge[..], MR),
+            A::Cols(x, l) => (&x[p * MR..], l),
+        }
+    };
     // Column panels outside, so a k×NR panel of B stays in L1 while the row panels pass over it.
-    let nr = 2 * R::LANES;
+    let nr = NV * R::LANES;
     for j0 in (0..n).step_by(nr) {
         let w = nr.min(n - j0);
-        for (p, panel) in ap.chunks_exact(k * MR).enumerate() {
-            tile::<T, R, MR>(acc, MR.min(m - p * MR), w, panel, &b[j0..], ldb, &mut c[p * MR * ldc + j0..], ldc);
+        for p in 0..panels {
+            let (ap, stride) = panel(p);
+            tile::<T, R, NV>(acc, MR.min(m - p * MR), w, k, ap, stride, &b[j0..], ldb, &mut c[p * MR * ldc + j0..], ldc);
+        }
+    }
+}
+
+/// One MR × NV·LANES tile of C (`rows` × `w` of it loaded and stored): element (r, kk) of the A panel
+/// is `ap[kk·stride + r]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tile<T: Float, R: Reg<T>, const NV: usize>(
+    acc: bool,
+    rows: usize,
+    w: usize,
+    k: usize,
+    ap: &[T],
+    stride: usize,
+    b: &[T],
+    ldb: usize,
+    c: &mut [T],
+    ldc: usize,
+) {
+    let l = R::LANES;
+    let full = w == NV * l;
+    let mut t = [[R::zero(); NV]; MR];
+    let mut buf = [T::ZERO; MAX_NR];
+    if acc {
+        for r in 0..rows {
+            let row = &c[r * ldc..r * ldc + w];
+            let row = if full {
+                row
+            } else {
+                buf[..w].copy_from_slice(row);
+                &buf[..]
+            };
+            for v in 0..NV {
+                t[r][v] = R::load(&row[v * l..]);
+            }
+        }
+    }
+    for kk in 0..k {
+        let av: &[T; MR] = ap[kk * stride..kk * stride + MR].try_into().unwrap();
+        let brow = &b[kk * ldb..kk * ldb + w];
+        let brow = if full {
+            brow
+        } else {
+            buf[..w].copy_from_slice(brow);
+            &buf[..]
+        };
+        let mut bv = [R::zero(); NV];
+        for v in 0..NV {
+            bv[v] = R::load(&brow[v * l..]);
+        }
+        for r in 0..MR {
+            let a = R::splat(av[r]);
+            for v in 0..NV {
+                t[r][v] = a.fma(bv[v], t[r][v]);
+            }
+        }
+    }
+    for r in 0..rows {
+        if full {
+            for v in 0..NV {
+                t[r][v].store(&mut c[r * ldc + v * l..]);
+            }
+        } else {
+            for v in 0..NV {
+                t[r][v].store(&mut buf[v * l..]);
+            }
+            c[r * ldc..r * ldc + w].copy_from_slice(&buf[..w]);
         }
     }
 }
@@ -344,19 +447,27 @@ fn scratch() -> Scratch {
 }
 
 impl Scratch {
-    /// `N` disjoint slices of `len` elements. Their contents are left over from earlier use: every
+    /// Disjoint slices of the given lengths. Their contents are left over from earlier use: every
     /// caller writes an element before reading it.
-    fn slices<T: Float, const N: usize>(&mut self, len: usize) -> [&mut [T]; N] {
-        let words = (N * len * std::mem::size_of::<T>()).div_ceil(8);
+    fn carve<T: Float>(&mut self, lens: &[usize]) -> Vec<&mut [T]> {
+        let total: usize = lens.iter().sum();
+        let words = (total * std::mem::size_of::<T>()).div_ceil(8);
         if self.0.len() < words {
             self.0.resize(words, 0.0);
         }
-        let mut rest = &mut bytemuck::cast_slice_mut::<f64, T>(&mut self.0[..words])[..N * len];
-        std::array::from_fn(|_| {
-            let (a, r) = std::mem::take(&mut rest).split_at_mut(len);
-            rest = r;
-            a
-        })
+        let mut rest = &mut bytemuck::cast_slice_mut::<f64, T>(&mut self.0[..words])[..total];
+        lens.iter()
+            .map(|&l| {
+                let (a, r) = std::mem::take(&mut rest).split_at_mut(l);
+                rest = r;
+                a
+            })
+            .collect()
+    }
+
+    /// `N` disjoint slices of `len` elements (see [`Scratch::carve`]).
+    fn slices<T: Float, const N: usize>(&mut self, len: usize) -> [&mut [T]; N] {
+        self.carve(&[len; N]).try_into().unwrap_or_else(|_| unreachable!("N slices"))
     }
 }
 
@@ -367,65 +478,24 @@ impl Drop for Scratch {
     }
 }
 
-/// The widest register tile row: two AVX-512 registers of f32.
-const MAX_NR: usize = 32;
-
-/// One MR × 2·LANES tile of C (`rows` × `w` of it loaded and stored) from a packed A panel and B rows.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn tile<T: Float, R: Reg<T>, const MR: usize>(acc: bool, rows: usize, w: usize, ap: &[T], b: &[T], ldb: usize, c: &mut [T], ldc: usize) {
-    let l = R::LANES;
-    let full = w == 2 * l;
-    let mut t = [[R::zero(); 2]; MR];
-    let mut buf = [T::ZERO; MAX_NR];
-    if acc {
-        for r in 0..rows {
-            let row = &c[r * ldc..r * ldc + w];
-            let row = if full {
-                row
-            } else {
-                buf[..w].copy_from_slice(row);
-                &buf[..]
-            };
-            t[r] = [R::load(row), R::load(&row[l..])];
-        }
-    }
-    for (kk, av) in ap.chunks_exact(MR).enumerate() {
-        let av: &[T; MR] = av.try_into().unwrap();
-        let brow = &b[kk * ldb..kk * ldb + w];
-        let brow = if full {
-            brow
-        } else {
-            buf[..w].copy_from_slice(brow);
-            &buf[..]
-        };
-        let (b0, b1) = (R::load(brow), R::load(&brow[l..]));
-        for r in 0..MR {
-            let a = R::splat(av[r]);
-            t[r][0] = a.fma(b0, t[r][0]);
-            t[r][1] = a.fma(b1, t[r][1]);
-        }
-    }
-    for r in 0..rows {
-        if full {
-            t[r][0].store(&mut c[r * ldc..]);
-            t[r][1].store(&mut c[r * ldc + l..]);
-        } else {
-            t[r][0].store(&mut buf);
-            t[r][1].store(&mut buf[l..]);
-            c[r * ldc..r * ldc + w].copy_from_slice(&buf[..w]);
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------------
-// Row reductions with a fixed order: 16 interleaved partials, combined in a fixed tree.
+// Element-wise pieces.
 
-const LANES: usize = 16;
-
-#[inline(always)]
-fn tree<T: Float>(mut acc: [T; LANES]) -> T {
-    let mut w = LANES / 2;
+/// x·y summed with 16 interleaved partials combined in a fixed tree (D = rowsum(dO∘O)). Plain
+/// multiply and add, not FMA: this runs outside the multiversioned tasks, where FMA is a library call.
+fn dot_lanes<T: Float>(x: &[T], y: &[T]) -> T {
+    const L: usize = 16;
+    let mut acc = [T::ZERO; L];
+    let (mut ix, mut iy) = (x.chunks_exact(L), y.chunks_exact(L));
+    for (cx, cy) in (&mut ix).zip(&mut iy) {
+        for l in 0..L {
+            acc[l] += cx[l] * cy[l];
+        }
+    }
+    for (l, (&a, &b)) in ix.remainder().iter().zip(iy.remainder()).enumerate() {
+        acc[l] += a * b;
+    }
+    let mut w = L / 2;
     while w > 0 {
         for l in 0..w {
             acc[l] += acc[l + w];
@@ -433,71 +503,6 @@ fn tree<T: Float>(mut acc: [T; LANES]) -> T {
         w /= 2;
     }
     acc[0]
-}
-
-#[inline(always)]
-fn sum_lanes<T: Float>(x: &[T]) -> T {
-    let mut acc = [T::ZERO; LANES];
-    let mut it = x.chunks_exact(LANES);
-    for ch in &mut it {
-        for l in 0..LANES {
-            acc[l] += ch[l];
-        }
-    }
-    for (l, &v) in it.remainder().iter().enumerate() {
-        acc[l] += v;
-    }
-    tree(acc)
-}
-
-#[inline(always)]
-fn dot_lanes<T: Float>(x: &[T], y: &[T]) -> T {
-    let mut acc = [T::ZERO; LANES];
-    let (mut ix, mut iy) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
-    for (cx, cy) in (&mut ix).zip(&mut iy) {
-        for l in 0..LANES {
-            acc[l] = cx[l].mul_add(cy[l], acc[l]);
-        }
-    }
-    for (l, (&a, &b)) in ix.remainder().iter().zip(iy.remainder()).enumerate() {
-        acc[l] = a.mul_add(b, acc[l]);
-    }
-    tree(acc)
-}
-
-/// The maximum (exact in any order); −∞ for an empty slice.
-#[inline(always)]
-fn max_lanes<T: Float>(x: &[T]) -> T {
-    let mut acc = [T::NEG_INFINITY; LANES];
-    let mut it = x.chunks_exact(LANES);
-    for ch in &mut it {
-        for l in 0..LANES {
-            acc[l] = if ch[l] > acc[l] { ch[l] } else { acc[l] };
-        }
-    }
-    for (l, &v) in it.remainder().iter().enumerate() {
-        acc[l] = if v > acc[l] { v } else { acc[l] };
-    }
-    acc.iter().fold(T::NEG_INFINITY, |m, &v| if v > m { v } else { m })
-}
-
-/// Σ p·(x + s·dp): the dO·eᵀ and dS̄∘dP part of rowsum(P̄∘P).
-#[inline(always)]
-fn pbar_sum<T: Float>(p: &[T], x: &[T], s: &[T], dp: &[T]) -> T {
-    let n = p.len();
-    let (x, s, dp) = (&x[..n], &s[..n], &dp[..n]);
-    let mut acc = [T::ZERO; LANES];
-    let full = n / LANES * LANES;
-    for j0 in (0..full).step_by(LANES) {
-        for l in 0..LANES {
-            let j = j0 + l;
-            acc[l] = p[j].mul_add(s[j].mul_add(dp[j], x[j]), acc[l]);
-        }
-    }
-    for j in full..n {
-        acc[j - full] = p[j].mul_add(s[j].mul_add(dp[j], x[j]), acc[j - full]);
-    }
-    tree(acc)
 }
 
 /// The backward-over-backward element terms, in place: given P, dP, dS̄ and X = dO·eᵀ with the row
@@ -513,8 +518,15 @@ fn bar_terms<T: Float>(p: T, dp: &mut T, dsb: &mut T, x: &mut T, dd: T, dbar: T,
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Per-task work. `Ctx` holds every input of a call; empty slices for what a kernel does not use.
+// Per-task work.
+//
+// Strips are stored so that the GEMM consuming them reduces over their rows: a row task holds
+// key-major strips [keys × its rows] (Q̄ = Σ over keys), a column task row-major strips [rows × its
+// keys] (K̄ = Σ over rows). Consuming GEMMs then read strips in place (`A::Cols`), and the GEMMs that
+// produce them take the [N, d] inputs pre-packed into panels (`A::Panels`) and the other side from a
+// transpose. Row statistics in a row task are column sweeps, vectorized over its rows.
 
+/// Every input of a kernel call (empty slices for what the call does not use).
 #[derive(Clone, Copy)]
 struct Ctx<'a, T> {
     g: Geometry,
@@ -522,51 +534,43 @@ struct Ctx<'a, T> {
     q: &'a [T],
     k: &'a [T],
     v: &'a [T],
-    /// Transposes per head: Kᵀ [d, nk], Vᵀ [dv, nk], Qᵀ [d, nq], dOᵀ [dv, nq], aᵀ [d, nq], bᵀ [d, nk],
-    /// eᵀ [dv, nk].
-    kt: &'a [T],
-    vt: &'a [T],
-    qt: &'a [T],
-    dot: &'a [T],
-    at: &'a [T],
-    bt: &'a [T],
-    et: &'a [T],
-    /// Row statistics [heads, nq]: logsumexp, D, and (backward-over-backward) D̄ and ρ.
-    lse: &'a [T],
-    dd: &'a [T],
-    dbar: &'a [T],
-    rho: &'a [T],
     d_o: &'a [T],
     a: &'a [T],
     b: &'a [T],
     e: &'a [T],
+    /// Per-head transposes [heads, width, ld(n)] (B operands): Qᵀ, dOᵀ, aᵀ, Kᵀ, Vᵀ, bᵀ, eᵀ.
+    qt: &'a [T],
+    dot: &'a [T],
+    at: &'a [T],
+    kt: &'a [T],
+    vt: &'a [T],
+    bt: &'a [T],
+    et: &'a [T],
+    /// Per-head panels (A operands) of Q, dO, a, K, V, b, e.
+    qp: &'a [T],
+    dop: &'a [T],
+    ap: &'a [T],
+    kp: &'a [T],
+    vp: &'a [T],
+    bp: &'a [T],
+    ep: &'a [T],
+    /// Row statistics [heads, nq]: logsumexp ℓ, D, and (backward-over-backward) D̄ and ρ.
+    lse: &'a [T],
+    dd: &'a [T],
+    dbar: &'a [T],
+    rho: &'a [T],
 }
 
 impl<'a, T: Float> Ctx<'a, T> {
     fn new(g: Geometry) -> Self {
-        let e: &[T] = &[];
-        Ctx {
-            g,
-            c: T::from_f64(g.scale),
-            q: e,
-            k: e,
-            v: e,
-            kt: e,
-            vt: e,
-            qt: e,
-            dot: e,
-            at: e,
-            bt: e,
-            et: e,
-            lse: e,
-            dd: e,
-            dbar: e,
-            rho: e,
-            d_o: e,
-            a: e,
-            b: e,
-            e,
-        }
+        let z: &[T] = &[];
+        #[rustfmt::skip]
+        let cx = Ctx {
+            g, c: T::from_f64(g.scale), q: z, k: z, v: z, d_o: z, a: z, b: z, e: z,
+            qt: z, dot: z, at: z, kt: z, vt: z, bt: z, et: z, qp: z, dop: z, ap: z, kp: z, vp: z, bp: z, ep: z,
+            lse: z, dd: z, dbar: z, rho: z,
+        };
+        cx
     }
 }
 
@@ -583,43 +587,69 @@ fn ld(n: usize) -> usize {
     n.next_multiple_of(32) + 16
 }
 
-/// Head `h` of a per-head transpose [heads, width, ld(n)], starting at column `from`.
+/// Head `h` of a per-head transpose [heads, width, ld(n)], from column `from`.
 #[inline(always)]
 fn cols<T>(xt: &[T], h: usize, n: usize, width: usize, from: usize) -> &[T] {
     &xt[h * ld(n) * width + from..(h + 1) * ld(n) * width]
 }
 
-/// The P strip of row block `i0 .. i0 + nr` of head `h` against keys `0..nkv`: exp(c·q·k − ℓ), zero
-/// past each row's visible keys.
+/// Head `h` of per-head panels of [heads, n, width], from row `from` (a multiple of MR).
 #[inline(always)]
-fn probs_rows<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, i0: usize, nr: usize, nkv: usize, p: &mut [T]) {
-    let g = cx.g;
-    gemm::<T, S>(false, nr, nkv, g.d, rows(cx.q, h, g.nq, g.d, i0), g.d, cols(cx.kt, h, g.nk, g.d, 0), ld(g.nk), p, nkv);
-    for r in 0..nr {
-        let (vis, l) = (g.visible(i0 + r), cx.lse[h * g.nq + i0 + r]);
-        let (live, dead) = p[r * nkv..(r + 1) * nkv].split_at_mut(vis);
-        for x in live.iter_mut() {
-            *x = x.mul_add(cx.c, -l).fast_exp();
-        }
-        dead.fill(T::ZERO);
+fn pan<T>(xp: &[T], h: usize, n: usize, width: usize, from: usize) -> A<'_, T> {
+    let per = n.div_ceil(MR) * MR * width;
+    A::Panels(&xp[h * per + from * width..(h + 1) * per])
+}
+
+/// In a row task's key-major strip, the first of its rows (from `i0`) that sees key `j`.
+#[inline(always)]
+fn first_live(g: &Geometry, i0: usize, nr: usize, j: usize) -> usize {
+    if g.causal {
+        j.saturating_sub(i0).min(nr)
+    } else {
+        0
     }
 }
 
-/// The Pᵀ strip of key block `j0 .. j0 + nc` of head `h` against rows `i_start..nq`: exp(c·k·q − ℓ),
-/// zero before each key's first visible row.
+/// In a column task's strip, the keys of its block (from `j0`) that row `i` sees.
 #[inline(always)]
-fn probs_cols<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, j0: usize, nc: usize, i_start: usize, pt: &mut [T]) {
+fn live_keys(g: &Geometry, j0: usize, nc: usize, i: usize) -> usize {
+    if g.causal {
+        (i + 1).saturating_sub(j0).min(nc)
+    } else {
+        nc
+    }
+}
+
+/// The key-major P strip of rows `i0 .. i0 + nr` of head `h`: p[j·nr + r] = exp(c·k_j·q_r − ℓ_r),
+/// zero where key j is masked.
+#[inline(always)]
+fn probs_rows<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, i0: usize, nr: usize, nkv: usize, p: &mut [T]) {
     let g = cx.g;
-    let nr = g.nq - i_start;
-    gemm::<T, S>(false, nc, nr, g.d, rows(cx.k, h, g.nk, g.d, j0), g.d, cols(cx.qt, h, g.nq, g.d, i_start), ld(g.nq), pt, nr);
-    let lse = &cx.lse[h * g.nq + i_start..(h + 1) * g.nq];
-    for jj in 0..nc {
-        let f = g.first_row(j0 + jj).max(i_start) - i_start;
-        let (dead, live) = pt[jj * nr..(jj + 1) * nr].split_at_mut(f);
+    gemm::<T, S>(false, nkv, nr, g.d, pan(cx.kp, h, g.nk, g.d, 0), cols(cx.qt, h, g.nq, g.d, i0), ld(g.nq), p, nr);
+    let lse = &cx.lse[h * g.nq + i0..h * g.nq + i0 + nr];
+    for j in 0..nkv {
+        let f = first_live(&g, i0, nr, j);
+        let (dead, live) = p[j * nr..(j + 1) * nr].split_at_mut(f);
         dead.fill(T::ZERO);
         for (x, &l) in live.iter_mut().zip(&lse[f..]) {
             *x = x.mul_add(cx.c, -l).fast_exp();
         }
+    }
+}
+
+/// The row-major P strip of rows `i_start..nq` against keys `j0 .. j0 + nc` of head `h`.
+#[inline(always)]
+fn probs_cols<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, j0: usize, nc: usize, i_start: usize, p: &mut [T]) {
+    let g = cx.g;
+    let nr = g.nq - i_start;
+    gemm::<T, S>(false, nr, nc, g.d, pan(cx.qp, h, g.nq, g.d, i_start), cols(cx.kt, h, g.nk, g.d, j0), ld(g.nk), p, nc);
+    for ii in 0..nr {
+        let (i, l) = (i_start + ii, cx.lse[h * g.nq + i_start + ii]);
+        let (live, dead) = p[ii * nc..(ii + 1) * nc].split_at_mut(live_keys(&g, j0, nc, i));
+        for x in live.iter_mut() {
+            *x = x.mul_add(cx.c, -l).fast_exp();
+        }
+        dead.fill(T::ZERO);
     }
 }
 
@@ -629,30 +659,37 @@ fn fwd_rows<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, i0: usize, nr: usize, o
     let g = cx.g;
     let nkv = g.visible(i0 + nr - 1);
     let mut sc = scratch();
-    let [s] = sc.slices::<T, 1>(nr * nkv);
-    gemm::<T, S>(false, nr, nkv, g.d, rows(cx.q, h, g.nq, g.d, i0), g.d, cols(cx.kt, h, g.nk, g.d, 0), ld(g.nk), s, nkv);
-    let mut inv = [T::ZERO; 64];
-    for r in 0..nr {
-        let (live, dead) = s[r * nkv..(r + 1) * nkv].split_at_mut(g.visible(i0 + r));
-        for x in live.iter_mut() {
+    let [s] = sc.slices::<T, 1>(nkv * nr);
+    gemm::<T, S>(false, nkv, nr, g.d, pan(cx.kp, h, g.nk, g.d, 0), cols(cx.qt, h, g.nq, g.d, i0), ld(g.nq), s, nr);
+    let (mut m, mut l) = ([T::NEG_INFINITY; 64], [T::ZERO; 64]);
+    let (m, l) = (&mut m[..nr], &mut l[..nr]);
+    for j in 0..nkv {
+        let f = first_live(&g, i0, nr, j);
+        for (x, m) in s[j * nr + f..(j + 1) * nr].iter_mut().zip(&mut m[f..]) {
             *x = *x * cx.c;
+            *m = if *x > *m { *x } else { *m };
         }
-        let mut m = max_lanes(live);
-        if !m.is_finite() {
-            m = T::ZERO; // no visible key (or ±∞/NaN scores): let the arithmetic propagate it
-        }
-        for x in live.iter_mut() {
-            *x = (*x - m).fast_exp();
-        }
-        dead.fill(T::ZERO);
-        let l = sum_lanes(live);
-        lse[r] = m + l.ln();
-        inv[r] = if l == T::ZERO { T::ZERO } else { T::ONE / l };
     }
-    gemm::<T, S>(false, nr, g.dv, nkv, s, nkv, rows(cx.v, h, g.nk, g.dv, 0), g.dv, o, g.dv);
+    for m in m.iter_mut() {
+        if !m.is_finite() {
+            *m = T::ZERO; // no visible key (or ±∞/NaN scores): let the arithmetic propagate it
+        }
+    }
+    for j in 0..nkv {
+        let f = first_live(&g, i0, nr, j);
+        let (dead, live) = s[j * nr..(j + 1) * nr].split_at_mut(f);
+        dead.fill(T::ZERO);
+        for ((x, &m), l) in live.iter_mut().zip(&m[f..]).zip(&mut l[f..]) {
+            *x = (*x - m).fast_exp();
+            *l += *x;
+        }
+    }
+    gemm::<T, S>(false, nr, g.dv, nkv, A::Cols(s, nr), rows(cx.v, h, g.nk, g.dv, 0), g.dv, o, g.dv);
     for r in 0..nr {
+        lse[r] = m[r] + l[r].ln();
+        let inv = if l[r] == T::ZERO { T::ZERO } else { T::ONE / l[r] };
         for x in &mut o[r * g.dv..(r + 1) * g.dv] {
-            *x = *x * inv[r];
+            *x = *x * inv;
         }
     }
 }
@@ -663,16 +700,16 @@ fn bwd_rows<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, i0: usize, nr: usize, d
     let g = cx.g;
     let nkv = g.visible(i0 + nr - 1);
     let mut sc = scratch();
-    let [p, ds] = sc.slices::<T, 2>(nr * nkv);
+    let [p, ds] = sc.slices::<T, 2>(nkv * nr);
     probs_rows::<T, S>(cx, h, i0, nr, nkv, p);
-    gemm::<T, S>(false, nr, nkv, g.dv, rows(cx.d_o, h, g.nq, g.dv, i0), g.dv, cols(cx.vt, h, g.nk, g.dv, 0), ld(g.nk), ds, nkv);
-    for r in 0..nr {
-        let dd = cx.dd[h * g.nq + i0 + r];
-        for (x, &p) in ds[r * nkv..(r + 1) * nkv].iter_mut().zip(&p[r * nkv..(r + 1) * nkv]) {
-            *x = p * (*x - dd);
+    gemm::<T, S>(false, nkv, nr, g.dv, pan(cx.vp, h, g.nk, g.dv, 0), cols(cx.dot, h, g.nq, g.dv, i0), ld(g.nq), ds, nr);
+    let dd = &cx.dd[h * g.nq + i0..h * g.nq + i0 + nr];
+    for j in 0..nkv {
+        for ((x, &p), &d) in ds[j * nr..(j + 1) * nr].iter_mut().zip(&p[j * nr..(j + 1) * nr]).zip(dd) {
+            *x = p * (*x - d);
         }
     }
-    gemm::<T, S>(false, nr, g.d, nkv, ds, nkv, rows(cx.k, h, g.nk, g.d, 0), g.d, dq, g.d);
+    gemm::<T, S>(false, nr, g.d, nkv, A::Cols(ds, nr), rows(cx.k, h, g.nk, g.d, 0), g.d, dq, g.d);
     for x in dq.iter_mut() {
         *x = *x * cx.c;
     }
@@ -685,40 +722,24 @@ fn bwd_cols<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, j0: usize, nc: usize, d
     let i_start = g.first_row(j0);
     let nr = g.nq - i_start;
     let mut sc = scratch();
-    let [pt, dst] = sc.slices::<T, 2>(nc * nr);
-    probs_cols::<T, S>(cx, h, j0, nc, i_start, pt);
-    gemm::<T, S>(false, nc, nr, g.dv, rows(cx.v, h, g.nk, g.dv, j0), g.dv, cols(cx.dot, h, g.nq, g.dv, i_start), ld(g.nq), dst, nr);
-    let dd = &cx.dd[h * g.nq + i_start..(h + 1) * g.nq];
-    for jj in 0..nc {
-        let row = jj * nr..(jj + 1) * nr;
-        for ((x, &p), &d) in dst[row.clone()].iter_mut().zip(&pt[row]).zip(dd) {
+    let [p, ds] = sc.slices::<T, 2>(nr * nc);
+    probs_cols::<T, S>(cx, h, j0, nc, i_start, p);
+    gemm::<T, S>(false, nr, nc, g.dv, pan(cx.dop, h, g.nq, g.dv, i_start), cols(cx.vt, h, g.nk, g.dv, j0), ld(g.nk), ds, nc);
+    for ii in 0..nr {
+        let d = cx.dd[h * g.nq + i_start + ii];
+        for (x, &p) in ds[ii * nc..(ii + 1) * nc].iter_mut().zip(&p[ii * nc..(ii + 1) * nc]) {
             *x = p * (*x - d);
         }
     }
-    gemm::<T, S>(false, nc, g.dv, nr, pt, nr, rows(cx.d_o, h, g.nq, g.dv, i_start), g.dv, dv, g.dv);
-    gemm::<T, S>(false, nc, g.d, nr, dst, nr, rows(cx.q, h, g.nq, g.d, i_start), g.d, dk, g.d);
+    gemm::<T, S>(false, nc, g.dv, nr, A::Cols(p, nc), rows(cx.d_o, h, g.nq, g.dv, i_start), g.dv, dv, g.dv);
+    gemm::<T, S>(false, nc, g.d, nr, A::Cols(ds, nc), rows(cx.q, h, g.nq, g.d, i_start), g.d, dk, g.d);
     for x in dk.iter_mut() {
         *x = *x * cx.c;
     }
 }
 
-/// The dP, dS̄ and X = dO·eᵀ strips of a row block (keys `0..nkv`).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn bb_strips_rows<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, i0: usize, nr: usize, nkv: usize, dp: &mut [T], dsb: &mut [T], x: &mut [T]) {
-    let g = cx.g;
-    let (dorows, vt) = (rows(cx.d_o, h, g.nq, g.dv, i0), cols(cx.vt, h, g.nk, g.dv, 0));
-    gemm::<T, S>(false, nr, nkv, g.dv, dorows, g.dv, vt, ld(g.nk), dp, nkv);
-    gemm::<T, S>(false, nr, nkv, g.d, rows(cx.a, h, g.nq, g.d, i0), g.d, cols(cx.kt, h, g.nk, g.d, 0), ld(g.nk), dsb, nkv);
-    gemm::<T, S>(true, nr, nkv, g.d, rows(cx.q, h, g.nq, g.d, i0), g.d, cols(cx.bt, h, g.nk, g.d, 0), ld(g.nk), dsb, nkv);
-    for y in dsb.iter_mut() {
-        *y = *y * cx.c;
-    }
-    gemm::<T, S>(false, nr, nkv, g.dv, dorows, g.dv, cols(cx.et, h, g.nk, g.dv, 0), ld(g.nk), x, nkv);
-}
-
-/// Backward-over-backward, rows of head `h`: the statistics D̄ and ρ (always: the column pass needs
-/// them), then Q̄ = c·(dS·b + S̄·K) and dŌ = P·e + dP̄·V where asked.
+/// Backward-over-backward, rows of head `h`: the statistics D̄ = −rowsum(P∘dS̄) and ρ = rowsum(P̄∘P)
+/// (always: the column pass needs them), then Q̄ = c·(dS·b + S̄·K) and dŌ = P·e + dP̄·V where asked.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn bb_rows<T: AttnFloat, S: Isa>(
@@ -729,42 +750,60 @@ fn bb_rows<T: AttnFloat, S: Isa>(
     nr: usize,
     qbar: &mut [T],
     dobar: &mut [T],
-    stats: (&mut [T], &mut [T]),
+    (dbar, rho): (&mut [T], &mut [T]),
 ) {
     let g = cx.g;
     let nkv = g.visible(i0 + nr - 1);
     let mut sc = scratch();
-    let [p, dp, dsb, x] = sc.slices::<T, 4>(nr * nkv);
+    let [p, dp, dsb, x] = sc.slices::<T, 4>(nkv * nr);
     probs_rows::<T, S>(cx, h, i0, nr, nkv, p);
-    bb_strips_rows::<T, S>(cx, h, i0, nr, nkv, dp, dsb, x);
-    let (dbar, rho) = stats;
-    for r in 0..nr {
-        let vis = g.visible(i0 + r);
-        let row = r * nkv..r * nkv + vis;
-        let dd = cx.dd[h * g.nq + i0 + r];
-        dbar[r] = -dot_lanes(&p[row.clone()], &dsb[row.clone()]);
-        rho[r] = pbar_sum(&p[row.clone()], &x[row.clone()], &dsb[row.clone()], &dp[row]) + (dbar[r] + dbar[r]) * dd;
-        if need.q || need.d_o {
-            let row = r * nkv..(r + 1) * nkv;
-            let (p, dp, dsb, x) = (&p[row.clone()], &mut dp[row.clone()], &mut dsb[row.clone()], &mut x[row]);
-            for j in 0..vis {
-                bar_terms(p[j], &mut dp[j], &mut dsb[j], &mut x[j], dd, dbar[r], rho[r]);
-            }
-            dp[vis..].fill(T::ZERO);
-            dsb[vis..].fill(T::ZERO);
-            x[vis..].fill(T::ZERO);
+    let (qt, dot) = (cols(cx.qt, h, g.nq, g.d, i0), cols(cx.dot, h, g.nq, g.dv, i0));
+    gemm::<T, S>(false, nkv, nr, g.dv, pan(cx.vp, h, g.nk, g.dv, 0), dot, ld(g.nq), dp, nr);
+    gemm::<T, S>(false, nkv, nr, g.d, pan(cx.kp, h, g.nk, g.d, 0), cols(cx.at, h, g.nq, g.d, i0), ld(g.nq), dsb, nr);
+    gemm::<T, S>(true, nkv, nr, g.d, pan(cx.bp, h, g.nk, g.d, 0), qt, ld(g.nq), dsb, nr);
+    gemm::<T, S>(false, nkv, nr, g.dv, pan(cx.ep, h, g.nk, g.dv, 0), dot, ld(g.nq), x, nr);
+    let dd = &cx.dd[h * g.nq + i0..h * g.nq + i0 + nr];
+    // Statistics: Σ_j P∘dS̄ and Σ_j P∘(X + dS̄∘dP) per row, keys ascending; with Σ_j P∘dP = D,
+    // ρ = Σ_j P∘P̄ = Σ_j P∘(X + dS̄∘dP) + 2·D̄·D.
+    let (mut s1, mut s2) = ([T::ZERO; 64], [T::ZERO; 64]);
+    for j in 0..nkv {
+        let f = first_live(&g, i0, nr, j);
+        let span = j * nr + f..(j + 1) * nr;
+        let (p, dp, x) = (&p[span.clone()], &dp[span.clone()], &x[span.clone()]);
+        for (r, y) in dsb[span].iter_mut().enumerate() {
+            *y = *y * cx.c;
+            s1[f + r] = p[r].mul_add(*y, s1[f + r]);
+            s2[f + r] = p[r].mul_add(y.mul_add(dp[r], x[r]), s2[f + r]);
         }
     }
+    for r in 0..nr {
+        dbar[r] = -s1[r];
+        rho[r] = s2[r] + (dbar[r] + dbar[r]) * dd[r];
+    }
+    if !(need.q || need.d_o) {
+        return;
+    }
+    for j in 0..nkv {
+        let f = first_live(&g, i0, nr, j);
+        let row = j * nr..(j + 1) * nr;
+        let (p, dp, dsb, x) = (&p[row.clone()], &mut dp[row.clone()], &mut dsb[row.clone()], &mut x[row]);
+        for r in f..nr {
+            bar_terms(p[r], &mut dp[r], &mut dsb[r], &mut x[r], dd[r], dbar[r], rho[r]);
+        }
+        dp[..f].fill(T::ZERO);
+        dsb[..f].fill(T::ZERO);
+        x[..f].fill(T::ZERO);
+    }
     if need.q {
-        gemm::<T, S>(false, nr, g.d, nkv, dp, nkv, rows(cx.b, h, g.nk, g.d, 0), g.d, qbar, g.d);
-        gemm::<T, S>(true, nr, g.d, nkv, x, nkv, rows(cx.k, h, g.nk, g.d, 0), g.d, qbar, g.d);
+        gemm::<T, S>(false, nr, g.d, nkv, A::Cols(dp, nr), rows(cx.b, h, g.nk, g.d, 0), g.d, qbar, g.d);
+        gemm::<T, S>(true, nr, g.d, nkv, A::Cols(x, nr), rows(cx.k, h, g.nk, g.d, 0), g.d, qbar, g.d);
         for y in qbar.iter_mut() {
             *y = *y * cx.c;
         }
     }
     if need.d_o {
-        gemm::<T, S>(false, nr, g.dv, nkv, p, nkv, rows(cx.e, h, g.nk, g.dv, 0), g.dv, dobar, g.dv);
-        gemm::<T, S>(true, nr, g.dv, nkv, dsb, nkv, rows(cx.v, h, g.nk, g.dv, 0), g.dv, dobar, g.dv);
+        gemm::<T, S>(false, nr, g.dv, nkv, A::Cols(p, nr), rows(cx.e, h, g.nk, g.dv, 0), g.dv, dobar, g.dv);
+        gemm::<T, S>(true, nr, g.dv, nkv, A::Cols(dsb, nr), rows(cx.v, h, g.nk, g.dv, 0), g.dv, dobar, g.dv);
     }
 }
 
@@ -775,35 +814,36 @@ fn bb_cols<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, j0: usize, nc: usize, kb
     let g = cx.g;
     let i_start = g.first_row(j0);
     let nr = g.nq - i_start;
-    let n = nc * nr;
     let mut sc = scratch();
-    let [pt, dpt, dsbt, xt] = sc.slices::<T, 4>(n);
-    probs_cols::<T, S>(cx, h, j0, nc, i_start, pt);
-    let dot = cols(cx.dot, h, g.nq, g.dv, i_start);
-    let (krows, qt) = (rows(cx.k, h, g.nk, g.d, j0), cols(cx.qt, h, g.nq, g.d, i_start));
-    gemm::<T, S>(false, nc, nr, g.dv, rows(cx.v, h, g.nk, g.dv, j0), g.dv, dot, ld(g.nq), dpt, nr);
-    gemm::<T, S>(false, nc, nr, g.d, krows, g.d, cols(cx.at, h, g.nq, g.d, i_start), ld(g.nq), dsbt, nr);
-    gemm::<T, S>(true, nc, nr, g.d, rows(cx.b, h, g.nk, g.d, j0), g.d, qt, ld(g.nq), dsbt, nr);
-    for y in dsbt.iter_mut() {
-        *y = *y * cx.c;
-    }
-    gemm::<T, S>(false, nc, nr, g.dv, rows(cx.e, h, g.nk, g.dv, j0), g.dv, dot, ld(g.nq), xt, nr);
-    let span = h * g.nq + i_start..(h + 1) * g.nq;
-    let (dd, dbar, rho) = (&cx.dd[span.clone()], &cx.dbar[span.clone()], &cx.rho[span]);
-    for jj in 0..nc {
-        let row = jj * nr..(jj + 1) * nr;
-        let (p, dp, dsb, x) = (&pt[row.clone()], &mut dpt[row.clone()], &mut dsbt[row.clone()], &mut xt[row]);
-        for i in 0..nr {
-            bar_terms(p[i], &mut dp[i], &mut dsb[i], &mut x[i], dd[i], dbar[i], rho[i]);
+    let [p, dp, dsb, x] = sc.slices::<T, 4>(nr * nc);
+    probs_cols::<T, S>(cx, h, j0, nc, i_start, p);
+    let (kt, vt) = (cols(cx.kt, h, g.nk, g.d, j0), cols(cx.vt, h, g.nk, g.dv, j0));
+    let dop = pan(cx.dop, h, g.nq, g.dv, i_start);
+    gemm::<T, S>(false, nr, nc, g.dv, dop, vt, ld(g.nk), dp, nc);
+    gemm::<T, S>(false, nr, nc, g.d, pan(cx.ap, h, g.nq, g.d, i_start), kt, ld(g.nk), dsb, nc);
+    gemm::<T, S>(true, nr, nc, g.d, pan(cx.qp, h, g.nq, g.d, i_start), cols(cx.bt, h, g.nk, g.d, j0), ld(g.nk), dsb, nc);
+    gemm::<T, S>(false, nr, nc, g.dv, dop, cols(cx.et, h, g.nk, g.dv, j0), ld(g.nk), x, nc);
+    for ii in 0..nr {
+        let i = h * g.nq + i_start + ii;
+        let (dd, dbar, rho) = (cx.dd[i], cx.dbar[i], cx.rho[i]);
+        let live = live_keys(&g, j0, nc, i_start + ii);
+        let row = ii * nc..(ii + 1) * nc;
+        let (p, dp, dsb, x) = (&p[row.clone()], &mut dp[row.clone()], &mut dsb[row.clone()], &mut x[row]);
+        for jj in 0..live {
+            dsb[jj] = dsb[jj] * cx.c;
+            bar_terms(p[jj], &mut dp[jj], &mut dsb[jj], &mut x[jj], dd, dbar, rho);
         }
+        dp[live..].fill(T::ZERO);
+        dsb[live..].fill(T::ZERO);
+        x[live..].fill(T::ZERO);
     }
     let (arows, qrows) = (rows(cx.a, h, g.nq, g.d, i_start), rows(cx.q, h, g.nq, g.d, i_start));
-    gemm::<T, S>(false, nc, g.d, nr, dpt, nr, arows, g.d, kbar, g.d);
-    gemm::<T, S>(true, nc, g.d, nr, xt, nr, qrows, g.d, kbar, g.d);
+    gemm::<T, S>(false, nc, g.d, nr, A::Cols(dp, nc), arows, g.d, kbar, g.d);
+    gemm::<T, S>(true, nc, g.d, nr, A::Cols(x, nc), qrows, g.d, kbar, g.d);
     for y in kbar.iter_mut() {
         *y = *y * cx.c;
     }
-    gemm::<T, S>(false, nc, g.dv, nr, dsbt, nr, rows(cx.d_o, h, g.nq, g.dv, i_start), g.dv, vbar, g.dv);
+    gemm::<T, S>(false, nc, g.dv, nr, A::Cols(dsb, nc), rows(cx.d_o, h, g.nq, g.dv, i_start), g.dv, vbar, g.dv);
 }
 
 /// Defines `$name`, which runs `$imp` compiled for the best instruction set this CPU has (the same
@@ -848,9 +888,9 @@ multiversion! {
 // ---------------------------------------------------------------------------------------------------
 // Orchestration: tasks over (head, block), outputs split into disjoint per-task slices.
 
-/// Rows (or keys) per task when the other side has `other` entries.
+/// Rows (or keys) per task when the other side has `other` entries: a multiple of MR in [8, 64].
 fn block(other: usize) -> usize {
-    (STRIP / other.max(1)).clamp(8, 64)
+    (STRIP / other.max(1)).clamp(8, 64) / MR * MR
 }
 
 /// The tasks (head, first, count) covering `n` rows per head in blocks of `blk`.
@@ -870,41 +910,77 @@ fn split<'a, T>(mut buf: &'a mut [T], tasks: &[(usize, usize, usize)], width: us
         .collect()
 }
 
-/// Per-head transposes: [heads, n, w] → [heads, w, ld(n)], in 32×32 blocks.
-fn transpose<T: Float>(x: &[T], heads: usize, n: usize, w: usize) -> Vec<T> {
-    const B: usize = 32;
-    let l = ld(n);
-    let mut out = vec![T::ZERO; heads * w * l];
-    if n * w > 0 {
-        out.par_chunks_mut(w * l).zip(x.par_chunks(n * w)).for_each(|(o, x)| {
-            for i0 in (0..n).step_by(B) {
-                for c0 in (0..w).step_by(B) {
-                    for c in c0..(c0 + B).min(w) {
-                        for i in i0..(i0 + B).min(n) {
-                            o[c * l + i] = x[i * w + c];
-                        }
+/// The layouts an operand is needed in.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    /// [heads, w, ld(n)]: B operands.
+    Transposed,
+    /// Per head ⌈n/MR⌉ panels of [w, MR], zero padded: A operands.
+    Panels,
+}
+
+/// Re-lays out operands ([heads, n, w] each, given as (x, n, w, layout)) into buffers carved from `sc`,
+/// in one parallel sweep over (operand, head).
+fn relayout<'s, T: Float>(sc: &'s mut Scratch, heads: usize, ops: &[(&[T], usize, usize, Layout)]) -> Vec<&'s [T]> {
+    let size = |n: usize, w: usize, lay| match lay {
+        Layout::Transposed => w * ld(n),
+        Layout::Panels => n.div_ceil(MR) * MR * w,
+    };
+    let lens: Vec<usize> = ops.iter().map(|&(_, n, w, lay)| heads * size(n, w, lay)).collect();
+    let mut outs = sc.carve::<T>(&lens);
+    let mut jobs = Vec::new();
+    for (out, &(x, n, w, lay)) in outs.iter_mut().zip(ops) {
+        if n * w > 0 {
+            jobs.extend(out.chunks_mut(size(n, w, lay)).zip(x.chunks(n * w)).map(|(o, x)| (o, x, n, w, lay)));
+        }
+    }
+    jobs.into_par_iter().for_each(|(o, x, n, w, lay)| match lay {
+        Layout::Transposed => {
+            let l = ld(n);
+            for i0 in (0..n).step_by(32) {
+                for c in 0..w {
+                    for i in i0..(i0 + 32).min(n) {
+                        o[c * l + i] = x[i * w + c];
                     }
                 }
             }
-        });
-    }
-    out
+        }
+        Layout::Panels => {
+            for (i, row) in x.chunks_exact(w).enumerate() {
+                let panel = &mut o[i / MR * MR * w..];
+                for (c, &v) in row.iter().enumerate() {
+                    panel[c * MR + i % MR] = v;
+                }
+            }
+            // Zero the padding rows of the last panel (they are computed, never stored).
+            for i in n..n.div_ceil(MR) * MR {
+                for c in 0..w {
+                    o[i / MR * MR * w + c * MR + i % MR] = T::ZERO;
+                }
+            }
+        }
+    });
+    outs.into_iter().map(|o| &*o).collect()
 }
 
-/// D = rowsum(dO∘O) per row, [heads·nq].
-fn row_dots<T: Float>(d_o: &[T], o: &[T], rows: usize, w: usize) -> Vec<T> {
+/// D = rowsum(dO∘O) per row, into `dd` [heads·nq].
+fn row_dots<T: Float>(d_o: &[T], o: &[T], w: usize, dd: &mut [T]) {
     if w == 0 {
-        return vec![T::ZERO; rows];
+        dd.fill(T::ZERO);
+    } else {
+        dd.par_iter_mut().zip(d_o.par_chunks(w).zip(o.par_chunks(w))).for_each(|(d, (x, y))| *d = dot_lanes(x, y));
     }
-    d_o.par_chunks(w).zip(o.par_chunks(w)).map(|(x, y)| dot_lanes(x, y)).collect()
 }
 
 /// Forward: O [heads, nq, dv] and the row logsumexp ℓ [heads, nq] of the scaled, masked scores.
 pub fn forward<T: AttnFloat>(g: Geometry, q: &[T], k: &[T], v: &[T]) -> (Vec<T>, Vec<T>) {
+    use Layout::*;
     let mut o = vec![T::ZERO; g.heads * g.nq * g.dv];
     let mut lse = vec![T::ZERO; g.heads * g.nq];
-    let kt = transpose(k, g.heads, g.nk, g.d);
-    let cx = Ctx { q, k, v, kt: &kt, ..Ctx::new(g) };
+    let mut sc = scratch();
+    let ops = [(q, g.nq, g.d, Transposed), (k, g.nk, g.d, Panels)];
+    let [qt, kp] = relayout(&mut sc, g.heads, &ops)[..] else { unreachable!() };
+    let cx = Ctx { q, k, v, qt, kp, ..Ctx::new(g) };
     let tk = tasks(g.heads, g.nq, block(g.nk));
     let (os, ls) = (split(&mut o, &tk, g.dv), split(&mut lse, &tk, 1));
     tk.into_par_iter().zip(os).zip(ls).for_each(|(((h, i0, nr), o), l)| fwd_task(&cx, h, i0, nr, o, l));
@@ -915,22 +991,29 @@ pub fn forward<T: AttnFloat>(g: Geometry, q: &[T], k: &[T], v: &[T]) -> (Vec<T>,
 /// [heads, nk, dv]), from Q, K, V, the forward's O and ℓ (`saved`), and dO. Parts not in `need` stay
 /// zero.
 pub fn backward<T: AttnFloat>(g: Geometry, [q, k, v]: [&[T]; 3], [o, lse]: [&[T]; 2], d_o: &[T], need: Need) -> Vec<T> {
+    use Layout::*;
     let (nq, nk) = (g.heads * g.nq, g.heads * g.nk);
     let mut out = vec![T::ZERO; nq * g.d + nk * (g.d + g.dv)];
     let (dq, rest) = out.split_at_mut(nq * g.d);
     let (dk, dv) = rest.split_at_mut(nk * g.d);
-    let dd = row_dots(d_o, o, nq, g.dv);
-    let cx = Ctx { q, k, v, lse, dd: &dd, d_o, ..Ctx::new(g) };
+    let mut sc = scratch();
+    let [dd] = sc.slices::<T, 1>(nq);
+    row_dots(d_o, o, g.dv, dd);
+    let cx = Ctx { q, k, v, d_o, lse, dd, ..Ctx::new(g) };
     if need.q {
-        let (kt, vt) = (transpose(k, g.heads, g.nk, g.d), transpose(v, g.heads, g.nk, g.dv));
-        let cx = Ctx { kt: &kt, vt: &vt, ..cx };
+        let mut sc = scratch();
+        let ops = [(q, g.nq, g.d, Transposed), (d_o, g.nq, g.dv, Transposed), (k, g.nk, g.d, Panels), (v, g.nk, g.dv, Panels)];
+        let [qt, dot, kp, vp] = relayout(&mut sc, g.heads, &ops)[..] else { unreachable!() };
+        let cx = Ctx { qt, dot, kp, vp, ..cx };
         let tk = tasks(g.heads, g.nq, block(g.nk));
         let dqs = split(dq, &tk, g.d);
         tk.into_par_iter().zip(dqs).for_each(|((h, i0, nr), dq)| bwd_row_task(&cx, h, i0, nr, dq));
     }
     if need.kv {
-        let (qt, dot) = (transpose(q, g.heads, g.nq, g.d), transpose(d_o, g.heads, g.nq, g.dv));
-        let cx = Ctx { qt: &qt, dot: &dot, ..cx };
+        let mut sc = scratch();
+        let ops = [(k, g.nk, g.d, Transposed), (v, g.nk, g.dv, Transposed), (q, g.nq, g.d, Panels), (d_o, g.nq, g.dv, Panels)];
+        let [kt, vt, qp, dop] = relayout(&mut sc, g.heads, &ops)[..] else { unreachable!() };
+        let cx = Ctx { kt, vt, qp, dop, ..cx };
         let tk = tasks(g.heads, g.nk, block(g.nq));
         let (dks, dvs) = (split(dk, &tk, g.d), split(dv, &tk, g.dv));
         tk.into_par_iter().zip(dks).zip(dvs).for_each(|(((h, j0, nc), dk), dv)| bwd_col_task(&cx, h, j0, nc, dk, dv));
@@ -948,6 +1031,7 @@ pub fn backward_backward<T: AttnFloat>(
     [a, b, e]: [&[T]; 3],
     need: Need,
 ) -> Vec<T> {
+    use Layout::*;
     let (nq, nk) = (g.heads * g.nq, g.heads * g.nk);
     let mut out = vec![T::ZERO; nq * (g.d + g.dv) + nk * (g.d + g.dv)];
     let (qbar, rest) = out.split_at_mut(nq * g.d);
@@ -956,20 +1040,35 @@ pub fn backward_backward<T: AttnFloat>(
     if !(need.q || need.kv || need.d_o) {
         return out;
     }
-    let dd = row_dots(d_o, o, nq, g.dv);
-    let (kt, vt) = (transpose(k, g.heads, g.nk, g.d), transpose(v, g.heads, g.nk, g.dv));
-    let (bt, et) = (transpose(b, g.heads, g.nk, g.d), transpose(e, g.heads, g.nk, g.dv));
-    let cx = Ctx { q, k, v, kt: &kt, vt: &vt, bt: &bt, et: &et, lse, dd: &dd, d_o, a, b, e, ..Ctx::new(g) };
-    let (mut dbar, mut rho) = (vec![T::ZERO; nq], vec![T::ZERO; nq]);
-    let tk = tasks(g.heads, g.nq, block(g.nk));
-    let (qs, ds) = (split(qbar, &tk, g.d), split(dobar, &tk, g.dv));
-    let (dbs, rhos) = (split(&mut dbar, &tk, 1), split(&mut rho, &tk, 1));
-    tk.into_par_iter().zip(qs).zip(ds).zip(dbs.into_par_iter().zip(rhos)).for_each(|((((h, i0, nr), qb), db), st)| {
-        bb_row_task(&cx, need, h, i0, nr, qb, db, st);
-    });
+    let mut sc = scratch();
+    let [dd, dbar, rho] = sc.slices::<T, 3>(nq);
+    row_dots(d_o, o, g.dv, dd);
+    let cx = Ctx { q, k, v, d_o, a, b, e, lse, dd, ..Ctx::new(g) };
+    #[rustfmt::skip]
+    let ops = [
+        (q, g.nq, g.d, Transposed), (d_o, g.nq, g.dv, Transposed), (a, g.nq, g.d, Transposed),
+        (k, g.nk, g.d, Panels), (v, g.nk, g.dv, Panels), (b, g.nk, g.d, Panels), (e, g.nk, g.dv, Panels),
+    ];
+    {
+        let mut sc = scratch();
+        let [qt, dot, at, kp, vp, bp, ep] = relayout(&mut sc, g.heads, &ops)[..] else { unreachable!() };
+        let cx = Ctx { qt, dot, at, kp, vp, bp, ep, ..cx };
+        let tk = tasks(g.heads, g.nq, block(g.nk));
+        let (qs, ds) = (split(qbar, &tk, g.d), split(dobar, &tk, g.dv));
+        let (dbs, rhos) = (split(dbar, &tk, 1), split(rho, &tk, 1));
+        tk.into_par_iter().zip(qs).zip(ds).zip(dbs.into_par_iter().zip(rhos)).for_each(|((((h, i0, nr), qb), db), st)| {
+            bb_row_task(&cx, need, h, i0, nr, qb, db, st);
+        });
+    }
     if need.kv {
-        let (qt, dot, at) = (transpose(q, g.heads, g.nq, g.d), transpose(d_o, g.heads, g.nq, g.dv), transpose(a, g.heads, g.nq, g.d));
-        let cx = Ctx { qt: &qt, dot: &dot, at: &at, dbar: &dbar, rho: &rho, ..cx };
+        #[rustfmt::skip]
+        let ops = [
+            (k, g.nk, g.d, Transposed), (v, g.nk, g.dv, Transposed), (b, g.nk, g.d, Transposed), (e, g.nk, g.dv, Transposed),
+            (q, g.nq, g.d, Panels), (d_o, g.nq, g.dv, Panels), (a, g.nq, g.d, Panels),
+        ];
+        let mut sc = scratch();
+        let [kt, vt, bt, et, qp, dop, ap] = relayout(&mut sc, g.heads, &ops)[..] else { unreachable!() };
+        let cx = Ctx { kt, vt, bt, et, qp, dop, ap, dbar, rho, ..cx };
         let tk = tasks(g.heads, g.nk, block(g.nq));
         let (ks, vs) = (split(kbar, &tk, g.d), split(vbar, &tk, g.dv));
         tk.into_par_iter().zip(ks).zip(vs).for_each(|(((h, j0, nc), kb), vb)| bb_col_task(&cx, h, j0, nc, kb, vb));
