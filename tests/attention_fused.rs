@@ -123,12 +123,14 @@ proptest! {
     }
 }
 
-/// Long sequences (several row and key blocks, blocks below 64 rows) and d = 128 against the
-/// composite path.
+/// Long sequences (several row and key blocks; past 1024 keys or rows the blocks shrink below 64)
+/// and d = 128 against the composite path.
 #[test]
 fn fused_matches_composite_multi_block() {
     for causal in [false, true] {
         let c = Case { batch: (2, 0), nq: 700, nk: 600, d: 32, dv: 24, scale: 0.2, causal, seed: 7 };
+        fused_matches_composite(&c, DType::F64, 1e-10).unwrap();
+        let c = Case { batch: (0, 0), nq: 1100, nk: 1300, d: 8, dv: 5, scale: 0.4, causal, seed: 10 };
         fused_matches_composite(&c, DType::F64, 1e-10).unwrap();
         let c = Case { batch: (1, 2), nq: 130, nk: 200, d: 128, dv: 64, scale: 0.09, causal, seed: 8 };
         fused_matches_composite(&c, DType::F64, 1e-10).unwrap();
