@@ -1,6 +1,6 @@
 //! Direct 2-D convolution kernels (implicit GEMM): forward, input gradient and weight gradient.
 //!
-//! Write the convolution as the trilinear form T(x, w, y) = Σ y[n,o,p]·w[o,c,ki,kj]·x[n,c,src(p,ki,kj)].
+//! Write the convolution as the trilinear form T(x, w, y) = Σ y(n,o,p)·w(o,c,ki,kj)·x(n,c,src(p,ki,kj)).
 //! Its three partial derivatives are the three kernels here, and each is a matrix product one of whose
 //! operands is *gathered* from an image instead of stored:
 //! - [`conv2d_forward`] (∂T/∂y = conv(x, w)): per image, Y[o, p] = Σ_t W[o, t]·X̂[t, p] with t = (c, ki, kj)
@@ -523,6 +523,7 @@ unsafe fn weight_avx2<T: Float, const MR: usize, const NR: usize>(
 mod tests {
     use super::*;
 
+    #[allow(clippy::too_many_arguments)]
     fn shape(
         n: usize,
         c: usize,
