@@ -105,50 +105,73 @@ impl Axis {
     }
 }
 
-/// Fills `out` with the gathered values of destination pixels p0, p0 + 1, ... (row-major over a grid
-/// `dst_w` wide) read from `plane` (a `rows.len × cols.len` image): runs along a row are plain copies
-/// when the column map is the identity up to an offset.
-#[inline(always)]
-fn gather_run<T: Float>(plane: &[T], rows: Axis, cols: Axis, dst_w: usize, p0: usize, out: &mut [T]) {
-    let mut i = 0;
-    while i < out.len() {
-        let (dr, dc) = ((p0 + i) / dst_w, (p0 + i) % dst_w);
-        let len = (dst_w - dc).min(out.len() - i);
-        let seg = &mut out[i..i + len];
-        i += len;
-        let Some(sr) = rows.src(dr) else {
-            seg.fill(T::ZERO);
-            continue;
-        };
-        let row = &plane[sr * cols.len..(sr + 1) * cols.len];
-        if cols.mul == 1 && cols.div == 1 {
-            // Source column of seg[j] is dc + j + off: copy the part inside the row, zero the rest.
-            let first = dc as isize + cols.off;
-            let lo = (-first).clamp(0, len as isize) as usize;
-            let hi = (cols.len as isize - first).clamp(lo as isize, len as isize) as usize;
-            seg[..lo].fill(T::ZERO);
-            if hi > lo {
-                let s = (first + lo as isize) as usize;
-                seg[lo..hi].copy_from_slice(&row[s..s + hi - lo]);
-            }
-            seg[hi..].fill(T::ZERO);
-        } else {
-            for (j, v) in seg.iter_mut().enumerate() {
-                *v = cols.src(dc + j).map_or(T::ZERO, |s| row[s]);
+/// Source planes laid out so that every tap reads a contiguous run of columns: destination columns
+/// [dc, dc + len) of column tap kj on source row r of plane `pl` are `data[row(pl, Some(r), kj) + dc..]`,
+/// and rows outside the image (`None`) read a row of zeros.
+///
+/// When the column map is a plain shift (column stride 1) the planes are copied once with zero margins
+/// and each column tap is an offset into them; otherwise each column tap gets its own resampled copy
+/// (zeros where the padding or the stride leaves a hole). Either way the arithmetic that follows sees
+/// exactly the values (zeros included) that im2col would give it.
+struct Planes<T> {
+    data: Vec<T>,
+    rows: usize,
+    wp: usize,
+    shift: Vec<usize>,
+    zero: usize,
+}
+
+impl<T: Float> Planes<T> {
+    /// `srcs` each hold `per` planes of `rows` × `cols[_].len`; `cols[kj]` is column tap kj's map, and
+    /// destination rows are read `dst_wp` wide (whole register panels). Plane `pl` of source `k` is
+    /// plane `k·per + pl`.
+    fn new(srcs: &[&[T]], per: usize, rows: usize, cols: &[Axis], dst_wp: usize) -> Planes<T> {
+        let src_w = cols[0].len;
+        let count = srcs.len() * per;
+        let unit = cols.iter().all(|a| a.mul == 1 && a.div == 1);
+        // Zero margins of the shared copy: left of the most negative shift, right of the largest.
+        let left = (-cols.iter().map(|a| a.off).min().unwrap_or(0)).max(0) as usize;
+        let right = cols.iter().map(|a| a.off).max().unwrap_or(0).max(0) as usize;
+        let (wp, blocks) = if unit { ((left + src_w).max(left + right + dst_wp), 1) } else { (dst_wp, cols.len()) };
+        let block = (count * rows + 1) * wp;
+        let shift: Vec<usize> =
+            if unit { cols.iter().map(|a| (left as isize + a.off) as usize).collect() } else { (0..cols.len()).map(|kj| kj * block).collect() };
+        let mut data = vec![T::ZERO; blocks * block];
+        let plane = rows * src_w;
+        if plane > 0 {
+            for (kj, blk) in data.chunks_mut(block).enumerate() {
+                blk[..count * rows * wp].par_chunks_mut(rows * wp).enumerate().for_each(|(pl, dst)| {
+                    let src = &srcs[pl / per][(pl % per) * plane..(pl % per + 1) * plane];
+                    for (s, d) in src.chunks_exact(src_w).zip(dst.chunks_exact_mut(wp)) {
+                        if unit {
+                            d[left..left + src_w].copy_from_slice(s);
+                        } else {
+                            for (dc, v) in d.iter_mut().enumerate() {
+                                *v = cols[kj].src(dc).map_or(T::ZERO, |c| s[c]);
+                            }
+                        }
+                    }
+                });
             }
         }
+        Planes { data, rows, wp, shift, zero: count * rows * wp }
+    }
+
+    /// The offset of (plane, source row or `None` for a zero row, column tap kj).
+    #[inline(always)]
+    fn row(&self, pl: usize, r: Option<usize>, kj: usize) -> usize {
+        r.map_or(self.zero, |r| (pl * self.rows + r) * self.wp) + self.shift[kj]
     }
 }
 
-/// The register tile: acc[r][j] += Σ_{t < kc} a[r·lda + t]·b[t·NR + j], t ascending, one FMA per step.
+/// The register tile: acc[r][j] += Σ_t a[r][t]·b[boffs[t] + j] over t ascending, one FMA per step.
 #[inline(always)]
-fn micro<T: Float, const MR: usize, const NR: usize>(a: &[T], lda: usize, b: &[T], kc: usize, mut acc: [[T; NR]; MR]) -> [[T; NR]; MR] {
-    let rows: [&[T]; MR] = std::array::from_fn(|r| &a[r * lda..r * lda + kc]);
-    let b = &b[..kc * NR];
-    for t in 0..kc {
-        let bv: &[T; NR] = b[t * NR..t * NR + NR].try_into().unwrap();
+fn micro<T: Float, const MR: usize, const NR: usize>(a: [&[T]; MR], b: &[T], boffs: &[usize], mut acc: [[T; NR]; MR]) -> [[T; NR]; MR] {
+    let a: [&[T]; MR] = std::array::from_fn(|r| &a[r][..boffs.len()]);
+    for (t, &o) in boffs.iter().enumerate() {
+        let bv: [T; NR] = *<&[T; NR]>::try_from(&b[o..o + NR]).unwrap();
         for r in 0..MR {
-            let av = rows[r][t];
+            let av = a[r][t];
             for j in 0..NR {
                 acc[r][j] = av.mul_add(bv[j], acc[r][j]);
             }
@@ -178,6 +201,34 @@ fn detect() -> Isa {
     Isa::Portable
 }
 
+/// Defines `$name`, which runs `$job.run::<MR, NR>($args)` compiled for the given instruction set: the
+/// kernels are `#[inline(always)]`, so they are generated anew inside each `#[target_feature]` copy.
+macro_rules! isa_variants {
+    ($name:ident, $job:ident, ($($arg:ident: $ty:ty),*)) => {
+        fn $name<T: Float, const MR: usize, const NR: usize>(isa: Isa, job: &$job<T>, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512<T: Float, const MR: usize, const NR: usize>(job: &$job<T>, $($arg: $ty),*) {
+                job.run::<MR, NR>($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2<T: Float, const MR: usize, const NR: usize>(job: &$job<T>, $($arg: $ty),*) {
+                job.run::<MR, NR>($($arg),*)
+            }
+            match isa {
+                // SAFETY: `detect` found the features.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { avx512::<T, MR, NR>(job, $($arg),*) },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { avx2::<T, MR, NR>(job, $($arg),*) },
+                _ => job.run::<MR, NR>($($arg),*),
+            }
+        }
+    };
+}
+
 /// A pointer to an output buffer shared by parallel tasks that write disjoint elements.
 #[derive(Clone, Copy)]
 struct Out<T>(*mut T, usize);
@@ -196,108 +247,86 @@ impl<T: Copy> Out<T> {
     }
 }
 
-/// Output pixels per parallel task of the gathered-B product (rounded to whole panels).
+/// Row t of a gathered operand: plane `plane + i·per_img` of image i, row map `rows`, column tap `kj`.
+#[derive(Clone, Copy, Debug)]
+struct Tap {
+    plane: usize,
+    rows: Axis,
+    kj: usize,
+}
+
+/// Destination pixels per parallel task of the gathered-B product (rounded to whole rows).
 const PIXELS_PER_TASK: usize = 256;
 
-/// out[i, m, p] = Σ_{t < kt} a[m, t]·B_i[t, p] for images i < imgs, m < rows, p < pixels, where `a` is
-/// rows × kt (row-major) and `fill(i, t, p0, dst)` gathers B_i[t, p0 ..].
+/// out[i, m, q] = Σ_t a[m, t]·B_i[t, q] for images i, rows m < m_rows and destination pixels q of a
+/// dst_h × dst_w grid, where `a` is m_rows × taps.len() (row-major, zero rows padding it to whole
+/// tiles) and row t of B_i is `taps[t]` read from `planes`. Each output is one FMA chain over t ascending.
+struct GatheredB<'a, T> {
+    a: &'a [T],
+    m_rows: usize,
+    planes: &'a Planes<T>,
+    taps: &'a [Tap],
+    per_img: usize,
+    dst_h: usize,
+    dst_w: usize,
+    out: Out<T>,
+}
+
+impl<T: Float> GatheredB<'_, T> {
+    /// Image i, destination rows `rows`.
+    #[inline(always)]
+    fn run<const MR: usize, const NR: usize>(&self, i: usize, rows: std::ops::Range<usize>) {
+        let (kt, pixels) = (self.taps.len(), self.dst_h * self.dst_w);
+        let data = &self.planes.data;
+        let mut boffs = vec![0usize; kt];
+        for dr in rows {
+            for (b, tap) in boffs.iter_mut().zip(self.taps) {
+                *b = self.planes.row(tap.plane + i * self.per_img, tap.rows.src(dr), tap.kj);
+            }
+            for dc in (0..self.dst_w).step_by(NR) {
+                let w = NR.min(self.dst_w - dc);
+                for m0 in (0..self.m_rows).step_by(MR) {
+                    let arows = std::array::from_fn(|r| &self.a[(m0 + r) * kt..(m0 + r + 1) * kt]);
+                    let acc = micro::<T, MR, NR>(arows, &data[dc..], &boffs, [[T::ZERO; NR]; MR]);
+                    for r in 0..MR.min(self.m_rows - m0) {
+                        // SAFETY: the task for (image i, these rows) alone writes these elements.
+                        unsafe { self.out.write((i * self.m_rows + m0 + r) * pixels + dr * self.dst_w + dc, &acc[r][..w]) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+isa_variants!(gathered_b_rows, GatheredB, (i: usize, rows: std::ops::Range<usize>));
+
+/// Runs [`GatheredB`] over all images in parallel tasks of whole destination rows.
 #[allow(clippy::too_many_arguments)]
 fn gemm_gathered_b<T: Float, const MR: usize, const NR: usize>(
     isa: Isa,
-    imgs: usize,
-    rows: usize,
-    kt: usize,
-    pixels: usize,
     a: &[T],
-    fill: &(impl Fn(usize, usize, usize, &mut [T]) + Sync),
+    m_rows: usize,
+    planes: &Planes<T>,
+    taps: &[Tap],
+    per_img: usize,
+    imgs: usize,
+    (dst_h, dst_w): (usize, usize),
 ) -> Vec<T> {
-    let mut out = vec![T::ZERO; imgs * rows * pixels];
+    let kt = taps.len();
+    let mut out = vec![T::ZERO; imgs * m_rows * dst_h * dst_w];
     if out.is_empty() || kt == 0 {
         return out;
     }
     let mut padded = a.to_vec();
-    padded.resize(rows.div_ceil(MR) * MR * kt, T::ZERO);
-    let a = &padded[..];
-    let panels = pixels.div_ceil(NR);
-    let per_task = (PIXELS_PER_TASK / NR).max(1);
-    let groups = panels.div_ceil(per_task);
-    let dst = Out(out.as_mut_ptr(), out.len());
+    padded.resize(m_rows.div_ceil(MR) * MR * kt, T::ZERO);
+    let rows_per_task = PIXELS_PER_TASK.div_ceil(dst_w.div_ceil(NR) * NR).max(1);
+    let groups = dst_h.div_ceil(rows_per_task);
+    let job = GatheredB { a: &padded, m_rows, planes, taps, per_img, dst_h, dst_w, out: Out(out.as_mut_ptr(), out.len()) };
     (0..imgs * groups).into_par_iter().for_each(|task| {
         let (i, g) = (task / groups, task % groups);
-        let range = g * per_task..((g + 1) * per_task).min(panels);
-        // SAFETY: the features were detected; each task writes only image i's pixels of its panels.
-        unsafe {
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => gathered_b_avx512::<T, _, MR, NR>(i, range, rows, kt, pixels, a, fill, dst),
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => gathered_b_avx2::<T, _, MR, NR>(i, range, rows, kt, pixels, a, fill, dst),
-                _ => gathered_b_task::<T, _, MR, NR>(i, range, rows, kt, pixels, a, fill, dst),
-            }
-        }
+        gathered_b_rows::<T, MR, NR>(isa, &job, i, g * rows_per_task..((g + 1) * rows_per_task).min(dst_h));
     });
     out
-}
-
-/// One task of [`gemm_gathered_b`]: image `i`, pixel panels `range`.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gathered_b_task<T: Float, F: Fn(usize, usize, usize, &mut [T]), const MR: usize, const NR: usize>(
-    i: usize,
-    range: std::ops::Range<usize>,
-    rows: usize,
-    kt: usize,
-    pixels: usize,
-    a: &[T],
-    fill: &F,
-    out: Out<T>,
-) {
-    let mut bp = vec![T::ZERO; kt * NR];
-    for panel in range {
-        let p0 = panel * NR;
-        let w = NR.min(pixels - p0);
-        for t in 0..kt {
-            fill(i, t, p0, &mut bp[t * NR..t * NR + w]);
-        }
-        for m0 in (0..rows).step_by(MR) {
-            let acc = micro::<T, MR, NR>(&a[m0 * kt..], kt, &bp, kt, [[T::ZERO; NR]; MR]);
-            for r in 0..MR.min(rows - m0) {
-                out.write((i * rows + m0 + r) * pixels + p0, &acc[r][..w]);
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gathered_b_avx512<T: Float, F: Fn(usize, usize, usize, &mut [T]), const MR: usize, const NR: usize>(
-    i: usize,
-    range: std::ops::Range<usize>,
-    rows: usize,
-    kt: usize,
-    pixels: usize,
-    a: &[T],
-    fill: &F,
-    out: Out<T>,
-) {
-    gathered_b_task::<T, F, MR, NR>(i, range, rows, kt, pixels, a, fill, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gathered_b_avx2<T: Float, F: Fn(usize, usize, usize, &mut [T]), const MR: usize, const NR: usize>(
-    i: usize,
-    range: std::ops::Range<usize>,
-    rows: usize,
-    kt: usize,
-    pixels: usize,
-    a: &[T],
-    fill: &F,
-    out: Out<T>,
-) {
-    gathered_b_task::<T, F, MR, NR>(i, range, rows, kt, pixels, a, fill, out)
 }
 
 /// Runs `$f::<T, MR, NR>` with the register tile chosen for `$isa` and T's width.
@@ -323,24 +352,32 @@ fn forward_with<T: Float>(isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Ve
     for (x, w) in pairs {
         assert!(x.len() == s.x_len() && w.len() == s.w_len(), "conv2d_forward: operand sizes do not match {s:?}");
     }
+    dispatch!(isa, T, forward_tiled(s, pairs))
+}
+
+fn forward_tiled<T: Float, const MR: usize, const NR: usize>(isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Vec<T> {
     let k = s.c * s.kh * s.kw;
-    let kt = k * pairs.len();
     // A = [w_0 | w_1 | ...]: row o holds every pair's weights for output channel o.
-    let mut a = Vec::with_capacity(s.o * kt);
+    let mut a = Vec::with_capacity(s.o * k * pairs.len());
     for o in 0..s.o {
         for (_, w) in pairs {
             a.extend_from_slice(&w[o * k..(o + 1) * k]);
         }
     }
-    let plane = s.h * s.w;
-    let fill = |i: usize, t: usize, p0: usize, dst: &mut [T]| {
-        let (pair, t) = (t / k, t % k);
-        let (c, ki, kj) = (t / (s.kh * s.kw), t / s.kw % s.kh, t % s.kw);
-        let (rows, cols) = s.fwd_axes(ki, kj);
-        let x = &pairs[pair].0[(i * s.c + c) * plane..(i * s.c + c + 1) * plane];
-        gather_run(x, rows, cols, s.wo, p0, dst);
-    };
-    dispatch!(isa, T, gemm_gathered_b(s.n, s.o, kt, s.ho * s.wo, &a, &fill))
+    let mut taps = Vec::with_capacity(k * pairs.len());
+    for p in 0..pairs.len() {
+        for c in 0..s.c {
+            for ki in 0..s.kh {
+                for kj in 0..s.kw {
+                    taps.push(Tap { plane: p * s.n * s.c + c, rows: s.fwd_axes(ki, 0).0, kj });
+                }
+            }
+        }
+    }
+    let cols: Vec<Axis> = (0..s.kw).map(|kj| s.fwd_axes(0, kj).1).collect();
+    let xs: Vec<&[T]> = pairs.iter().map(|p| p.0).collect();
+    let planes = Planes::new(&xs, s.n * s.c, s.h, &cols, s.wo.div_ceil(NR) * NR);
+    gemm_gathered_b::<T, MR, NR>(isa, &a, s.o, &planes, &taps, s.c, s.n, (s.ho, s.wo))
 }
 
 /// dx = Σ_i conv_transpose(dy_i, w_i) for pairs (dy_i [n, o, ho, wo], w_i [o, c, kh, kw]): [n, c, h, w].
@@ -353,34 +390,41 @@ fn backward_input_with<T: Float>(isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])]
     for (dy, w) in pairs {
         assert!(dy.len() == s.y_len() && w.len() == s.w_len(), "conv2d_backward_input: operand sizes do not match {s:?}");
     }
-    let taps = s.kh * s.kw;
-    let k = s.o * taps;
+    dispatch!(isa, T, backward_input_tiled(s, pairs))
+}
+
+fn backward_input_tiled<T: Float, const MR: usize, const NR: usize>(isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Vec<T> {
+    let taps_per = s.kh * s.kw;
+    let k = s.o * taps_per;
     let kt = k * pairs.len();
     // A[c, (pair, o, ki, kj)] = w_pair[o, c, ki, kj].
     let mut a = vec![T::ZERO; s.c * kt];
     for c in 0..s.c {
         for (p, (_, w)) in pairs.iter().enumerate() {
             for o in 0..s.o {
-                let src = &w[(o * s.c + c) * taps..(o * s.c + c + 1) * taps];
-                a[c * kt + p * k + o * taps..][..taps].copy_from_slice(src);
+                let src = &w[(o * s.c + c) * taps_per..(o * s.c + c + 1) * taps_per];
+                a[c * kt + p * k + o * taps_per..][..taps_per].copy_from_slice(src);
             }
         }
     }
-    let plane = s.ho * s.wo;
-    let fill = |i: usize, t: usize, q0: usize, dst: &mut [T]| {
-        let (pair, t) = (t / k, t % k);
-        let (o, ki, kj) = (t / taps, t / s.kw % s.kh, t % s.kw);
-        let (rows, cols) = s.bwd_axes(ki, kj);
-        let dy = &pairs[pair].0[(i * s.o + o) * plane..(i * s.o + o + 1) * plane];
-        gather_run(dy, rows, cols, s.w, q0, dst);
-    };
-    dispatch!(isa, T, gemm_gathered_b(s.n, s.c, kt, s.h * s.w, &a, &fill))
+    let mut taps = Vec::with_capacity(kt);
+    for p in 0..pairs.len() {
+        for o in 0..s.o {
+            for ki in 0..s.kh {
+                for kj in 0..s.kw {
+                    taps.push(Tap { plane: p * s.n * s.o + o, rows: s.bwd_axes(ki, 0).0, kj });
+                }
+            }
+        }
+    }
+    let cols: Vec<Axis> = (0..s.kw).map(|kj| s.bwd_axes(0, kj).1).collect();
+    let dys: Vec<&[T]> = pairs.iter().map(|p| p.0).collect();
+    let planes = Planes::new(&dys, s.n * s.o, s.ho, &cols, s.w.div_ceil(NR) * NR);
+    gemm_gathered_b::<T, MR, NR>(isa, &a, s.c, &planes, &taps, s.o, s.n, (s.h, s.w))
 }
 
 /// Most partial sums of the weight gradient (contiguous groups of images, reduced in group order).
 const MAX_SPLITS: usize = 16;
-/// Reduction steps (pixels) per packed chunk of the weight gradient.
-const KC: usize = 256;
 /// Rows of dWᵀ (taps (c, ki, kj)) per parallel task of the weight gradient.
 const ROWS_PER_TASK: usize = 64;
 
@@ -396,35 +440,89 @@ fn backward_weight_with<T: Float>(isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])
     for (x, dy) in pairs {
         assert!(x.len() == s.x_len() && dy.len() == s.y_len(), "conv2d_backward_weight: operand sizes do not match {s:?}");
     }
-    dispatch!(isa, T, weight_grad(s, pairs))
+    dispatch!(isa, T, weight_tiled(s, pairs))
 }
 
-fn weight_grad<T: Float, const MR: usize, const NR: usize>(isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Vec<T> {
+/// One task of the weight gradient: dWᵀ[t, o] += Σ X̂[t, p]·dY[o, p] over taps `trows` and the pixels of
+/// images `imgs`, into acc[t − trows.start][o] (o padded to whole panels). The broadcast operand is the
+/// gathered input (rows read from [`Planes`]), the vector operand dYᵀ, transposed one output row at a
+/// time into a panel.
+struct WeightGrad<'a, T> {
+    s: &'a ConvShape,
+    pairs: &'a [(&'a [T], &'a [T])],
+    planes: &'a Planes<T>,
+}
+
+impl<T: Float> WeightGrad<'_, T> {
+    #[inline(always)]
+    fn run<const MR: usize, const NR: usize>(&self, imgs: std::ops::Range<usize>, trows: std::ops::Range<usize>, acc: &mut [T]) {
+        let (s, planes) = (self.s, self.planes);
+        let (taps, wo, panels) = (s.kh * s.kw, s.wo, s.o.div_ceil(NR));
+        let op = panels * NR;
+        let mut bp = vec![T::ZERO; panels * wo * NR]; // dYᵀ of one output row: [panel][column][NR]
+        let boffs: Vec<usize> = (0..wo).map(|t| t * NR).collect();
+        let zeros = vec![T::ZERO; wo];
+        for (p, (_, dy)) in self.pairs.iter().enumerate() {
+            for i in imgs.clone() {
+                for dr in 0..s.ho {
+                    for o in 0..s.o {
+                        let src = &dy[((i * s.o + o) * s.ho + dr) * wo..][..wo];
+                        let (panel, j) = (o / NR, o % NR);
+                        for (dc, &v) in src.iter().enumerate() {
+                            bp[(panel * wo + dc) * NR + j] = v;
+                        }
+                    }
+                    for m0 in trows.clone().step_by(MR) {
+                        let arows: [&[T]; MR] = std::array::from_fn(|r| {
+                            let t = m0 + r;
+                            if t >= trows.end {
+                                return &zeros[..];
+                            }
+                            let (c, ki, kj) = (t / taps, t / s.kw % s.kh, t % s.kw);
+                            let at = planes.row((p * s.n + i) * s.c + c, s.fwd_axes(ki, kj).0.src(dr), kj);
+                            &planes.data[at..at + wo]
+                        });
+                        let base = (m0 - trows.start) * op;
+                        for panel in 0..panels {
+                            let mut tile = [[T::ZERO; NR]; MR];
+                            for r in 0..MR {
+                                tile[r].copy_from_slice(&acc[base + r * op + panel * NR..][..NR]);
+                            }
+                            let tile = micro::<T, MR, NR>(arows, &bp[panel * wo * NR..], &boffs, tile);
+                            for r in 0..MR {
+                                acc[base + r * op + panel * NR..][..NR].copy_from_slice(&tile[r]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+isa_variants!(weight_rows, WeightGrad, (imgs: std::ops::Range<usize>, trows: std::ops::Range<usize>, acc: &mut [T]));
+
+/// dWᵀ[t, o] = Σ X̂[t, p]·dY[o, p], reduced per group of images, then over the groups in order.
+fn weight_tiled<T: Float, const MR: usize, const NR: usize>(isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Vec<T> {
     let k = s.c * s.kh * s.kw;
     let mut dw = vec![T::ZERO; s.o * k];
     if dw.is_empty() || s.n == 0 || s.ho * s.wo == 0 {
         return dw;
     }
+    let cols: Vec<Axis> = (0..s.kw).map(|kj| s.fwd_axes(0, kj).1).collect();
+    let xs: Vec<&[T]> = pairs.iter().map(|p| p.0).collect();
+    let planes = Planes::new(&xs, s.n * s.c, s.h, &cols, s.wo);
     let splits = s.n.min(MAX_SPLITS);
     let rows_per_task = ROWS_PER_TASK.div_ceil(MR) * MR;
     let groups = k.div_ceil(rows_per_task);
     let op = s.o.div_ceil(NR) * NR;
     // partial[split][t][o] (t padded to whole tasks, o padded to whole panels).
     let mut partial = vec![T::ZERO; splits * groups * rows_per_task * op];
+    let job = WeightGrad { s, pairs, planes: &planes };
     partial.par_chunks_mut(rows_per_task * op).enumerate().for_each(|(task, acc)| {
         let (split, g) = (task / groups, task % groups);
         let imgs = split * s.n / splits..(split + 1) * s.n / splits;
-        let trows = g * rows_per_task..((g + 1) * rows_per_task).min(k);
-        // SAFETY: the features were detected.
-        unsafe {
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => weight_avx512::<T, MR, NR>(s, pairs, imgs, trows, acc),
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => weight_avx2::<T, MR, NR>(s, pairs, imgs, trows, acc),
-                _ => weight_task::<T, MR, NR>(s, pairs, imgs, trows, acc),
-            }
-        }
+        weight_rows::<T, MR, NR>(isa, &job, imgs, g * rows_per_task..((g + 1) * rows_per_task).min(k), acc);
     });
     // dw[o, t] = Σ_split partial[split][t][o], splits in order.
     dw.par_chunks_mut(k).enumerate().for_each(|(o, row)| {
@@ -438,85 +536,6 @@ fn weight_grad<T: Float, const MR: usize, const NR: usize>(isa: Isa, s: &ConvSha
         }
     });
     dw
-}
-
-/// One task of the weight gradient: taps `trows` over images `imgs`, accumulated into
-/// acc[t − trows.start][o] (o padded to whole panels of NR).
-#[inline(always)]
-unsafe fn weight_task<T: Float, const MR: usize, const NR: usize>(
-    s: &ConvShape,
-    pairs: &[(&[T], &[T])],
-    imgs: std::ops::Range<usize>,
-    trows: std::ops::Range<usize>,
-    acc: &mut [T],
-) {
-    let (pixels, taps) = (s.ho * s.wo, s.kh * s.kw);
-    let panels = s.o.div_ceil(NR);
-    let op = panels * NR;
-    let mut bp = vec![T::ZERO; panels * KC * NR]; // dYᵀ chunk: [panel][pixel][NR]
-    let mut ap = vec![T::ZERO; MR * KC]; // gathered X̂ rows: [MR][pixel]
-    for (x, dy) in pairs {
-        for i in imgs.clone() {
-            for p0 in (0..pixels).step_by(KC) {
-                let kc = KC.min(pixels - p0);
-                for o in 0..s.o {
-                    let src = &dy[(i * s.o + o) * pixels + p0..][..kc];
-                    let (panel, j) = (o / NR, o % NR);
-                    for (t, &v) in src.iter().enumerate() {
-                        bp[(panel * KC + t) * NR + j] = v;
-                    }
-                }
-                for m0 in trows.clone().step_by(MR) {
-                    for r in 0..MR {
-                        let dst = &mut ap[r * KC..r * KC + kc];
-                        let t = m0 + r;
-                        if t >= trows.end {
-                            dst.fill(T::ZERO);
-                            continue;
-                        }
-                        let (c, ki, kj) = (t / taps, t / s.kw % s.kh, t % s.kw);
-                        let (rows, cols) = s.fwd_axes(ki, kj);
-                        gather_run(&x[(i * s.c + c) * s.h * s.w..][..s.h * s.w], rows, cols, s.wo, p0, dst);
-                    }
-                    let base = (m0 - trows.start) * op;
-                    for panel in 0..panels {
-                        let mut tile = [[T::ZERO; NR]; MR];
-                        for r in 0..MR {
-                            tile[r].copy_from_slice(&acc[base + r * op + panel * NR..][..NR]);
-                        }
-                        let tile = micro::<T, MR, NR>(&ap, KC, &bp[panel * KC * NR..], kc, tile);
-                        for r in 0..MR {
-                            acc[base + r * op + panel * NR..][..NR].copy_from_slice(&tile[r]);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn weight_avx512<T: Float, const MR: usize, const NR: usize>(
-    s: &ConvShape,
-    pairs: &[(&[T], &[T])],
-    imgs: std::ops::Range<usize>,
-    trows: std::ops::Range<usize>,
-    acc: &mut [T],
-) {
-    weight_task::<T, MR, NR>(s, pairs, imgs, trows, acc)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn weight_avx2<T: Float, const MR: usize, const NR: usize>(
-    s: &ConvShape,
-    pairs: &[(&[T], &[T])],
-    imgs: std::ops::Range<usize>,
-    trows: std::ops::Range<usize>,
-    acc: &mut [T],
-) {
-    weight_task::<T, MR, NR>(s, pairs, imgs, trows, acc)
 }
 
 #[cfg(test)]
