@@ -425,8 +425,9 @@ fn backward_input_tiled<T: Float, const MR: usize, const NR: usize>(isa: Isa, s:
 
 /// Most partial sums of the weight gradient (contiguous groups of images, reduced in group order).
 const MAX_SPLITS: usize = 16;
-/// Rows of dWᵀ (taps (c, ki, kj)) per parallel task of the weight gradient.
-const ROWS_PER_TASK: usize = 64;
+/// Rows of dWᵀ (taps (c, ki, kj)) per parallel task of the weight gradient: large, because each task
+/// transposes its images' output gradients once for all its rows.
+const ROWS_PER_TASK: usize = 512;
 
 /// dw = Σ_i correlate(x_i, dy_i) for pairs (x_i [n, c, h, w], dy_i [n, o, ho, wo]): [o, c, kh, kw].
 ///
@@ -445,8 +446,8 @@ fn backward_weight_with<T: Float>(isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])
 
 /// One task of the weight gradient: dWᵀ[t, o] += Σ X̂[t, p]·dY[o, p] over taps `trows` and the pixels of
 /// images `imgs`, into acc[t − trows.start][o] (o padded to whole panels). The broadcast operand is the
-/// gathered input (rows read from [`Planes`]), the vector operand dYᵀ, transposed one output row at a
-/// time into a panel.
+/// gathered input (rows read from [`Planes`]), the vector operand dYᵀ, transposed one image at a time
+/// into panels; each tile stays in registers over an image's output rows.
 struct WeightGrad<'a, T> {
     s: &'a ConvShape,
     pairs: &'a [(&'a [T], &'a [T])],
@@ -457,41 +458,46 @@ impl<T: Float> WeightGrad<'_, T> {
     #[inline(always)]
     fn run<const MR: usize, const NR: usize>(&self, imgs: std::ops::Range<usize>, trows: std::ops::Range<usize>, acc: &mut [T]) {
         let (s, planes) = (self.s, self.planes);
-        let (taps, wo, panels) = (s.kh * s.kw, s.wo, s.o.div_ceil(NR));
+        let (taps, wo, pixels, panels) = (s.kh * s.kw, s.wo, s.ho * s.wo, s.o.div_ceil(NR));
         let op = panels * NR;
-        let mut bp = vec![T::ZERO; panels * wo * NR]; // dYᵀ of one output row: [panel][column][NR]
+        let mut bp = vec![T::ZERO; panels * pixels * NR]; // dYᵀ of one image: [panel][pixel][NR]
         let boffs: Vec<usize> = (0..wo).map(|t| t * NR).collect();
         let zeros = vec![T::ZERO; wo];
+        // Per tap of this task: (plane within the image, row map, column tap).
+        let tap_info: Vec<(usize, Axis, usize)> = trows
+            .clone()
+            .map(|t| {
+                let (c, ki, kj) = (t / taps, t / s.kw % s.kh, t % s.kw);
+                (c, s.fwd_axes(ki, kj).0, kj)
+            })
+            .collect();
         for (p, (_, dy)) in self.pairs.iter().enumerate() {
             for i in imgs.clone() {
-                for dr in 0..s.ho {
-                    for o in 0..s.o {
-                        let src = &dy[((i * s.o + o) * s.ho + dr) * wo..][..wo];
-                        let (panel, j) = (o / NR, o % NR);
-                        for (dc, &v) in src.iter().enumerate() {
-                            bp[(panel * wo + dc) * NR + j] = v;
-                        }
+                for o in 0..s.o {
+                    let src = &dy[(i * s.o + o) * pixels..][..pixels];
+                    let (panel, j) = (o / NR, o % NR);
+                    for (q, &v) in src.iter().enumerate() {
+                        bp[(panel * pixels + q) * NR + j] = v;
                     }
-                    for m0 in trows.clone().step_by(MR) {
-                        let arows: [&[T]; MR] = std::array::from_fn(|r| {
-                            let t = m0 + r;
-                            if t >= trows.end {
-                                return &zeros[..];
+                }
+                let plane0 = (p * s.n + i) * s.c;
+                for m0 in trows.clone().step_by(MR) {
+                    let base = (m0 - trows.start) * op;
+                    for panel in 0..panels {
+                        let mut tile = [[T::ZERO; NR]; MR];
+                        for r in 0..MR {
+                            tile[r].copy_from_slice(&acc[base + r * op + panel * NR..][..NR]);
+                        }
+                        for dr in 0..s.ho {
+                            let mut arows: [&[T]; MR] = [&zeros[..]; MR];
+                            for (a, &(c, rows, kj)) in arows.iter_mut().zip(&tap_info[m0 - trows.start..]) {
+                                let at = planes.row(plane0 + c, rows.src(dr), kj);
+                                *a = &planes.data[at..at + wo];
                             }
-                            let (c, ki, kj) = (t / taps, t / s.kw % s.kh, t % s.kw);
-                            let at = planes.row((p * s.n + i) * s.c + c, s.fwd_axes(ki, kj).0.src(dr), kj);
-                            &planes.data[at..at + wo]
-                        });
-                        let base = (m0 - trows.start) * op;
-                        for panel in 0..panels {
-                            let mut tile = [[T::ZERO; NR]; MR];
-                            for r in 0..MR {
-                                tile[r].copy_from_slice(&acc[base + r * op + panel * NR..][..NR]);
-                            }
-                            let tile = micro::<T, MR, NR>(arows, &bp[panel * wo * NR..], &boffs, tile);
-                            for r in 0..MR {
-                                acc[base + r * op + panel * NR..][..NR].copy_from_slice(&tile[r]);
-                            }
+                            tile = micro::<T, MR, NR>(arows, &bp[(panel * pixels + dr * wo) * NR..], &boffs, tile);
+                        }
+                        for r in 0..MR {
+                            acc[base + r * op + panel * NR..][..NR].copy_from_slice(&tile[r]);
                         }
                     }
                 }
