@@ -24,16 +24,18 @@
 //! - third and higher derivatives are conv nodes built by the same rule, so they are exact (not fused
 //!   beyond one kernel call per output), never an error.
 //!
-//! Only outputs for tracked inputs are computed. The tape records one output tensor per op, so a node
-//! with several outputs packs them into one flat tensor, and they are read back with the differentiable
-//! `narrow` and `reshape` (whose VJPs zero-pad and sum the pieces' cotangents back into one packed
-//! cotangent). A node with one output returns it in its own shape. Average pooling is a linear map.
+//! Only outputs for tracked inputs are computed. The tape records one output tensor per op, so outputs
+//! that must meet again in the next derivative (those sharing a tracked input, such as dx and dw when
+//! dy is tracked: both feed dȳ) are recorded as one node whose outputs are packed into one flat tensor
+//! and read back with the differentiable `narrow` and `reshape` (whose VJPs zero-pad and sum the
+//! pieces' cotangents back into one packed cotangent). Other outputs are recorded as nodes of their
+//! own, which saves the packing copies; a node with one output returns it in its own shape. Average pooling is a linear map.
 
 use super::linear::{linear, LinearMap};
 use crate::backend::cpu::conv::{self as kernels, ConvShape};
 use crate::dtype::with_float;
 use crate::error::{invalid, shape_err, Result};
-use crate::{Shape, Tensor, Var};
+use crate::{is_grad_enabled, Shape, Tensor, Var};
 use rayon::prelude::*;
 use std::rc::Rc;
 
@@ -299,11 +301,42 @@ fn conv_node(name: &'static str, s: ConvShape, inputs: &[&Var], roles: Vec<Role>
         }
         parts
     });
-    let value = match &parts[..] {
+    // Outputs that share a tracked input go in one node, so that the next derivative sees all their
+    // cotangents at once and fuses their contributions to that input; the others get nodes of their
+    // own, which saves the packing copies (and all of them when nothing is recorded).
+    let mut group: Vec<usize> = (0..terms.len()).collect();
+    if is_grad_enabled() {
+        for i in (0..inputs.len()).filter(|&i| inputs[i].is_tracked()) {
+            let users: Vec<usize> = (0..terms.len()).filter(|&k| terms[k].pairs.iter().any(|&(a, b)| a == i || b == i)).collect();
+            for &k in &users {
+                let (from, to) = (group[k], group[users[0]]);
+                group.iter_mut().filter(|g| **g == from).for_each(|g| *g = to);
+            }
+        }
+    }
+    let mut outs: Vec<Option<Var>> = vec![None; terms.len()];
+    for g in 0..terms.len() {
+        let ks: Vec<usize> = (0..terms.len()).filter(|&k| group[k] == g).collect();
+        if ks.is_empty() {
+            continue;
+        }
+        let sub_terms: Vec<Term> = ks.iter().map(|&k| terms[k].clone()).collect();
+        let sub_parts: Vec<Tensor> = ks.iter().map(|&k| parts[k].clone()).collect();
+        for (k, v) in ks.into_iter().zip(record_node(name, s, inputs, &roles, sub_terms, &sub_parts)?) {
+            outs[k] = Some(v);
+        }
+    }
+    Ok(outs.into_iter().map(|v| v.expect("every output is recorded")).collect())
+}
+
+/// Records one node computing `terms` (already evaluated as `parts`) from `inputs`, with the conv-node
+/// VJP, and returns its outputs (read back from the packed tensor when there are several).
+fn record_node(name: &'static str, s: ConvShape, inputs: &[&Var], roles: &[Role], terms: Vec<Term>, parts: &[Tensor]) -> Result<Vec<Var>> {
+    let value = match parts {
         [one] => one.clone(),
         _ => with_float!(name, inputs[0].dtype(), T => {
             let mut flat: Vec<T> = Vec::with_capacity(parts.iter().map(|p| p.numel()).sum());
-            for p in &parts {
+            for p in parts {
                 flat.extend_from_slice(p.as_slice::<T>()?);
             }
             let len = flat.len();
@@ -311,7 +344,7 @@ fn conv_node(name: &'static str, s: ConvShape, inputs: &[&Var], roles: Vec<Role>
         }),
     };
     let shapes: Vec<Shape> = terms.iter().map(|t| role_shape(&s, t.role)).collect();
-    let (roles_vjp, terms_vjp) = (roles.clone(), terms.clone());
+    let (roles_vjp, terms_vjp) = (roles.to_vec(), terms.clone());
     let packed = Var::record(name, value, inputs, move |xs, _, g| {
         let cots = unpack(g, &shapes)?;
         let n = xs.len();

@@ -134,8 +134,11 @@ impl<T: Float> Planes<T> {
         let right = cols.iter().map(|a| a.off).max().unwrap_or(0).max(0) as usize;
         let (wp, blocks) = if unit { ((left + src_w).max(left + right + dst_wp), 1) } else { (dst_wp, cols.len()) };
         let block = (count * rows + 1) * wp;
-        let shift: Vec<usize> =
-            if unit { cols.iter().map(|a| (left as isize + a.off) as usize).collect() } else { (0..cols.len()).map(|kj| kj * block).collect() };
+        let shift: Vec<usize> = if unit {
+            cols.iter().map(|a| (left as isize + a.off) as usize).collect()
+        } else {
+            (0..cols.len()).map(|kj| kj * block).collect()
+        };
         let mut data = vec![T::ZERO; blocks * block];
         let plane = rows * src_w;
         if plane > 0 {
