@@ -109,7 +109,7 @@ fn fused_matches_composite(case: &Case, dtype: DType, tol: f64, seed: u64) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
     #[test]
     fn fused_equals_composite_f64(case in case_strategy(), seed in 0u64..1000) {
         fused_matches_composite(&case, DType::F64, 1e-12, seed);

@@ -15,9 +15,15 @@
 //! a sum of convolutions is a convolution over the concatenated operands. That is how the fused
 //! second-order op computes dȳ = conv(gx, w) + conv(x, gw) in one pass.
 //!
-//! The gathered operand is packed panel by panel into a small contiguous buffer (rows of the image copied
-//! as runs, zeros for padding), then a register tile of MR×NR outputs accumulates with fused multiply-adds
-//! (AVX-512 or AVX2+FMA when the CPU has them, chosen at run time; portable code otherwise).
+//! The gathered operand is never packed element by element: the source images are copied once per call
+//! into planes with zero margins (column stride 1; other column strides get one resampled copy per
+//! column tap), so row t of X̂ for one destination row is a contiguous run at an offset computed per
+//! (tap, row), with a shared zero row standing for rows outside the image. A register tile of MR×NR
+//! outputs then accumulates with fused multiply-adds, reading those runs directly (AVX-512 or AVX2+FMA
+//! when the CPU has them, chosen at run time; portable code otherwise). The weight gradient transposes
+//! each image's dY once per task into NR-wide panels and keeps every tile in registers over the
+//! image's rows. Column strides above 1 in the input gradient read zeros where the stride skips a
+//! pixel (correct, up to stride_w times the work).
 //!
 //! Determinism: every output element is one chain of correctly rounded FMAs over its reduction index in
 //! ascending order, starting from zero, whatever the tile size, instruction set or thread count, so all
@@ -25,8 +31,8 @@
 //! partial sums fixed by the batch size alone (images split into contiguous groups), and the partials
 //! are added in group order. Parallel tasks write disjoint outputs.
 //!
-//! With stride 1 the forward reduction order (c, ki, kj) equals that of im2col + matmul, so the forward
-//! pass is bitwise equal to the composite path; the gradients round differently (same math).
+//! The forward reduction order (c, ki, kj), zeros included, equals that of im2col + matmul, so the
+//! forward pass is bitwise equal to the composite path; the gradients round differently (same math).
 
 use crate::dtype::Float;
 use rayon::prelude::*;
@@ -97,7 +103,7 @@ impl Axis {
     #[inline(always)]
     fn src(&self, d: usize) -> Option<usize> {
         let v = (d * self.mul) as isize + self.off;
-        if v < 0 || v as usize % self.div != 0 {
+        if v < 0 || !(v as usize).is_multiple_of(self.div) {
             return None;
         }
         let s = v as usize / self.div;
