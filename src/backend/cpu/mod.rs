@@ -194,7 +194,7 @@ pub fn permute<T: Copy + Send + Sync + Default>(x: &[T], d: &[usize], perm: &[us
     out
 }
 
-/// `N` outputs per index: out[j][k] = f(k)[j], computed in parallel (fused multi-output kernels such as
+/// `N` outputs per index: `out[j][k] = f(k)[j]`, computed in parallel (fused multi-output kernels such as
 /// optimizer updates). Element-wise, so deterministic.
 pub fn zip_n<T: Float, const N: usize>(len: usize, f: impl Fn(usize) -> [T; N] + Sync + Send) -> [Vec<T>; N] {
     let tmp: Vec<[T; N]> = (0..len).into_par_iter().with_min_len(CHUNK).map(f).collect();
