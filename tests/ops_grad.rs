@@ -966,3 +966,38 @@ fn exact_max_gradient_goes_to_first_maximum() {
     let g = grad(&x.max(1, false).unwrap().sum_all().unwrap(), &[&x], false).unwrap();
     assert_eq!(vals(g[0].value()), vec![0.0, 1.0, 0.0, 0.0, 1.0, 0.0]);
 }
+
+/// Zero-size tensors (a 0 after the reduced axis made `sum_axis` panic): forward, gradient and HVP run
+/// and give empty or zero results of the right shapes.
+#[test]
+fn zero_size_tensors_first_and_second_order() {
+    fn z(d: &[usize]) -> Tensor {
+        Tensor::zeros(d.to_vec(), DType::F64)
+    }
+    let cases: Vec<(&str, Vec<usize>, Box<UnaryFn>)> = vec![
+        ("sum over axis 0 of [2, 0]", vec![2, 0], Box::new(|v| v.sum(&[0], false))),
+        ("mean over axis 0 of [2, 0]", vec![2, 0], Box::new(|v| v.mean(&[0], true))),
+        ("max over axis 0 of [3, 0]", vec![3, 0], Box::new(|v| v.max(0, false))),
+        ("logsumexp over axis 0 of [2, 0]", vec![2, 0], Box::new(|v| v.logsumexp(0, false))),
+        ("softmax over axis 0 of [3, 0]", vec![3, 0], Box::new(|v| v.softmax(0))),
+        ("log_softmax over axis 0 of [3, 0]", vec![3, 0], Box::new(|v| v.log_softmax(0))),
+        ("sum_to [2, 0] -> [0]", vec![2, 0], Box::new(|v| v.sum_to(&metagrad::Shape::new([0])))),
+        ("[2, 0] + [1, 0]", vec![2, 0], Box::new(|v| v.add(&Var::constant(z(&[1, 0]))))),
+        ("[1, 0] * [3, 0]", vec![1, 0], Box::new(|v| v.mul(&Var::constant(z(&[3, 0]))))),
+        ("matmul [2, 0] x [0, 3]", vec![2, 0], Box::new(|v| v.matmul(&Var::constant(z(&[0, 3]))))),
+        ("matmul [0, 2, 2] x [2, 3]", vec![0, 2, 2], Box::new(|v| v.matmul(&Var::constant(z(&[2, 3]))))),
+        ("narrow to length 0", vec![2, 3], Box::new(|v| v.narrow(1, 1, 0))),
+        ("index_select of nothing", vec![2, 3], Box::new(|v| v.index_select(1, &[]))),
+    ];
+    for (name, d, f) in cases {
+        let tape = Tape::new();
+        let x = tape.var(z(&d));
+        let y = f(&x).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let l = y.square().unwrap().sum_all().unwrap().add(&y.sum_all().unwrap()).unwrap();
+        let g = grad(&l, &[&x], true).unwrap().remove(0);
+        let h = grad(&g.sum_all().unwrap(), &[&x], false).unwrap().remove(0);
+        assert_eq!(g.dims(), &d[..], "{name}");
+        assert_eq!(h.dims(), &d[..], "{name}");
+        assert!(g.value().to_vec_f64().iter().chain(&h.value().to_vec_f64()).all(|&e| e == 0.0), "{name}");
+    }
+}
