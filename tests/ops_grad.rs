@@ -305,6 +305,20 @@ proptest! {
     fn mul_self(d in dims(0..=4, 48), seed in any::<u64>()) {
         check_op("mul_self", ELEMWISE, seed, &[randn(&d, seed)], |v| v[0].mul(&v[0]))?;
     }
+
+    // One operand a constant c (its VJP branch is skipped): x∘c, x/c, c/x (|x|, |c| ≥ 0.3), c − x.
+    #[test]
+    fn binary_with_constant_operand((sx, sc) in broadcast_pair(), which in 0u8..4, seed in any::<u64>()) {
+        let x = away(&randn(&sx, s(seed, 1)), &[0.0], 0.3);
+        let c = away(&randn(&sc, s(seed, 2)), &[0.0], 0.3);
+        let k = move |v: &Var| Var::constant(c.to_dtype(v.dtype()));
+        match which {
+            0 => check_op("mul(x, c)", ELEMWISE, seed, &[x], move |v| v[0].mul(&k(&v[0])))?,
+            1 => check_op("div(x, c)", ELEMWISE, seed, &[x], move |v| v[0].div(&k(&v[0])))?,
+            2 => check_op("div(c, x)", ELEMWISE, seed, &[x], move |v| k(&v[0]).div(&v[0]))?,
+            _ => check_op("sub(c, x)", ELEMWISE, seed, &[x], move |v| k(&v[0]).sub(&v[0]))?,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -500,6 +514,18 @@ proptest! {
         let a = randn(&[ba, vec![m, k]].concat(), s(seed, 1));
         let b = randn(&[bb, vec![k, n]].concat(), s(seed, 2));
         check_op("matmul_batched", REDUCE, seed, &[a, b], |v| v[0].matmul(&v[1]))?;
+    }
+
+    // X·C and C·X with a constant C, batch dims broadcast: only the tracked side's VJP runs.
+    #[test]
+    fn matmul_with_constant_operand((ba, bb) in batch_pair(), m in 1usize..=4, k in 1usize..=4, n in 1usize..=4, left in any::<bool>(), seed in any::<u64>()) {
+        let a = randn(&[ba, vec![m, k]].concat(), s(seed, 1));
+        let b = randn(&[bb, vec![k, n]].concat(), s(seed, 2));
+        if left {
+            check_op("matmul(x, c)", REDUCE, seed, &[a], move |v| v[0].matmul(&Var::constant(b.to_dtype(v[0].dtype()))))?;
+        } else {
+            check_op("matmul(c, x)", REDUCE, seed, &[b], move |v| Var::constant(a.to_dtype(v[0].dtype())).matmul(&v[0]))?;
+        }
     }
 }
 
