@@ -69,6 +69,9 @@ pub fn zip<T: Float, F: Fn(T, T) -> T + Sync>(a: &[T], ad: &[usize], b: &[T], bd
 /// Sums over the middle axis of an (outer, n, inner) view: out[o, i] = Σ_j x[o, j, i], j ascending.
 pub fn sum_axis<T: Float>(x: &[T], outer: usize, n: usize, inner: usize) -> Vec<T> {
     let mut out = vec![T::ZERO; outer * inner];
+    if out.is_empty() {
+        return out; // par_chunks_mut(0) would panic when inner == 0
+    }
     if inner == 1 {
         out.par_iter_mut().enumerate().for_each(|(o, y)| *y = sum_contiguous(&x[o * n..(o + 1) * n]));
     } else {
