@@ -5,7 +5,7 @@
 //! lets REPLAY hold checkpoints by handle. Differentiation happens one level up, on
 //! [`crate::Var`], which wraps a tensor and a place on a tape.
 
-use crate::dtype::{DType, Element};
+use crate::dtype::{bf16_from_f64, f16_from_f64, DType, Element};
 use crate::error::{invalid, shape_err, Error, Result};
 use crate::random;
 use crate::{Device, Shape};
@@ -83,8 +83,8 @@ impl Tensor {
         let storage = match dtype {
             DType::F32 => Storage::F32(vec![value as f32; n]),
             DType::F64 => Storage::F64(vec![value; n]),
-            DType::BF16 => Storage::BF16(vec![bf16::from_f64(value); n]),
-            DType::F16 => Storage::F16(vec![f16::from_f64(value); n]),
+            DType::BF16 => Storage::BF16(vec![bf16_from_f64(value); n]),
+            DType::F16 => Storage::F16(vec![f16_from_f64(value); n]),
         };
         Tensor::from_storage(storage, shape)
     }
@@ -215,8 +215,8 @@ impl Tensor {
                 match dtype {
                     DType::F32 => Storage::F32(v.iter().map(|&x| x as f32).collect()),
                     DType::F64 => Storage::F64(v),
-                    DType::BF16 => Storage::BF16(v.iter().map(|&x| bf16::from_f64(x)).collect()),
-                    DType::F16 => Storage::F16(v.iter().map(|&x| f16::from_f64(x)).collect()),
+                    DType::BF16 => Storage::BF16(v.iter().map(|&x| bf16_from_f64(x)).collect()),
+                    DType::F16 => Storage::F16(v.iter().map(|&x| f16_from_f64(x)).collect()),
                 }
             }
         };
