@@ -61,11 +61,10 @@ impl Tensor {
             })
         }
         let shape = shape.into();
-        if bytes.len() != shape.numel() * dtype.size_in_bytes() {
-            return shape_err(
-                "from_bytes",
-                format!("{} bytes do not fill shape {shape} of {dtype} ({} bytes)", bytes.len(), shape.numel() * dtype.size_in_bytes()),
-            );
+        let want = shape.numel().checked_mul(dtype.size_in_bytes());
+        if want != Some(bytes.len()) {
+            let want = want.map_or_else(|| "more than usize::MAX".to_string(), |w| w.to_string());
+            return shape_err("from_bytes", format!("{} bytes do not fill shape {shape} of {dtype} ({want} bytes)", bytes.len()));
         }
         let storage = match dtype {
             DType::F32 => Storage::F32(cast(bytes)?),

@@ -295,7 +295,7 @@ impl Var {
         if start.checked_add(len).is_none_or(|e| e > n) {
             return shape_err(
                 "narrow",
-                format!("range {start}..{} is out of bounds for axis {a} of size {n} in shape {}", start + len, self.shape()),
+                format!("range {start}..{} is out of bounds for axis {a} of size {n} in shape {}", start.saturating_add(len), self.shape()),
             );
         }
         if start == 0 && len == n {
