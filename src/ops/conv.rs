@@ -213,6 +213,9 @@ impl Var {
     /// and an optional bias `[O]`; groups = 1. Output [N, O, Ho, Wo].
     pub fn conv2d(&self, weight: &Var, bias: Option<&Var>, opts: Conv2dOpts) -> Result<Var> {
         super::same_dtype("conv2d", self, weight)?;
+        if let Some(b) = bias {
+            super::same_dtype("conv2d", self, b)?;
+        }
         let wd = weight.dims();
         if wd.len() != 4 || self.shape().rank() != 4 || wd[1] != self.dims()[1] {
             return shape_err(

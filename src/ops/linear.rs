@@ -258,6 +258,7 @@ impl Var {
     /// Swaps two axes.
     pub fn transpose(&self, a: isize, b: isize) -> Result<Var> {
         let (a, b) = (self.shape().axis("transpose", a)?, self.shape().axis("transpose", b)?);
+        super::same_dtypes("transpose", &[self])?;
         let mut perm: Vec<usize> = (0..self.shape().rank()).collect();
         perm.swap(a, b);
         self.permute(&perm)
