@@ -199,18 +199,22 @@ float!(f32, 16, libm::erff);
 float!(f64, 8, libm::erf);
 
 /// Runs `$body` with the type alias `$T` bound to f32 or f64 according to `$dtype`; a storage-only
-/// dtype returns an [`crate::Error::DType`] naming `$op`.
+/// dtype returns an [`crate::Error::DType`] naming `$op`. The body runs kernels only (it records
+/// nothing), inside [`crate::autodiff::kernel_scope`] so that rayon jobs stolen while it waits do not
+/// inherit the caller's grad mode.
 macro_rules! with_float {
     ($op:expr, $dtype:expr, $T:ident => $body:expr) => {
         match $dtype {
             $crate::DType::F32 => {
                 #[allow(dead_code)]
                 type $T = f32;
+                let _kernel = $crate::autodiff::kernel_scope();
                 $body
             }
             $crate::DType::F64 => {
                 #[allow(dead_code)]
                 type $T = f64;
+                let _kernel = $crate::autodiff::kernel_scope();
                 $body
             }
             other => {
