@@ -550,6 +550,28 @@ fn randn_moments_in_f32_and_f64() {
     assert!((tail - 0.0455).abs() < 0.003, "tail {tail}");
 }
 
+trait NextDown {
+    fn next_down_compat(self) -> Self;
+}
+impl NextDown for f32 {
+    /// The next f32 toward −∞ (for positive finite values).
+    fn next_down_compat(self) -> f32 {
+        f32::from_bits(self.to_bits() - 1)
+    }
+}
+
+#[test]
+fn uniform_stays_below_hi_in_narrow_dtypes() {
+    // [1, 1 + 2⁻²³): in f32 about half the f64 samples round up to hi.
+    let hi = 1.0 + 2f64.powi(-23);
+    for dt in [DType::F32, DType::BF16, DType::F16] {
+        let t = Tensor::rand_uniform([10_000], 1.0, hi, dt, 3);
+        assert!(t.to_vec_f64().iter().all(|&x| (1.0..hi).contains(&x)), "{dt}");
+    }
+    let n = Tensor::rand_uniform([10_000], -2.0, -1.0 + 1e-9, DType::BF16, 4);
+    assert!(n.to_vec_f64().iter().all(|&x| x < -1.0 + 1e-9 && x >= -2.0));
+}
+
 #[test]
 fn uniform_range_and_moments() {
     for (lo, hi) in [(0.0, 1.0), (-3.0, 5.0), (2.0, 2.5)] {
@@ -565,10 +587,14 @@ fn uniform_range_and_moments() {
         assert!((below - 0.5).abs() < 0.01);
         assert!(v.iter().cloned().fold(f64::INFINITY, f64::min) < lo + 1e-3 * w);
         assert!(v.iter().cloned().fold(f64::NEG_INFINITY, f64::max) > hi - 1e-3 * w);
-        // In f32 the samples are the f64 ones rounded, so they lie in [lo, hi] (rounding may reach hi).
+        // In f32 the samples are the f64 ones rounded, except that one rounding up to hi becomes the
+        // largest f32 below hi: the interval stays half-open.
         let f = Tensor::rand_uniform([200_000], lo, hi, DType::F32, 9);
-        assert!(f.bit_eq(&t.to_dtype(DType::F32)));
-        assert!(f.to_vec_f64().iter().all(|&x| x >= lo && x <= hi));
+        let top = (hi as f32).next_down_compat();
+        for (a, b) in f.to_vec::<f32>().unwrap().iter().zip(t.to_dtype(DType::F32).to_vec::<f32>().unwrap()) {
+            assert!(a.to_bits() == b.to_bits() || (b as f64 >= hi && *a == top), "{a} vs {b}");
+        }
+        assert!(f.to_vec_f64().iter().all(|&x| x >= lo && x < hi));
     }
     let u = random::uniform_vec(5, 10_000);
     assert!(u.iter().all(|&x| (0.0..1.0).contains(&x)));
