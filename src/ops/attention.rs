@@ -29,6 +29,7 @@ impl Var {
                 format!("q {}, k {}, v {} need [.., Nq, d], [.., Nk, d], [.., Nk, dv]", q.shape(), k.shape(), v.shape()),
             );
         }
+        super::same_dtypes("attention", &[q, k, v])?;
         if !scale.is_finite() {
             return invalid("attention", format!("scale {scale} is not finite"));
         }

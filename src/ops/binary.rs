@@ -79,17 +79,22 @@ impl Var {
 
     /// a + c for a scalar c.
     pub fn add_scalar(&self, c: f64) -> Result<Var> {
-        self.affine(1.0, c)
+        self.affine_op("add_scalar", 1.0, c)
     }
 
     /// a · c for a scalar c.
     pub fn mul_scalar(&self, c: f64) -> Result<Var> {
-        self.affine(c, 0.0)
+        self.affine_op("mul_scalar", c, 0.0)
     }
 
     /// a·x + b element-wise for scalars a, b (one pass).
     pub fn affine(&self, a: f64, b: f64) -> Result<Var> {
-        let y = super::unary::map("affine", self, Unary::Affine(a, b))?;
-        Var::record("affine", y, &[self], move |_, _, g| Ok(vec![Some(g.mul_scalar(a)?)]))
+        self.affine_op("affine", a, b)
+    }
+
+    /// [`Var::affine`] under the name of the op the caller used (for errors and the tape).
+    fn affine_op(&self, op: &'static str, a: f64, b: f64) -> Result<Var> {
+        let y = super::unary::map(op, self, Unary::Affine(a, b))?;
+        Var::record(op, y, &[self], move |_, _, g| Ok(vec![Some(g.mul_scalar(a)?)]))
     }
 }

@@ -85,25 +85,28 @@ impl Geometry {
         if o.stride.0 == 0 || o.stride.1 == 0 || o.dilation.0 == 0 || o.dilation.1 == 0 || kh == 0 || kw == 0 {
             return invalid(op, format!("kernel {kh}x{kw}, stride {:?} and dilation {:?} must be positive", o.stride, o.dilation));
         }
-        let span = |k: usize, d: usize| d * (k - 1) + 1;
-        let (hp, wp) = (x[2] + 2 * o.padding.0, x[3] + 2 * o.padding.1);
-        if hp < span(kh, o.dilation.0) || wp < span(kw, o.dilation.1) {
+        // Checked arithmetic: absurd padding or dilation is an error, not a wrapped size.
+        let span = |k: usize, d: usize| d.checked_mul(k - 1).and_then(|s| s.checked_add(1));
+        let padded = |n: usize, p: usize| p.checked_mul(2).and_then(|p| p.checked_add(n));
+        let sizes = (padded(x[2], o.padding.0), padded(x[3], o.padding.1), span(kh, o.dilation.0), span(kw, o.dilation.1));
+        let (Some(hp), Some(wp), Some(sh), Some(sw)) = sizes else {
+            return shape_err(
+                op,
+                format!("input {x:?} with padding {:?} and a {kh}x{kw} kernel with dilation {:?} overflows usize", o.padding, o.dilation),
+            );
+        };
+        if hp < sh || wp < sw {
             return shape_err(
                 op,
                 format!("padded input {hp}x{wp} is smaller than the dilated {kh}x{kw} kernel (dilation {:?})", o.dilation),
             );
         }
-        Ok(Geometry {
-            n: x[0],
-            c: x[1],
-            h: x[2],
-            w: x[3],
-            kh,
-            kw,
-            ho: (hp - span(kh, o.dilation.0)) / o.stride.0 + 1,
-            wo: (wp - span(kw, o.dilation.1)) / o.stride.1 + 1,
-            o,
-        })
+        let (ho, wo) = ((hp - sh) / o.stride.0 + 1, (wp - sw) / o.stride.1 + 1);
+        // Every buffer size the kernels compute is a sub-product of these (zeros aside).
+        if [x[0], x[1], kh, kw, ho, wo].iter().try_fold(1usize, |n, &d| n.checked_mul(d.max(1))).is_none() {
+            return shape_err(op, format!("input {x:?} with a {kh}x{kw} kernel gives a {ho}x{wo} output: too many elements"));
+        }
+        Ok(Geometry { n: x[0], c: x[1], h: x[2], w: x[3], kh, kw, ho, wo, o })
     }
     /// The input pixel (row, column) read by tap (ki, kj) of output (oh, ow), if inside the image.
     #[inline(always)]
@@ -401,9 +404,12 @@ fn unpack(v: &Var, shapes: &[Shape]) -> Result<Vec<Var>> {
     Ok(out)
 }
 
-/// Checks x [N, C, H, W] against weights [O, C, kh, kw] and returns the geometry.
-fn check_conv(op: &'static str, x: &Var, weight: &Var, opts: Conv2dOpts) -> Result<Geometry> {
+/// Checks x [N, C, H, W] against weights [O, C, kh, kw] (and the bias's dtype) and returns the geometry.
+fn check_conv(op: &'static str, x: &Var, weight: &Var, bias: Option<&Var>, opts: Conv2dOpts) -> Result<Geometry> {
     super::same_dtype(op, x, weight)?;
+    if let Some(b) = bias {
+        super::same_dtype(op, x, b)?;
+    }
     let wd = weight.dims();
     if wd.len() != 4 || x.shape().rank() != 4 || wd[1] != x.dims()[1] {
         return shape_err(op, format!("input {} and weight {} must be [N, C, H, W] and [O, C, kh, kw]", x.shape(), weight.shape()));
@@ -453,11 +459,8 @@ impl Var {
     /// (see the module docs); every derivative order is exact. [`Var::conv2d_composite`] is the same map
     /// through im2col + matmul.
     pub fn conv2d(&self, weight: &Var, bias: Option<&Var>, opts: Conv2dOpts) -> Result<Var> {
-        let g = check_conv("conv2d", self, weight, opts)?;
+        let g = check_conv("conv2d", self, weight, bias, opts)?;
         let o = weight.dims()[0];
-        if let Some(b) = bias {
-            super::same_dtype("conv2d", self, b)?;
-        }
         let y = conv_node("conv2d", g.conv(o), &[self, weight], vec![Role::X, Role::W], vec![Term { role: Role::Y, pairs: vec![(0, 1)] }])?;
         add_bias("conv2d", y.into_iter().next().expect("one output"), bias, o)
     }
@@ -465,7 +468,7 @@ impl Var {
     /// The reference convolution through im2col (a linear map) and matmul; same arguments and result as
     /// [`Var::conv2d`].
     pub fn conv2d_composite(&self, weight: &Var, bias: Option<&Var>, opts: Conv2dOpts) -> Result<Var> {
-        let g = check_conv("conv2d_composite", self, weight, opts)?;
+        let g = check_conv("conv2d_composite", self, weight, bias, opts)?;
         let wd = weight.dims();
         let cols = linear(self, Rc::new(Im2col(g)), false)?;
         let y = weight.reshape([wd[0], g.c * g.kh * g.kw])?.matmul(&cols)?; // [O, N·Ho·Wo]

@@ -258,6 +258,7 @@ impl Var {
     /// Swaps two axes.
     pub fn transpose(&self, a: isize, b: isize) -> Result<Var> {
         let (a, b) = (self.shape().axis("transpose", a)?, self.shape().axis("transpose", b)?);
+        super::same_dtypes("transpose", &[self])?;
         let mut perm: Vec<usize> = (0..self.shape().rank()).collect();
         perm.swap(a, b);
         self.permute(&perm)
@@ -295,7 +296,7 @@ impl Var {
         if start.checked_add(len).is_none_or(|e| e > n) {
             return shape_err(
                 "narrow",
-                format!("range {start}..{} is out of bounds for axis {a} of size {n} in shape {}", start + len, self.shape()),
+                format!("range {start}..{} is out of bounds for axis {a} of size {n} in shape {}", start.saturating_add(len), self.shape()),
             );
         }
         if start == 0 && len == n {

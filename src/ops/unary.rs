@@ -216,12 +216,14 @@ impl Var {
 
     /// GELU, exact form: x·Φ(x) = x/2 · (1 + erf(x/√2)).
     pub fn gelu(&self) -> Result<Var> {
+        super::same_dtypes("gelu", &[self])?;
         let half_x = self.mul_scalar(0.5)?;
         half_x.mul(&self.mul_scalar(std::f64::consts::FRAC_1_SQRT_2)?.erf()?.add_scalar(1.0)?)
     }
 
     /// GELU, tanh approximation: x/2 · (1 + tanh(√(2/π)·(x + 0.044715·x³))).
     pub fn gelu_tanh(&self) -> Result<Var> {
+        super::same_dtypes("gelu_tanh", &[self])?;
         let c = (2.0 / std::f64::consts::PI).sqrt();
         let inner = self.add(&self.powf(3.0)?.mul_scalar(0.044715)?)?.mul_scalar(c)?;
         self.mul_scalar(0.5)?.mul(&inner.tanh()?.add_scalar(1.0)?)

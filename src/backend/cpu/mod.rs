@@ -70,6 +70,9 @@ pub fn zip<T: Float, F: Fn(T, T) -> T + Sync>(a: &[T], ad: &[usize], b: &[T], bd
 /// Sums over the middle axis of an (outer, n, inner) view: out[o, i] = Σ_j x[o, j, i], j ascending.
 pub fn sum_axis<T: Float>(x: &[T], outer: usize, n: usize, inner: usize) -> Vec<T> {
     let mut out = vec![T::ZERO; outer * inner];
+    if out.is_empty() {
+        return out; // par_chunks_mut(0) would panic when inner == 0
+    }
     if inner == 1 {
         out.par_iter_mut().enumerate().for_each(|(o, y)| *y = sum_contiguous(&x[o * n..(o + 1) * n]));
     } else {
@@ -195,7 +198,7 @@ pub fn permute<T: Copy + Send + Sync + Default>(x: &[T], d: &[usize], perm: &[us
     out
 }
 
-/// `N` outputs per index: out[j][k] = f(k)[j], computed in parallel (fused multi-output kernels such as
+/// `N` outputs per index: `out[j][k] = f(k)[j]`, computed in parallel (fused multi-output kernels such as
 /// optimizer updates). Element-wise, so deterministic.
 pub fn zip_n<T: Float, const N: usize>(len: usize, f: impl Fn(usize) -> [T; N] + Sync + Send) -> [Vec<T>; N] {
     let tmp: Vec<[T; N]> = (0..len).into_par_iter().with_min_len(CHUNK).map(f).collect();
