@@ -94,8 +94,6 @@ pub trait Float:
     const ONE: Self;
     /// Negative infinity.
     const NEG_INFINITY: Self;
-    /// Columns in the matmul register tile (chosen so a 4×NR tile fits in 8 AVX registers).
-    const MATMUL_NR: usize;
     /// e^x.
     fn exp(self) -> Self;
     /// Natural log.
@@ -119,12 +117,11 @@ pub trait Float:
 }
 
 macro_rules! float {
-    ($t:ident, $nr:expr, $erf:path) => {
+    ($t:ident, $erf:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
             const NEG_INFINITY: Self = $t::NEG_INFINITY;
-            const MATMUL_NR: usize = $nr;
             #[inline(always)]
             fn exp(self) -> Self {
                 $t::exp(self)
@@ -168,8 +165,8 @@ macro_rules! float {
         }
     };
 }
-float!(f32, 16, libm::erff);
-float!(f64, 8, libm::erf);
+float!(f32, libm::erff);
+float!(f64, libm::erf);
 
 /// Runs `$body` with the type alias `$T` bound to f32 or f64 according to `$dtype`; a storage-only
 /// dtype returns an [`crate::Error::DType`] naming `$op`.

@@ -1,121 +1,181 @@
-//! Cache-blocked, register-tiled matrix multiply.
+//! Packed, register-tiled matrix multiply with optionally transposed operands.
 //!
-//! C (m×n) = A (m×k) · B (k×n), all row-major. B is packed once into column panels of `NR` columns
-//! (k×NR, contiguous); threads take blocks of `MR` rows of C; a 4×NR register tile of C accumulates over
-//! the *whole* k range in ascending order with fused multiply-adds. Every C element therefore sees the
-//! same sequence of correctly rounded FMAs whatever the thread count, tile position or instruction set:
-//! the AVX2+FMA path (selected at run time) and the portable path give identical bits.
+//! C (m×n) = op(A)·op(B), all row-major, where op(A) is A stored m×k, or with `ta` the transpose of A
+//! stored k×m (likewise B: k×n, or with `tb` stored n×k). Transposed operands cost nothing extra: both
+//! operands are packed anyway. B is packed once into column panels of NR columns (k×NR contiguous, zero
+//! padded); each task packs its block of MR rows of A into k×MR (zero padded). Threads take blocks of
+//! MR rows of C; an MR×NR register tile of C accumulates over the *whole* k range in ascending order,
+//! one fused multiply-add per step, starting from zero. Every C element therefore sees the same
+//! sequence of correctly rounded FMAs whatever the thread count, the layout of the operands, the tile
+//! shape or the instruction set: the AVX2+FMA path (selected at run time) and the portable path give
+//! identical bits.
 
 use crate::dtype::Float;
 use rayon::prelude::*;
 
-const MR: usize = 4;
+/// The instruction set the micro-kernel is compiled for (picked at run time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+fn best_isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Portable
+}
 
 /// C = A·B for row-major A (m×k) and B (k×n); returns C (m×n).
 pub fn matmul<T: Float>(a: &[T], b: &[T], m: usize, k: usize, n: usize) -> Vec<T> {
+    matmul_t(a, b, m, k, n, false, false)
+}
+
+/// C = op(A)·op(B) (m×n): op(A) is `a` as m×k, or with `ta` the transpose of `a` stored k×m; op(B) is
+/// `b` as k×n, or with `tb` the transpose of `b` stored n×k. Bitwise equal to transposing first.
+pub fn matmul_t<T: Float>(a: &[T], b: &[T], m: usize, k: usize, n: usize, ta: bool, tb: bool) -> Vec<T> {
+    matmul_isa(best_isa(), a, b, m, k, n, ta, tb)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_isa<T: Float>(isa: Isa, a: &[T], b: &[T], m: usize, k: usize, n: usize, ta: bool, tb: bool) -> Vec<T> {
+    assert!(a.len() >= m * k && b.len() >= k * n, "matmul: operands too short for {m}x{k}x{n}");
     let mut c = vec![T::ZERO; m * n];
     if m == 0 || n == 0 || k == 0 {
         return c;
     }
-    let nr = T::MATMUL_NR;
-    let panels = n.div_ceil(nr);
-    // Pack B into panels: panel p holds columns [p·nr, p·nr + nr) as k rows of nr (zero padded).
-    let mut packed = vec![T::ZERO; panels * k * nr];
-    packed.par_chunks_mut(k * nr).enumerate().for_each(|(p, dst)| {
-        let j0 = p * nr;
-        let w = nr.min(n - j0);
-        for kk in 0..k {
-            dst[kk * nr..kk * nr + w].copy_from_slice(&b[kk * n + j0..kk * n + j0 + w]);
-        }
-    });
-    let avx = simd_available();
-    c.par_chunks_mut(MR * n).enumerate().for_each(|(blk, cblk)| {
-        let i0 = blk * MR;
-        let rows = MR.min(m - i0);
-        let ablk = &a[i0 * k..(i0 + rows) * k];
-        for p in 0..panels {
-            let j0 = p * nr;
-            let w = nr.min(n - j0);
-            let bp = &packed[p * k * nr..(p + 1) * k * nr];
-            if avx {
-                // SAFETY: simd_available() checked that the CPU supports AVX2 and FMA.
-                #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    tile_avx2(ablk, bp, cblk, rows, k, n, j0, w)
-                }
-            } else {
-                tile(ablk, bp, cblk, rows, k, n, j0, w)
-            }
-        }
-    });
+    // Two vector registers of columns per tile row; 6 rows: 12 accumulators, 2 B vectors and one
+    // broadcast A value fit the 16 AVX2 registers.
+    if std::mem::size_of::<T>() == 4 {
+        gemm::<T, 6, 16>(isa, a, b, &mut c, m, k, n, ta, tb);
+    } else {
+        gemm::<T, 6, 8>(isa, a, b, &mut c, m, k, n, ta, tb);
+    }
     c
 }
 
-fn simd_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+#[allow(clippy::too_many_arguments)]
+fn gemm<T: Float, const MR: usize, const NR: usize>(isa: Isa, a: &[T], b: &[T], c: &mut [T], m: usize, k: usize, n: usize, ta: bool, tb: bool) {
+    // Pack B: panel p holds columns [p·NR, p·NR + NR) of op(B) as k rows of NR (zero padded).
+    let mut packed = vec![T::ZERO; n.div_ceil(NR) * k * NR];
+    packed.par_chunks_mut(k * NR).enumerate().for_each(|(p, dst)| {
+        let j0 = p * NR;
+        let w = NR.min(n - j0);
+        if tb {
+            for j in 0..w {
+                for (kk, &v) in b[(j0 + j) * k..(j0 + j + 1) * k].iter().enumerate() {
+                    dst[kk * NR + j] = v;
+                }
+            }
+        } else {
+            for kk in 0..k {
+                dst[kk * NR..kk * NR + w].copy_from_slice(&b[kk * n + j0..kk * n + j0 + w]);
+            }
+        }
+    });
+    c.par_chunks_mut(MR * n).enumerate().for_each_init(
+        || vec![T::ZERO; k * MR],
+        |ap, (blk, cblk)| {
+            // Pack this block of A: ap[kk·MR + r] = op(A)[i0 + r, kk] (rows past m are zero).
+            let i0 = blk * MR;
+            let rows = MR.min(m - i0);
+            if rows < MR {
+                ap.fill(T::ZERO);
+            }
+            if ta {
+                for kk in 0..k {
+                    ap[kk * MR..kk * MR + rows].copy_from_slice(&a[kk * m + i0..kk * m + i0 + rows]);
+                }
+            } else {
+                for r in 0..rows {
+                    for (kk, &v) in a[(i0 + r) * k..(i0 + r + 1) * k].iter().enumerate() {
+                        ap[kk * MR + r] = v;
+                    }
+                }
+            }
+            match isa {
+                // SAFETY: best_isa() checked that the CPU supports AVX2 and FMA.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { block_avx2::<T, MR, NR>(ap, &packed, cblk, k, n) },
+                Isa::Portable => block::<T, MR, NR>(ap, &packed, cblk, k, n),
+            }
+        },
+    );
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx2<T: Float>(a: &[T], bp: &[T], c: &mut [T], rows: usize, k: usize, n: usize, j0: usize, w: usize) {
-    tile(a, bp, c, rows, k, n, j0, w)
+unsafe fn block_avx2<T: Float, const MR: usize, const NR: usize>(ap: &[T], packed: &[T], c: &mut [T], k: usize, n: usize) {
+    block::<T, MR, NR>(ap, packed, c, k, n)
 }
 
-/// One MR×NR tile: c[r, j0..j0+w] = Σ_kk a[r, kk]·bp[kk, ..], kk ascending, FMA each step.
+/// One block of MR rows of C (`c` holds its rows, possibly fewer than MR) against every panel of B.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn tile<T: Float>(a: &[T], bp: &[T], c: &mut [T], rows: usize, k: usize, n: usize, j0: usize, w: usize) {
-    match T::MATMUL_NR {
-        16 => tile_n::<T, 16>(a, bp, c, rows, k, n, j0, w),
-        8 => tile_n::<T, 8>(a, bp, c, rows, k, n, j0, w),
-        _ => unreachable!("MATMUL_NR is 8 or 16"),
+fn block<T: Float, const MR: usize, const NR: usize>(ap: &[T], packed: &[T], c: &mut [T], k: usize, n: usize) {
+    let rows = c.len() / n;
+    for (p, bp) in packed.chunks_exact(k * NR).enumerate() {
+        let acc = tile::<T, MR, NR>(ap, bp);
+        let j0 = p * NR;
+        let w = NR.min(n - j0);
+        for r in 0..rows {
+            c[r * n + j0..r * n + j0 + w].copy_from_slice(&acc[r][..w]);
+        }
     }
 }
 
+/// One MR×NR tile: acc[r][j] = Σ_kk ap[kk, r]·bp[kk, j], kk ascending, one FMA per step from zero.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn tile_n<T: Float, const NR: usize>(a: &[T], bp: &[T], c: &mut [T], rows: usize, k: usize, n: usize, j0: usize, w: usize) {
+fn tile<T: Float, const MR: usize, const NR: usize>(ap: &[T], bp: &[T]) -> [[T; NR]; MR] {
     let mut acc = [[T::ZERO; NR]; MR];
-    if rows == MR {
-        for kk in 0..k {
-            let b: &[T; NR] = bp[kk * NR..kk * NR + NR].try_into().unwrap();
-            for r in 0..MR {
-                let av = a[r * k + kk];
-                for j in 0..NR {
-                    acc[r][j] = av.mul_add(b[j], acc[r][j]);
-                }
-            }
-        }
-    } else {
-        for kk in 0..k {
-            let b: &[T; NR] = bp[kk * NR..kk * NR + NR].try_into().unwrap();
-            for r in 0..rows {
-                let av = a[r * k + kk];
-                for j in 0..NR {
-                    acc[r][j] = av.mul_add(b[j], acc[r][j]);
-                }
+    for (a, b) in ap.chunks_exact(MR).zip(bp.chunks_exact(NR)) {
+        for r in 0..MR {
+            for j in 0..NR {
+                acc[r][j] = a[r].mul_add(b[j], acc[r][j]);
             }
         }
     }
-    for r in 0..rows {
-        c[r * n + j0..r * n + j0 + w].copy_from_slice(&acc[r][..w]);
-    }
+    acc
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reference: each element an FMA chain over k ascending from zero.
+    fn reference<T: Float>(a: &[T], b: &[T], m: usize, k: usize, n: usize, ta: bool, tb: bool) -> Vec<T> {
+        let mut c = vec![T::ZERO; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = T::ZERO;
+                for p in 0..k {
+                    let x = if ta { a[p * m + i] } else { a[i * k + p] };
+                    let y = if tb { b[j * k + p] } else { b[p * n + j] };
+                    s = x.mul_add(y, s);
+                }
+                c[i * n + j] = s;
+            }
+        }
+        c
+    }
+
+    fn isas() -> Vec<Isa> {
+        let mut v = vec![Isa::Portable];
+        if best_isa() != Isa::Portable {
+            v.push(best_isa());
+        }
+        v
+    }
+
+    const SHAPES: &[(usize, usize, usize)] = &[(1, 1, 1), (3, 5, 7), (4, 16, 16), (6, 16, 8), (9, 33, 17), (7, 300, 37), (13, 2, 40), (5, 0, 3)];
+
     #[test]
     fn matches_naive_f64() {
-        for &(m, k, n) in &[(1, 1, 1), (3, 5, 7), (4, 16, 16), (9, 33, 17), (5, 0, 3)] {
+        for &(m, k, n) in SHAPES {
             let a: Vec<f64> = (0..m * k).map(|i| ((i * 7 % 13) as f64 - 6.0) / 3.0).collect();
             let b: Vec<f64> = (0..k * n).map(|i| ((i * 5 % 11) as f64 - 5.0) / 7.0).collect();
             let c = matmul(&a, &b, m, k, n);
@@ -127,22 +187,56 @@ mod tests {
             }
         }
     }
+
+    /// Every instruction set, every layout, f32 and f64: the same bits as the scalar FMA chain.
     #[test]
     fn simd_and_portable_paths_agree_bitwise() {
-        let (m, k, n) = (7, 300, 37);
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1013) as f32).sin()).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729 % 997) as f32).cos()).collect();
-        let fast = matmul(&a, &b, m, k, n);
-        let mut slow = vec![0f32; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                let mut s = 0f32;
-                for p in 0..k {
-                    s = a[i * k + p].mul_add(b[p * n + j], s);
+        fn check<T: Float>(cast: impl Fn(f32) -> T) {
+            for &(m, k, n) in SHAPES {
+                let a: Vec<T> = (0..m * k).map(|i| cast(((i * 7919 % 1013) as f32).sin())).collect();
+                let b: Vec<T> = (0..k * n).map(|i| cast(((i * 104729 % 997) as f32).cos())).collect();
+                for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                    let want: Vec<f64> = reference(&a, &b, m, k, n, ta, tb).iter().map(|x| x.to_f64()).collect();
+                    for isa in isas() {
+                        let got: Vec<f64> = matmul_isa(isa, &a, &b, m, k, n, ta, tb).iter().map(|x| x.to_f64()).collect();
+                        assert!(
+                            got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()),
+                            "{isa:?} {m}x{k}x{n} ta={ta} tb={tb} ({})",
+                            std::any::type_name::<T>()
+                        );
+                    }
                 }
-                slow[i * n + j] = s;
             }
         }
-        assert_eq!(fast.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), slow.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+        check::<f32>(|x| x);
+        check::<f64>(|x| x as f64 * 1.000_000_1);
+    }
+
+    #[test]
+    fn transposed_operands_match_explicit_transposes() {
+        let (m, k, n) = (11, 23, 19);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 31 % 17) as f32 - 8.0) / 5.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0).collect();
+        let t = |x: &[f32], r: usize, c: usize| -> Vec<f32> { (0..c * r).map(|p| x[(p % r) * c + p / r]).collect() };
+        let (at, bt) = (t(&a, m, k), t(&b, k, n));
+        let base = matmul(&a, &b, m, k, n);
+        assert_eq!(matmul_t(&at, &b, m, k, n, true, false), base);
+        assert_eq!(matmul_t(&a, &bt, m, k, n, false, true), base);
+        assert_eq!(matmul_t(&at, &bt, m, k, n, true, true), base);
+    }
+
+    #[test]
+    fn same_bits_for_any_thread_count() {
+        let (m, k, n) = (37, 129, 45);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1013) as f32).sin()).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729 % 997) as f32).cos()).collect();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| matmul_t(&a, &b, m, k, n, false, true))
+        };
+        let one = run(1);
+        for t in [2, 3, 8] {
+            assert_eq!(run(t).iter().map(|x| x.to_bits()).collect::<Vec<_>>(), one.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+        }
     }
 }
