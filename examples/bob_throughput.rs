@@ -6,7 +6,8 @@
 //! cargo run --release --example bob_throughput -- --reps 20 --workload mlp_784_512_512_10_b512 --device cpu
 //! ```
 //!
-//! Definitions (every time is the median over `reps` repetitions, after one untimed warm-up):
+//! Definitions (every time is the median over `reps` repetitions, after one untimed warm-up; the JSON
+//! also gives the fastest repetition as `*_min_ms`, the least disturbed on a shared machine):
 //! - `forward_ms`: the loss computed *with recording on* (a fresh tape, parameters as leaves): the
 //!   forward pass that backward needs. `forward_nograd_ms` is the same loss under `no_grad`.
 //! - `backward_ms`: `grad(loss, params, false)` alone, after a taped forward (not timed).
@@ -86,6 +87,8 @@ struct Timing {
     forward_nograd_ms: f64,
     backward_ms: f64,
     bob_ms: f64,
+    /// Fastest repetition of forward, backward and BoB: on a shared machine, the least disturbed.
+    min_ms: [f64; 3],
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -96,6 +99,10 @@ fn median(mut v: Vec<f64>) -> f64 {
     } else {
         0.5 * (v[n / 2 - 1] + v[n / 2])
     }
+}
+
+fn min(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::INFINITY, f64::min)
 }
 
 fn ms(t: Instant) -> f64 {
@@ -149,6 +156,7 @@ fn measure(w: &Workload, reps: usize) -> Result<Timing> {
         about: w.about,
         dtype: p.params[0].dtype(),
         params: p.params.iter().map(|t| t.numel()).sum(),
+        min_ms: [min(&fwd), min(&bwd), min(&bob)],
         forward_ms: median(fwd),
         forward_nograd_ms: median(fwd_ng),
         backward_ms: median(bwd),
@@ -222,7 +230,7 @@ fn main() -> ExitCode {
             .map(|t| {
                 format!(
                     "  \"{}\": {{\"forward_ms\": {:.3}, \"backward_ms\": {:.3}, \"bob_ms\": {:.3}, \"forward_nograd_ms\": {:.3}, \
-                     \"bob_over_backward\": {:.3}, \"forward_taped\": true, \"reps\": {}, \"threads\": {threads}, \"dtype\": \"{}\", \
+                     \"bob_over_backward\": {:.3}, \"forward_min_ms\": {:.3}, \"backward_min_ms\": {:.3}, \"bob_min_ms\": {:.3}, \"forward_taped\": true, \"reps\": {}, \"threads\": {threads}, \"dtype\": \"{}\", \
                      \"device\": \"cpu\", \"params\": {}}}",
                     t.name,
                     t.forward_ms,
@@ -230,6 +238,9 @@ fn main() -> ExitCode {
                     t.bob_ms,
                     t.forward_nograd_ms,
                     t.bob_ms / t.backward_ms,
+                    t.min_ms[0],
+                    t.min_ms[1],
+                    t.min_ms[2],
                     args.reps,
                     t.dtype,
                     t.params
@@ -239,16 +250,19 @@ fn main() -> ExitCode {
         println!("{{\n{}\n}}", entries.join(",\n"));
     } else {
         println!("device cpu, {threads} threads, medians over {} reps (ms)\n", args.reps);
-        println!("{:<28} {:>10} {:>10} {:>10} {:>10} {:>8}", "workload", "fwd", "fwd(nograd)", "bwd", "bob", "bob/bwd");
+        println!("{:<28} {:>10} {:>10} {:>10} {:>10} {:>8}   {}", "workload", "fwd", "fwd(nograd)", "bwd", "bob", "bob/bwd", "min fwd/bwd/bob");
         for t in &results {
             println!(
-                "{:<28} {:>10.2} {:>11.2} {:>10.2} {:>10.2} {:>8.2}",
+                "{:<28} {:>10.2} {:>11.2} {:>10.2} {:>10.2} {:>8.2}   {:.2}/{:.2}/{:.2}",
                 t.name,
                 t.forward_ms,
                 t.forward_nograd_ms,
                 t.backward_ms,
                 t.bob_ms,
-                t.bob_ms / t.backward_ms
+                t.bob_ms / t.backward_ms,
+                t.min_ms[0],
+                t.min_ms[1],
+                t.min_ms[2]
             );
         }
         println!();
@@ -258,7 +272,7 @@ fn main() -> ExitCode {
         println!(
             "\nfwd: the loss with recording on (the forward backward needs); fwd(nograd): the same under no_grad;\n\
              bwd: grad(loss, params, false) after a taped forward; bob: the HVP by reverse over reverse\n\
-             (grad with create_graph, then the gradient of <g, v>), forward excluded."
+             (grad with create_graph, then the gradient of <g, v>), forward excluded. Medians; min: the fastest rep."
         );
     }
     ExitCode::SUCCESS
