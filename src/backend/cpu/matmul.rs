@@ -60,7 +60,17 @@ fn matmul_isa<T: Float>(isa: Isa, a: &[T], b: &[T], m: usize, k: usize, n: usize
 }
 
 #[allow(clippy::too_many_arguments)]
-fn gemm<T: Float, const MR: usize, const NR: usize>(isa: Isa, a: &[T], b: &[T], c: &mut [T], m: usize, k: usize, n: usize, ta: bool, tb: bool) {
+fn gemm<T: Float, const MR: usize, const NR: usize>(
+    isa: Isa,
+    a: &[T],
+    b: &[T],
+    c: &mut [T],
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: bool,
+    tb: bool,
+) {
     // Pack B: panel p holds columns [p·NR, p·NR + NR) of op(B) as k rows of NR (zero padded).
     let mut packed = vec![T::ZERO; n.div_ceil(NR) * k * NR];
     packed.par_chunks_mut(k * NR).enumerate().for_each(|(p, dst)| {
@@ -171,7 +181,8 @@ mod tests {
         v
     }
 
-    const SHAPES: &[(usize, usize, usize)] = &[(1, 1, 1), (3, 5, 7), (4, 16, 16), (6, 16, 8), (9, 33, 17), (7, 300, 37), (13, 2, 40), (5, 0, 3)];
+    const SHAPES: &[(usize, usize, usize)] =
+        &[(1, 1, 1), (3, 5, 7), (4, 16, 16), (6, 16, 8), (9, 33, 17), (7, 300, 37), (13, 2, 40), (5, 0, 3)];
 
     #[test]
     fn matches_naive_f64() {
