@@ -24,7 +24,7 @@ enum Isa {
 fn best_isa() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if super::has_avx2_fma() {
             return Isa::Avx2;
         }
     }
