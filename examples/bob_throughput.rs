@@ -250,10 +250,7 @@ fn main() -> ExitCode {
         println!("{{\n{}\n}}", entries.join(",\n"));
     } else {
         println!("device cpu, {threads} threads, medians over {} reps (ms)\n", args.reps);
-        println!(
-            "{:<28} {:>10} {:>10} {:>10} {:>10} {:>8}   {}",
-            "workload", "fwd", "fwd(nograd)", "bwd", "bob", "bob/bwd", "min fwd/bwd/bob"
-        );
+        println!("{:<28} {:>10} {:>10} {:>10} {:>10} {:>8}   min fwd/bwd/bob", "workload", "fwd", "fwd(nograd)", "bwd", "bob", "bob/bwd");
         for t in &results {
             println!(
                 "{:<28} {:>10.2} {:>11.2} {:>10.2} {:>10.2} {:>8.2}   {:.2}/{:.2}/{:.2}",
