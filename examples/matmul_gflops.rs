@@ -35,12 +35,34 @@ unsafe fn fma_avx2(iters: usize, seed: f32) -> [[f32; 8]; 12] {
     fma_loop::<8>(iters, seed)
 }
 
-/// Peak f32 FMA throughput in GFLOP/s on all rayon threads with AVX2 (8 lanes): 12 independent
-/// accumulators per thread, so the loop is bound by FMA issue rate, not latency.
+/// 12 independent zmm FMA chains (auto-vectorization keeps to 256 bits, so intrinsics).
 #[cfg(target_arch = "x86_64")]
-fn fma_peak() -> Option<f64> {
-    let lanes = 8;
-    if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_avx512(iters: usize, seed: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_set1_ps(seed); 12];
+    let (a, b) = (_mm512_set1_ps(std::hint::black_box(0.999_999)), _mm512_set1_ps(std::hint::black_box(1e-7)));
+    for _ in 0..iters {
+        for r in acc.iter_mut() {
+            *r = _mm512_fmadd_ps(*r, a, b);
+        }
+    }
+    let mut s = _mm512_setzero_ps();
+    for r in acc {
+        s = _mm512_add_ps(s, r);
+    }
+    _mm512_reduce_add_ps(s)
+}
+
+/// Peak f32 FMA throughput in GFLOP/s on all rayon threads with AVX2 (8 lanes) or AVX-512 (16): 12
+/// independent accumulators per thread, so the loop is bound by FMA issue rate, not latency.
+#[cfg(target_arch = "x86_64")]
+fn fma_peak(lanes: usize) -> Option<f64> {
+    let ok = match lanes {
+        8 => std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"),
+        _ => std::is_x86_feature_detected!("avx512f"),
+    };
+    if !ok {
         return None;
     }
     let iters = 20_000_000usize;
@@ -51,7 +73,11 @@ fn fma_peak() -> Option<f64> {
         (0..threads).into_par_iter().for_each(|t| {
             // SAFETY: the features were detected above.
             unsafe {
-                std::hint::black_box(fma_avx2(iters, t as f32));
+                if lanes == 8 {
+                    std::hint::black_box(fma_avx2(iters, t as f32));
+                } else {
+                    std::hint::black_box(fma_avx512(iters, t as f32));
+                }
             }
         });
         let s = t0.elapsed().as_secs_f64();
@@ -61,7 +87,7 @@ fn fma_peak() -> Option<f64> {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn fma_peak() -> Option<f64> {
+fn fma_peak(_lanes: usize) -> Option<f64> {
     None
 }
 
@@ -93,5 +119,5 @@ fn main() {
         println!("{name:<24} {m:>5} {k:>5} {n:>5} {:>9.3} {:>9.1} {:>9.1}", t * 1e3, gf(t), gf(best));
     }
     let show = |p: Option<f64>| p.map_or("n/a".to_string(), |g| format!("{g:.0} GFLOP/s"));
-    println!("\nmeasured f32 FMA peak on {threads} threads: AVX2 {}", show(fma_peak()));
+    println!("\nmeasured f32 FMA peak on {threads} threads: AVX2 {}, AVX-512 {}", show(fma_peak(8)), show(fma_peak(16)));
 }

@@ -54,7 +54,7 @@ impl Tensor {
         fn cast<T: Element>(b: &[u8]) -> Result<Vec<T>> {
             bytemuck::try_cast_slice::<u8, T>(b).map(|s| s.to_vec()).or_else(|_| {
                 // Unaligned input: copy element by element.
-                if b.len() % std::mem::size_of::<T>() != 0 {
+                if !b.len().is_multiple_of(std::mem::size_of::<T>()) {
                     return invalid("from_bytes", format!("{} bytes are not a whole number of elements", b.len()));
                 }
                 Ok(b.chunks_exact(std::mem::size_of::<T>()).map(bytemuck::pod_read_unaligned).collect())

@@ -7,8 +7,12 @@
 //! MR rows of C; an MR×NR register tile of C accumulates over the *whole* k range in ascending order,
 //! one fused multiply-add per step, starting from zero. Every C element therefore sees the same
 //! sequence of correctly rounded FMAs whatever the thread count, the layout of the operands, the tile
-//! shape or the instruction set: the AVX2+FMA path (selected at run time) and the portable path give
-//! identical bits.
+//! shape or the instruction set: the AVX-512 and AVX2+FMA paths (selected at run time) and the portable
+//! path give identical bits.
+//!
+//! Tiles: 6×16 f32 (6×8 f64) for AVX2 and portable code, written as plain loops that LLVM vectorizes
+//! into 12 accumulator registers; 8×32 f32 (8×16 f64) for AVX-512, written with intrinsics (16 zmm
+//! accumulators: LLVM's auto-vectorizer keeps to 256-bit vectors here and spills).
 
 use crate::dtype::Float;
 use rayon::prelude::*;
@@ -19,11 +23,16 @@ enum Isa {
     Portable,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 fn best_isa() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::is_x86_feature_detected!("avx512f") {
+            return Isa::Avx512;
+        }
         if super::has_avx2_fma() {
             return Isa::Avx2;
         }
@@ -49,12 +58,16 @@ fn matmul_isa<T: Float>(isa: Isa, a: &[T], b: &[T], m: usize, k: usize, n: usize
     if m == 0 || n == 0 || k == 0 {
         return c;
     }
-    // Two vector registers of columns per tile row; 6 rows: 12 accumulators, 2 B vectors and one
-    // broadcast A value fit the 16 AVX2 registers.
-    if std::mem::size_of::<T>() == 4 {
-        gemm::<T, 6, 16>(isa, a, b, &mut c, m, k, n, ta, tb);
-    } else {
-        gemm::<T, 6, 8>(isa, a, b, &mut c, m, k, n, ta, tb);
+    // Two vector registers of columns per tile row. AVX2: 6 rows, so 12 accumulators, 2 B vectors and
+    // one broadcast A value fit the 16 registers; AVX-512: 8 rows, 16 of the 32 registers.
+    let f32 = std::mem::size_of::<T>() == 4;
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if f32 => gemm::<T, 8, 32>(isa, a, b, &mut c, m, k, n, ta, tb),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => gemm::<T, 8, 16>(isa, a, b, &mut c, m, k, n, ta, tb),
+        _ if f32 => gemm::<T, 6, 16>(isa, a, b, &mut c, m, k, n, ta, tb),
+        _ => gemm::<T, 6, 8>(isa, a, b, &mut c, m, k, n, ta, tb),
     }
     c
 }
@@ -112,6 +125,9 @@ fn gemm<T: Float, const MR: usize, const NR: usize>(
                 // SAFETY: best_isa() checked that the CPU supports AVX2 and FMA.
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe { block_avx2::<T, MR, NR>(ap, &packed, cblk, k, n) },
+                // SAFETY: best_isa() checked that the CPU supports AVX-512F.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { block_avx512::<T, MR, NR>(ap, &packed, cblk, k, n) },
                 Isa::Portable => block::<T, MR, NR>(ap, &packed, cblk, k, n),
             }
         },
@@ -122,6 +138,71 @@ fn gemm<T: Float, const MR: usize, const NR: usize>(
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block_avx2<T: Float, const MR: usize, const NR: usize>(ap: &[T], packed: &[T], c: &mut [T], k: usize, n: usize) {
     block::<T, MR, NR>(ap, packed, c, k, n)
+}
+
+/// [`block`] with the AVX-512 tile: 8 rows × 2 zmm vectors of columns (MR = 8, NR·size = 128 bytes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn block_avx512<T: Float, const MR: usize, const NR: usize>(ap: &[T], packed: &[T], c: &mut [T], k: usize, n: usize) {
+    assert!(MR == 8 && NR * std::mem::size_of::<T>() == 128, "AVX-512 tile is 8 x 128 bytes");
+    let rows = c.len() / n;
+    let mut acc = [[T::ZERO; NR]; MR];
+    for (p, bp) in packed.chunks_exact(k * NR).enumerate() {
+        let out = acc.as_flattened_mut();
+        if std::mem::size_of::<T>() == 4 {
+            tile_avx512_f32(bytemuck::cast_slice(ap), bytemuck::cast_slice(bp), bytemuck::cast_slice_mut(out));
+        } else {
+            tile_avx512_f64(bytemuck::cast_slice(ap), bytemuck::cast_slice(bp), bytemuck::cast_slice_mut(out));
+        }
+        let j0 = p * NR;
+        let w = NR.min(n - j0);
+        for r in 0..rows {
+            c[r * n + j0..r * n + j0 + w].copy_from_slice(&acc[r][..w]);
+        }
+    }
+}
+
+/// The 8×32 f32 tile of [`tile`] with intrinsics: out[r·32 + j] = Σ_kk ap[kk·8 + r]·bp[kk·32 + j],
+/// kk ascending, one FMA per step from zero.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_avx512_f32(ap: &[f32], bp: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; 8];
+    for (a, b) in ap.chunks_exact(8).zip(bp.chunks_exact(32)) {
+        let (b0, b1) = (_mm512_loadu_ps(b.as_ptr()), _mm512_loadu_ps(b[16..].as_ptr()));
+        for r in 0..8 {
+            let x = _mm512_set1_ps(a[r]);
+            acc[r][0] = _mm512_fmadd_ps(x, b0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(x, b1, acc[r][1]);
+        }
+    }
+    let out: &mut [f32; 256] = out.try_into().unwrap();
+    for r in 0..8 {
+        _mm512_storeu_ps(out[r * 32..].as_mut_ptr(), acc[r][0]);
+        _mm512_storeu_ps(out[r * 32 + 16..].as_mut_ptr(), acc[r][1]);
+    }
+}
+
+/// The 8×16 f64 tile of [`tile`] with intrinsics (see [`tile_avx512_f32`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_avx512_f64(ap: &[f64], bp: &[f64], out: &mut [f64]) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_pd(); 2]; 8];
+    for (a, b) in ap.chunks_exact(8).zip(bp.chunks_exact(16)) {
+        let (b0, b1) = (_mm512_loadu_pd(b.as_ptr()), _mm512_loadu_pd(b[8..].as_ptr()));
+        for r in 0..8 {
+            let x = _mm512_set1_pd(a[r]);
+            acc[r][0] = _mm512_fmadd_pd(x, b0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_pd(x, b1, acc[r][1]);
+        }
+    }
+    let out: &mut [f64; 128] = out.try_into().unwrap();
+    for r in 0..8 {
+        _mm512_storeu_pd(out[r * 16..].as_mut_ptr(), acc[r][0]);
+        _mm512_storeu_pd(out[r * 16 + 8..].as_mut_ptr(), acc[r][1]);
+    }
 }
 
 /// One block of MR rows of C (`c` holds its rows, possibly fewer than MR) against every panel of B.
@@ -173,10 +254,18 @@ mod tests {
         c
     }
 
+    /// Every instruction set this CPU can run.
     fn isas() -> Vec<Isa> {
+        #[allow(unused_mut)]
         let mut v = vec![Isa::Portable];
-        if best_isa() != Isa::Portable {
-            v.push(best_isa());
+        #[cfg(target_arch = "x86_64")]
+        {
+            if crate::backend::cpu::has_avx2_fma() {
+                v.push(Isa::Avx2);
+            }
+            if std::is_x86_feature_detected!("avx512f") {
+                v.push(Isa::Avx512);
+            }
         }
         v
     }
