@@ -48,28 +48,48 @@ pub fn matmul<T: Float>(a: &[T], b: &[T], m: usize, k: usize, n: usize) -> Vec<T
 /// C = op(A)·op(B) (m×n): op(A) is `a` as m×k, or with `ta` the transpose of `a` stored k×m; op(B) is
 /// `b` as k×n, or with `tb` the transpose of `b` stored n×k. Bitwise equal to transposing first.
 pub fn matmul_t<T: Float>(a: &[T], b: &[T], m: usize, k: usize, n: usize, ta: bool, tb: bool) -> Vec<T> {
-    matmul_isa(best_isa(), a, b, m, k, n, ta, tb)
+    let mut c = vec![T::ZERO; m * n];
+    matmul_t_into(&mut c, a, b, m, k, n, ta, tb);
+    c
+}
+
+/// [`matmul_t`] writing C into `c` (length m·n, overwritten), e.g. one batch of a larger output.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_t_into<T: Float>(c: &mut [T], a: &[T], b: &[T], m: usize, k: usize, n: usize, ta: bool, tb: bool) {
+    matmul_isa(best_isa(), c, a, b, m, k, n, ta, tb)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn matmul_isa<T: Float>(isa: Isa, a: &[T], b: &[T], m: usize, k: usize, n: usize, ta: bool, tb: bool) -> Vec<T> {
-    assert!(a.len() >= m * k && b.len() >= k * n, "matmul: operands too short for {m}x{k}x{n}");
-    let mut c = vec![T::ZERO; m * n];
+fn matmul_isa<T: Float>(isa: Isa, c: &mut [T], a: &[T], b: &[T], m: usize, k: usize, n: usize, ta: bool, tb: bool) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() == m * n, "matmul: operand lengths do not fit {m}x{k}x{n}");
+    if k == 0 {
+        c.fill(T::ZERO);
+    }
     if m == 0 || n == 0 || k == 0 {
-        return c;
+        return;
     }
     // Two vector registers of columns per tile row. AVX2: 6 rows, so 12 accumulators, 2 B vectors and
     // one broadcast A value fit the 16 registers; AVX-512: 8 rows, 16 of the 32 registers.
     let f32 = std::mem::size_of::<T>() == 4;
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if f32 => gemm::<T, 8, 32>(isa, a, b, &mut c, m, k, n, ta, tb),
+        Isa::Avx512 if f32 => gemm::<T, 8, 32>(isa, a, b, c, m, k, n, ta, tb),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => gemm::<T, 8, 16>(isa, a, b, &mut c, m, k, n, ta, tb),
-        _ if f32 => gemm::<T, 6, 16>(isa, a, b, &mut c, m, k, n, ta, tb),
-        _ => gemm::<T, 6, 8>(isa, a, b, &mut c, m, k, n, ta, tb),
+        Isa::Avx512 => gemm::<T, 8, 16>(isa, a, b, c, m, k, n, ta, tb),
+        _ if f32 => gemm::<T, 6, 16>(isa, a, b, c, m, k, n, ta, tb),
+        _ => gemm::<T, 6, 8>(isa, a, b, c, m, k, n, ta, tb),
     }
-    c
+}
+
+/// dst[..w] = src[..w] for w ≤ N; the full-width case is a fixed-size copy (vector moves, no memcpy
+/// call).
+#[inline(always)]
+fn copy_upto<T: Copy, const N: usize>(dst: &mut [T], src: &[T], w: usize) {
+    if w == N {
+        dst[..N].copy_from_slice(&src[..N]);
+    } else {
+        dst[..w].copy_from_slice(&src[..w]);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -97,7 +117,7 @@ fn gemm<T: Float, const MR: usize, const NR: usize>(
             }
         } else {
             for kk in 0..k {
-                dst[kk * NR..kk * NR + w].copy_from_slice(&b[kk * n + j0..kk * n + j0 + w]);
+                copy_upto::<T, NR>(&mut dst[kk * NR..], &b[kk * n + j0..], w);
             }
         }
     });
@@ -112,7 +132,7 @@ fn gemm<T: Float, const MR: usize, const NR: usize>(
             }
             if ta {
                 for kk in 0..k {
-                    ap[kk * MR..kk * MR + rows].copy_from_slice(&a[kk * m + i0..kk * m + i0 + rows]);
+                    copy_upto::<T, MR>(&mut ap[kk * MR..], &a[kk * m + i0..], rows);
                 }
             } else {
                 for r in 0..rows {
@@ -157,7 +177,7 @@ unsafe fn block_avx512<T: Float, const MR: usize, const NR: usize>(ap: &[T], pac
         let j0 = p * NR;
         let w = NR.min(n - j0);
         for r in 0..rows {
-            c[r * n + j0..r * n + j0 + w].copy_from_slice(&acc[r][..w]);
+            copy_upto::<T, NR>(&mut c[r * n + j0..], &acc[r], w);
         }
     }
 }
@@ -214,7 +234,7 @@ fn block<T: Float, const MR: usize, const NR: usize>(ap: &[T], packed: &[T], c: 
         let j0 = p * NR;
         let w = NR.min(n - j0);
         for r in 0..rows {
-            c[r * n + j0..r * n + j0 + w].copy_from_slice(&acc[r][..w]);
+            copy_upto::<T, NR>(&mut c[r * n + j0..], &acc[r], w);
         }
     }
 }
@@ -298,7 +318,9 @@ mod tests {
                 for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                     let want: Vec<f64> = reference(&a, &b, m, k, n, ta, tb).iter().map(|x| x.to_f64()).collect();
                     for isa in isas() {
-                        let got: Vec<f64> = matmul_isa(isa, &a, &b, m, k, n, ta, tb).iter().map(|x| x.to_f64()).collect();
+                        let mut c = vec![T::ZERO; m * n];
+                        matmul_isa(isa, &mut c, &a, &b, m, k, n, ta, tb);
+                        let got: Vec<f64> = c.iter().map(|x| x.to_f64()).collect();
                         assert!(
                             got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()),
                             "{isa:?} {m}x{k}x{n} ta={ta} tb={tb} ({})",

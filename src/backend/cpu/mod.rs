@@ -4,7 +4,7 @@
 //! one thread in a fixed order, so results are bitwise identical for any `RAYON_NUM_THREADS`.
 
 mod matmul;
-pub use matmul::{matmul, matmul_t};
+pub use matmul::{matmul, matmul_t, matmul_t_into};
 
 use crate::dtype::Float;
 use rayon::prelude::*;
