@@ -117,7 +117,7 @@ pub trait Float:
 }
 
 macro_rules! float {
-    ($t:ident, $erf:path) => {
+    ($t:ident, $erf:path, $tanh:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -132,7 +132,7 @@ macro_rules! float {
             }
             #[inline(always)]
             fn tanh(self) -> Self {
-                $t::tanh(self)
+                $tanh(self)
             }
             #[inline(always)]
             fn sqrt(self) -> Self {
@@ -165,8 +165,9 @@ macro_rules! float {
         }
     };
 }
-float!(f32, libm::erff);
-float!(f64, libm::erf);
+// f32 tanh: our vectorizable version (see backend::cpu::math); f64: the platform's libm.
+float!(f32, libm::erff, crate::backend::cpu::math::tanh_f32);
+float!(f64, libm::erf, f64::tanh);
 
 /// Runs `$body` with the type alias `$T` bound to f32 or f64 according to `$dtype`; a storage-only
 /// dtype returns an [`crate::Error::DType`] naming `$op`.

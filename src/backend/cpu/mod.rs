@@ -3,6 +3,7 @@
 //! Parallelism is always over *outputs* in fixed-size chunks, and each output element is computed by
 //! one thread in a fixed order, so results are bitwise identical for any `RAYON_NUM_THREADS`.
 
+pub(crate) mod math;
 mod matmul;
 pub use matmul::{matmul, matmul_t, matmul_t_into};
 
