@@ -109,7 +109,15 @@ fn gemm<T: Float, const MR: usize, const NR: usize>(
     packed.par_chunks_mut(k * NR).enumerate().for_each(|(p, dst)| {
         let j0 = p * NR;
         let w = NR.min(n - j0);
-        if tb {
+        if tb && w == NR {
+            // B stored n×k: gather one column of the NR rows per step, a contiguous NR-wide store.
+            let src: [&[T]; NR] = std::array::from_fn(|j| &b[(j0 + j) * k..(j0 + j + 1) * k]);
+            for (kk, d) in dst.chunks_exact_mut(NR).enumerate() {
+                for j in 0..NR {
+                    d[j] = src[j][kk];
+                }
+            }
+        } else if tb {
             for j in 0..w {
                 for (kk, &v) in b[(j0 + j) * k..(j0 + j + 1) * k].iter().enumerate() {
                     dst[kk * NR + j] = v;
@@ -124,48 +132,75 @@ fn gemm<T: Float, const MR: usize, const NR: usize>(
     c.par_chunks_mut(MR * n).enumerate().for_each_init(
         || vec![T::ZERO; k * MR],
         |ap, (blk, cblk)| {
-            // Pack this block of A: ap[kk·MR + r] = op(A)[i0 + r, kk] (rows past m are zero).
             let i0 = blk * MR;
-            let rows = MR.min(m - i0);
-            if rows < MR {
-                ap.fill(T::ZERO);
-            }
-            if ta {
-                for kk in 0..k {
-                    copy_upto::<T, MR>(&mut ap[kk * MR..], &a[kk * m + i0..], rows);
-                }
-            } else {
-                for r in 0..rows {
-                    for (kk, &v) in a[(i0 + r) * k..(i0 + r + 1) * k].iter().enumerate() {
-                        ap[kk * MR + r] = v;
-                    }
-                }
-            }
+            let a = ABlock { a, i0, rows: MR.min(m - i0), m, k, ta };
             match isa {
                 // SAFETY: best_isa() checked that the CPU supports AVX2 and FMA.
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { block_avx2::<T, MR, NR>(ap, &packed, cblk, k, n) },
+                Isa::Avx2 => unsafe { block_avx2::<T, MR, NR>(a, ap, &packed, cblk, n) },
                 // SAFETY: best_isa() checked that the CPU supports AVX-512F.
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { block_avx512::<T, MR, NR>(ap, &packed, cblk, k, n) },
-                Isa::Portable => block::<T, MR, NR>(ap, &packed, cblk, k, n),
+                Isa::Avx512 => unsafe { block_avx512::<T, MR, NR>(a, ap, &packed, cblk, n) },
+                Isa::Portable => block::<T, MR, NR>(a, ap, &packed, cblk, n),
             }
         },
     );
 }
 
+/// A block of MR rows of op(A): rows i0 .. i0 + rows (rows < MR only at the bottom edge).
+#[derive(Clone, Copy)]
+struct ABlock<'a, T> {
+    a: &'a [T],
+    i0: usize,
+    rows: usize,
+    m: usize,
+    k: usize,
+    ta: bool,
+}
+
+impl<T: Float> ABlock<'_, T> {
+    /// Packs the block: ap[kk·MR + r] = op(A)[i0 + r, kk], rows past the edge zero.
+    #[inline(always)]
+    fn pack<const MR: usize>(&self, ap: &mut [T]) {
+        let (a, i0, rows, m, k) = (self.a, self.i0, self.rows, self.m, self.k);
+        if rows < MR {
+            ap.fill(T::ZERO);
+        }
+        if self.ta {
+            for kk in 0..k {
+                copy_upto::<T, MR>(&mut ap[kk * MR..], &a[kk * m + i0..], rows);
+            }
+        } else if rows == MR {
+            // Row-major A: gather one column of the MR rows per step, a contiguous MR-wide store.
+            let src: [&[T]; MR] = std::array::from_fn(|r| &a[(i0 + r) * k..(i0 + r + 1) * k]);
+            for (kk, dst) in ap.chunks_exact_mut(MR).enumerate() {
+                for r in 0..MR {
+                    dst[r] = src[r][kk];
+                }
+            }
+        } else {
+            for r in 0..rows {
+                for (kk, &v) in a[(i0 + r) * k..(i0 + r + 1) * k].iter().enumerate() {
+                    ap[kk * MR + r] = v;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn block_avx2<T: Float, const MR: usize, const NR: usize>(ap: &[T], packed: &[T], c: &mut [T], k: usize, n: usize) {
-    block::<T, MR, NR>(ap, packed, c, k, n)
+unsafe fn block_avx2<T: Float, const MR: usize, const NR: usize>(a: ABlock<T>, ap: &mut [T], packed: &[T], c: &mut [T], n: usize) {
+    block::<T, MR, NR>(a, ap, packed, c, n)
 }
 
 /// [`block`] with the AVX-512 tile: 8 rows × 2 zmm vectors of columns (MR = 8, NR·size = 128 bytes).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn block_avx512<T: Float, const MR: usize, const NR: usize>(ap: &[T], packed: &[T], c: &mut [T], k: usize, n: usize) {
+unsafe fn block_avx512<T: Float, const MR: usize, const NR: usize>(a: ABlock<T>, ap: &mut [T], packed: &[T], c: &mut [T], n: usize) {
     assert!(MR == 8 && NR * std::mem::size_of::<T>() == 128, "AVX-512 tile is 8 x 128 bytes");
-    let rows = c.len() / n;
+    a.pack::<MR>(ap);
+    let (rows, k) = (a.rows, a.k);
     let mut acc = [[T::ZERO; NR]; MR];
     for (p, bp) in packed.chunks_exact(k * NR).enumerate() {
         let out = acc.as_flattened_mut();
@@ -225,10 +260,12 @@ unsafe fn tile_avx512_f64(ap: &[f64], bp: &[f64], out: &mut [f64]) {
     }
 }
 
-/// One block of MR rows of C (`c` holds its rows, possibly fewer than MR) against every panel of B.
+/// One block of MR rows of C (`c` holds its rows, possibly fewer than MR) against every panel of B:
+/// packs the block of A into `ap`, then one tile per panel.
 #[inline(always)]
-fn block<T: Float, const MR: usize, const NR: usize>(ap: &[T], packed: &[T], c: &mut [T], k: usize, n: usize) {
-    let rows = c.len() / n;
+fn block<T: Float, const MR: usize, const NR: usize>(a: ABlock<T>, ap: &mut [T], packed: &[T], c: &mut [T], n: usize) {
+    a.pack::<MR>(ap);
+    let (rows, k) = (a.rows, a.k);
     for (p, bp) in packed.chunks_exact(k * NR).enumerate() {
         let acc = tile::<T, MR, NR>(ap, bp);
         let j0 = p * NR;
