@@ -5,6 +5,7 @@
 
 pub(crate) mod math;
 mod matmul;
+pub(crate) mod pool;
 pub use matmul::{matmul, matmul_t, matmul_t_into};
 
 use crate::dtype::Float;
@@ -44,7 +45,7 @@ unsafe fn map_slice_avx2<T: Copy, F: Fn(T) -> T>(out: &mut [T], xs: &[T], f: &F)
 /// Pass a closure whose operation is known at compile time (not a runtime `match` per element), so it
 /// inlines into the loop and vectorizes.
 pub fn map<T: Float, F: Fn(T) -> T + Sync>(xs: &[T], f: &F) -> Vec<T> {
-    let mut out = vec![T::ZERO; xs.len()];
+    let mut out = pool::zeroed(xs.len());
     let simd = has_avx2_fma();
     out.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).for_each(|(o, x)| {
         #[cfg(target_arch = "x86_64")]
@@ -124,7 +125,7 @@ fn zip_row_dispatch<T: Copy, F: Fn(T, T) -> T>(simd: bool, out: &mut [T], a: &[T
 /// As with [`map`], pass a closure whose operation is fixed at compile time.
 pub fn zip<T: Float, F: Fn(T, T) -> T + Sync>(a: &[T], ad: &[usize], b: &[T], bd: &[usize], out: &[usize], f: F) -> Vec<T> {
     let n: usize = out.iter().product();
-    let mut o = vec![T::ZERO; n];
+    let mut o = pool::zeroed(n);
     let simd = has_avx2_fma();
     if ad == out && bd == out {
         o.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
@@ -160,7 +161,7 @@ pub fn zip<T: Float, F: Fn(T, T) -> T + Sync>(a: &[T], ad: &[usize], b: &[T], bd
 
 /// Sums over the middle axis of an (outer, n, inner) view: out[o, i] = Σ_j x[o, j, i], j ascending.
 pub fn sum_axis<T: Float>(x: &[T], outer: usize, n: usize, inner: usize) -> Vec<T> {
-    let mut out = vec![T::ZERO; outer * inner];
+    let mut out = pool::zeroed(outer * inner);
     if inner == 1 {
         out.par_iter_mut().enumerate().for_each(|(o, y)| *y = sum_contiguous(&x[o * n..(o + 1) * n]));
     } else {
