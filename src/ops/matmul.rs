@@ -59,7 +59,7 @@ impl Var {
         od.extend([m, n]);
         let y = with_float!("matmul", self.dtype(), T => {
             let (x, w) = (self.value().as_slice::<T>()?, other.value().as_slice::<T>()?);
-            let mut out = cpu::pool::zeroed::<T>(batches * m * n);
+            let mut out = cpu::pool::for_overwrite::<T>(batches * m * n);
             if m * n > 0 {
                 for (bi, c) in out.chunks_mut(m * n).enumerate() {
                     cpu::matmul_t_into(c, &x[bi * m * k..(bi + 1) * m * k], &w[bi * k * n..(bi + 1) * k * n], m, k, n, ta, tb);

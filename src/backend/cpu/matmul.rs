@@ -48,7 +48,7 @@ pub fn matmul<T: Float>(a: &[T], b: &[T], m: usize, k: usize, n: usize) -> Vec<T
 /// C = op(A)·op(B) (m×n): op(A) is `a` as m×k, or with `ta` the transpose of `a` stored k×m; op(B) is
 /// `b` as k×n, or with `tb` the transpose of `b` stored n×k. Bitwise equal to transposing first.
 pub fn matmul_t<T: Float>(a: &[T], b: &[T], m: usize, k: usize, n: usize, ta: bool, tb: bool) -> Vec<T> {
-    let mut c = super::pool::zeroed(m * n);
+    let mut c = super::pool::for_overwrite(m * n);
     matmul_t_into(&mut c, a, b, m, k, n, ta, tb);
     c
 }
@@ -105,10 +105,13 @@ fn gemm<T: Float, const MR: usize, const NR: usize>(
     tb: bool,
 ) {
     // Pack B: panel p holds columns [p·NR, p·NR + NR) of op(B) as k rows of NR (zero padded).
-    let mut packed = super::pool::zeroed(n.div_ceil(NR) * k * NR);
+    let mut packed = super::pool::for_overwrite(n.div_ceil(NR) * k * NR);
     packed.par_chunks_mut(k * NR).enumerate().for_each(|(p, dst)| {
         let j0 = p * NR;
         let w = NR.min(n - j0);
+        if w < NR {
+            dst.fill(T::ZERO);
+        }
         if tb && w == NR {
             // B stored n×k: gather one column of the NR rows per step, a contiguous NR-wide store.
             let src: [&[T]; NR] = std::array::from_fn(|j| &b[(j0 + j) * k..(j0 + j + 1) * k]);

@@ -45,7 +45,7 @@ unsafe fn map_slice_avx2<T: Copy, F: Fn(T) -> T>(out: &mut [T], xs: &[T], f: &F)
 /// Pass a closure whose operation is known at compile time (not a runtime `match` per element), so it
 /// inlines into the loop and vectorizes.
 pub fn map<T: Float, F: Fn(T) -> T + Sync>(xs: &[T], f: &F) -> Vec<T> {
-    let mut out = pool::zeroed(xs.len());
+    let mut out = pool::for_overwrite(xs.len());
     let simd = has_avx2_fma();
     out.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).for_each(|(o, x)| {
         #[cfg(target_arch = "x86_64")]
@@ -125,7 +125,7 @@ fn zip_row_dispatch<T: Copy, F: Fn(T, T) -> T>(simd: bool, out: &mut [T], a: &[T
 /// As with [`map`], pass a closure whose operation is fixed at compile time.
 pub fn zip<T: Float, F: Fn(T, T) -> T + Sync>(a: &[T], ad: &[usize], b: &[T], bd: &[usize], out: &[usize], f: F) -> Vec<T> {
     let n: usize = out.iter().product();
-    let mut o = pool::zeroed(n);
+    let mut o = pool::for_overwrite(n);
     let simd = has_avx2_fma();
     if ad == out && bd == out {
         o.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {

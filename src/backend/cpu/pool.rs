@@ -33,24 +33,44 @@ fn put<U: Copy>(list: &mut Vec<Vec<U>>, bytes: &mut usize, v: Vec<U>) {
     list.push(v);
 }
 
+fn cached<T: Element>(n: usize) -> Option<Vec<T>> {
+    if n * std::mem::size_of::<T>() < MIN_BYTES {
+        return None;
+    }
+    let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let p = &mut *guard;
+    match T::DTYPE {
+        DType::F32 => take(&mut p.f32, &mut p.bytes, n).map(bytemuck::allocation::cast_vec::<f32, T>),
+        DType::F64 => take(&mut p.f64, &mut p.bytes, n).map(bytemuck::allocation::cast_vec::<f64, T>),
+        _ => None,
+    }
+}
+
 /// A buffer of `n` zeros: a cached one of that length if there is one, else a new allocation.
 pub(crate) fn zeroed<T: Element>(n: usize) -> Vec<T> {
     let zero = T::from_f64(0.0);
-    if n * std::mem::size_of::<T>() >= MIN_BYTES {
-        let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
-        let p = &mut *guard;
-        let hit = match T::DTYPE {
-            DType::F32 => take(&mut p.f32, &mut p.bytes, n).map(bytemuck::allocation::cast_vec::<f32, T>),
-            DType::F64 => take(&mut p.f64, &mut p.bytes, n).map(bytemuck::allocation::cast_vec::<f64, T>),
-            _ => None,
-        };
-        drop(guard);
-        if let Some(mut v) = hit {
+    match cached(n) {
+        Some(mut v) => {
             v.fill(zero);
-            return v;
+            v
         }
+        None => vec![zero; n],
     }
-    vec![zero; n]
+}
+
+/// A buffer of `n` elements whose contents are unspecified (stale values of a dead tensor, or zeros):
+/// only for outputs the caller overwrites *entirely*, which saves zero filling. Debug builds fill it
+/// with NaN so that an element left unwritten shows up in the tests.
+pub(crate) fn for_overwrite<T: Element>(n: usize) -> Vec<T> {
+    match cached(n) {
+        Some(mut v) => {
+            if cfg!(debug_assertions) {
+                v.fill(T::from_f64(f64::NAN));
+            }
+            v
+        }
+        None => vec![T::from_f64(if cfg!(debug_assertions) { f64::NAN } else { 0.0 }); n],
+    }
 }
 
 /// Takes a dying buffer into the cache (large f32/f64 ones only), evicting the oldest past the cap.
