@@ -27,6 +27,9 @@ enum Isa {
     Avx512,
 }
 
+/// Products of at most this many multiply-adds (about 10 µs of one core) run on the calling thread.
+const SEQUENTIAL_MACS: usize = 1 << 20;
+
 fn best_isa() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
@@ -105,8 +108,11 @@ fn gemm<T: Float, const MR: usize, const NR: usize>(
     tb: bool,
 ) {
     // Pack B: panel p holds columns [p·NR, p·NR + NR) of op(B) as k rows of NR (zero padded).
+    // Small products run on the calling thread: waking the pool would cost more than the work.
+    let parallel = m * k * n > SEQUENTIAL_MACS;
     let mut packed = super::pool::for_overwrite(n.div_ceil(NR) * k * NR);
-    packed.par_chunks_mut(k * NR).enumerate().for_each(|(p, dst)| {
+    let work = if parallel { usize::MAX } else { 0 };
+    super::for_chunks(&mut packed, k * NR, work, |p, dst| {
         let j0 = p * NR;
         let w = NR.min(n - j0);
         if w < NR {
@@ -132,22 +138,25 @@ fn gemm<T: Float, const MR: usize, const NR: usize>(
             }
         }
     });
-    c.par_chunks_mut(MR * n).enumerate().for_each_init(
-        || vec![T::ZERO; k * MR],
-        |ap, (blk, cblk)| {
-            let i0 = blk * MR;
-            let a = ABlock { a, i0, rows: MR.min(m - i0), m, k, ta };
-            match isa {
-                // SAFETY: best_isa() checked that the CPU supports AVX2 and FMA.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { block_avx2::<T, MR, NR>(a, ap, &packed, cblk, n) },
-                // SAFETY: best_isa() checked that the CPU supports AVX-512F.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { block_avx512::<T, MR, NR>(a, ap, &packed, cblk, n) },
-                Isa::Portable => block::<T, MR, NR>(a, ap, &packed, cblk, n),
-            }
-        },
-    );
+    let run = |ap: &mut Vec<T>, (blk, cblk): (usize, &mut [T])| {
+        let i0 = blk * MR;
+        let a = ABlock { a, i0, rows: MR.min(m - i0), m, k, ta };
+        match isa {
+            // SAFETY: best_isa() checked that the CPU supports AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { block_avx2::<T, MR, NR>(a, ap, &packed, cblk, n) },
+            // SAFETY: best_isa() checked that the CPU supports AVX-512F.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { block_avx512::<T, MR, NR>(a, ap, &packed, cblk, n) },
+            Isa::Portable => block::<T, MR, NR>(a, ap, &packed, cblk, n),
+        }
+    };
+    if parallel {
+        c.par_chunks_mut(MR * n).enumerate().for_each_init(|| vec![T::ZERO; k * MR], run);
+    } else {
+        let mut ap = vec![T::ZERO; k * MR];
+        c.chunks_mut(MR * n).enumerate().for_each(|x| run(&mut ap, x));
+    }
     super::pool::recycle(packed);
 }
 
@@ -388,18 +397,20 @@ mod tests {
         assert_eq!(matmul_t(&at, &bt, m, k, n, true, true), base);
     }
 
+    /// Small (run on the calling thread) and large (parallel) products: the same bits as the reference
+    /// for any thread count.
     #[test]
     fn same_bits_for_any_thread_count() {
-        let (m, k, n) = (37, 129, 45);
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1013) as f32).sin()).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729 % 997) as f32).cos()).collect();
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| matmul_t(&a, &b, m, k, n, false, true))
-        };
-        let one = run(1);
-        for t in [2, 3, 8] {
-            assert_eq!(run(t).iter().map(|x| x.to_bits()).collect::<Vec<_>>(), one.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+        for (m, k, n) in [(37, 129, 45), (83, 301, 77)] {
+            assert_eq!(m * k * n > SEQUENTIAL_MACS, m > 50);
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1013) as f32).sin()).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729 % 997) as f32).cos()).collect();
+            let want: Vec<u32> = reference(&a, &b, m, k, n, false, true).iter().map(|x| x.to_bits()).collect();
+            for t in [1, 2, 3, 8] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+                let got = pool.install(|| matmul_t(&a, &b, m, k, n, false, true));
+                assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want, "{m}x{k}x{n} on {t} threads");
+            }
         }
     }
 }

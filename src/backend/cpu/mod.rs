@@ -14,6 +14,18 @@ use rayon::prelude::*;
 /// Elements per parallel task for element-wise work: large enough to amortize scheduling.
 pub(crate) const CHUNK: usize = 1 << 14;
 
+/// Runs `f(i, piece)` on the `chunk`-sized pieces of `out` (`chunk` > 0): on the rayon pool, or on the
+/// calling thread when the whole job (`work`: about the number of elements it touches) is at most
+/// [`CHUNK`], where waking the pool and waiting for it costs more than the work. Each piece is computed
+/// the same way either way, so the results are the same bits.
+pub(crate) fn for_chunks<T: Send>(out: &mut [T], chunk: usize, work: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+    if work <= CHUNK {
+        out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+    } else {
+        out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+    }
+}
+
 /// Whether the CPU has AVX2 and FMA (checked once by std, then cached).
 pub(crate) fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -47,7 +59,8 @@ unsafe fn map_slice_avx2<T: Copy, F: Fn(T) -> T>(out: &mut [T], xs: &[T], f: &F)
 pub fn map<T: Float, F: Fn(T) -> T + Sync>(xs: &[T], f: &F) -> Vec<T> {
     let mut out = pool::for_overwrite(xs.len());
     let simd = has_avx2_fma();
-    out.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).for_each(|(o, x)| {
+    for_chunks(&mut out, CHUNK, xs.len(), |i, o| {
+        let x = &xs[i * CHUNK..i * CHUNK + o.len()];
         #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: has_avx2_fma() checked that the CPU supports AVX2 and FMA.
@@ -128,9 +141,7 @@ pub fn zip<T: Float, F: Fn(T, T) -> T + Sync>(a: &[T], ad: &[usize], b: &[T], bd
     let mut o = pool::for_overwrite(n);
     let simd = has_avx2_fma();
     if ad == out && bd == out {
-        o.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
-            zip_row_dispatch(simd, o, a, 1, b, 1, &f);
-        });
+        for_chunks(&mut o, CHUNK, n, |i, o| zip_row_dispatch(simd, o, &a[i * CHUNK..], 1, &b[i * CHUNK..], 1, &f));
         return o;
     }
     if n == 0 {
@@ -143,7 +154,7 @@ pub fn zip<T: Float, F: Fn(T, T) -> T + Sync>(a: &[T], ad: &[usize], b: &[T], bd
     let (la, lb) = if r == 0 { (0, 0) } else { (sa[r - 1], sb[r - 1]) };
     // Rows of the output, grouped so a task has about CHUNK elements.
     let rows_per_task = (CHUNK / last).max(1);
-    o.par_chunks_mut(last * rows_per_task).enumerate().for_each(|(task, rows)| {
+    for_chunks(&mut o, last * rows_per_task, n, |task, rows| {
         for (i, orow) in rows.chunks_mut(last).enumerate() {
             // Offsets of this row's first element.
             let (mut oa, mut ob, mut rem) = (0, 0, task * rows_per_task + i);
@@ -162,10 +173,19 @@ pub fn zip<T: Float, F: Fn(T, T) -> T + Sync>(a: &[T], ad: &[usize], b: &[T], bd
 /// Sums over the middle axis of an (outer, n, inner) view: out[o, i] = Σ_j x[o, j, i], j ascending.
 pub fn sum_axis<T: Float>(x: &[T], outer: usize, n: usize, inner: usize) -> Vec<T> {
     let mut out = pool::zeroed(outer * inner);
+    if out.is_empty() {
+        return out;
+    }
     if inner == 1 {
-        out.par_iter_mut().enumerate().for_each(|(o, y)| *y = sum_contiguous(&x[o * n..(o + 1) * n]));
+        let rows = (CHUNK / n.max(1)).max(1);
+        for_chunks(&mut out, rows, outer * n, |t, y| {
+            for (r, y) in y.iter_mut().enumerate() {
+                let o = t * rows + r;
+                *y = sum_contiguous(&x[o * n..(o + 1) * n]);
+            }
+        });
     } else {
-        out.par_chunks_mut(inner).enumerate().for_each(|(o, y)| {
+        for_chunks(&mut out, inner, outer * n * inner, |o, y| {
             for j in 0..n {
                 let row = &x[(o * n + j) * inner..(o * n + j + 1) * inner];
                 for (y, &v) in y.iter_mut().zip(row) {
@@ -221,7 +241,7 @@ pub fn softmax_axis<T: Float>(x: &[T], outer: usize, n: usize, inner: usize, mod
     let out_len = if mode == 2 { outer * inner } else { outer * n * inner };
     let mut out = vec![T::ZERO; out_len];
     let per = if mode == 2 { inner } else { n * inner };
-    out.par_chunks_mut(per.max(1)).enumerate().for_each(|(o, y)| {
+    for_chunks(&mut out, per.max(1), outer * n * inner, |o, y| {
         let base = o * n * inner;
         for i in 0..inner {
             let at = |j: usize| x[base + j * inner + i];
@@ -274,7 +294,7 @@ pub fn permute<T: Copy + Send + Sync + Default>(x: &[T], d: &[usize], perm: &[us
     let ps: Vec<usize> = perm.iter().map(|&p| is[p]).collect(); // input stride of each output dim
     let last = if r == 0 { 1 } else { od[r - 1] };
     let ls = if r == 0 { 0 } else { ps[r - 1] };
-    out.par_chunks_mut(last).enumerate().for_each(|(row, orow)| {
+    for_chunks(&mut out, last, n, |row, orow| {
         let (mut off, mut rem) = (0, row);
         for k in (0..r.saturating_sub(1)).rev() {
             off += (rem % od[k]) * ps[k];
