@@ -39,11 +39,18 @@ struct Workload {
 }
 
 fn workloads() -> Vec<Workload> {
-    vec![Workload {
-        name: "mlp_784_512_512_10_b512",
-        about: "MLP 784-512-512-10, tanh, batch 512, mean cross-entropy, f32",
-        build: || mlp(&[784, 512, 512, 10], 512, DType::F32, 0),
-    }]
+    vec![
+        Workload {
+            name: "mlp_784_512_512_10_b512",
+            about: "MLP 784-512-512-10, tanh, batch 512, mean cross-entropy, f32",
+            build: || mlp(&[784, 512, 512, 10], 512, DType::F32, 0),
+        },
+        Workload {
+            name: "mlp_64_128_128_10_b64",
+            about: "MLP 64-128-128-10, tanh, batch 64, mean cross-entropy, f32 (per-op overhead)",
+            build: || mlp(&[64, 128, 128, 10], 64, DType::F32, 0),
+        },
+    ]
 }
 
 /// An MLP with tanh between layers and mean cross-entropy on top. Weights are randn/√fan_in, biases
