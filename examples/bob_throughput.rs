@@ -15,7 +15,8 @@
 //!   random direction v, by reverse over reverse — `grad(loss, params, true)`, then the gradient of
 //!   ⟨g, v⟩ — excluding the forward (that is `metagrad::hvp` after a taped forward, not timed).
 //!
-//! Each workload is a name and a function building its parameters and its loss; add new ones to
+//! Workloads: `mlp_784_512_512_10_b512` (the reference) and `mlp_64_128_128_10_b64` (small: per-op
+//! overhead). Each is a name and a function building its parameters and its loss; add new ones to
 //! [`workloads`].
 
 use metagrad::{grad, hvp, no_grad, DType, Result, Tape, Tensor, Var};

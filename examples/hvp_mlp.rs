@@ -65,7 +65,7 @@ fn run() -> Result<bool> {
     let ok = r.within(ATOL, RTOL);
     println!("\n{r}");
     println!(
-        "tolerance |Hv − fd| ≤ {ATOL:e} + {RTOL:e}·|fd|: {}  ({:.0} ms)",
+        "tolerance |Hv − fd| ≤ {ATOL:e} + {RTOL:e}·|fd|: {}  ({:.2} ms)",
         if ok { "ok" } else { "FAILED" },
         elapsed.as_secs_f64() * 1e3
     );
