@@ -121,8 +121,6 @@ pub trait Float:
     const ONE: Self;
     /// Negative infinity.
     const NEG_INFINITY: Self;
-    /// Columns in the matmul register tile (chosen so a 4×NR tile fits in 8 AVX registers).
-    const MATMUL_NR: usize;
     /// e^x.
     fn exp(self) -> Self;
     /// Natural log.
@@ -146,12 +144,11 @@ pub trait Float:
 }
 
 macro_rules! float {
-    ($t:ident, $nr:expr, $erf:path) => {
+    ($t:ident, $erf:path, $tanh:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
             const NEG_INFINITY: Self = $t::NEG_INFINITY;
-            const MATMUL_NR: usize = $nr;
             #[inline(always)]
             fn exp(self) -> Self {
                 $t::exp(self)
@@ -162,7 +159,7 @@ macro_rules! float {
             }
             #[inline(always)]
             fn tanh(self) -> Self {
-                $t::tanh(self)
+                $tanh(self)
             }
             #[inline(always)]
             fn sqrt(self) -> Self {
@@ -195,8 +192,9 @@ macro_rules! float {
         }
     };
 }
-float!(f32, 16, libm::erff);
-float!(f64, 8, libm::erf);
+// f32 tanh: our vectorizable version (see backend::cpu::math); f64: the platform's libm.
+float!(f32, libm::erff, crate::backend::cpu::math::tanh_f32);
+float!(f64, libm::erf, f64::tanh);
 
 /// Runs `$body` with the type alias `$T` bound to f32 or f64 according to `$dtype`; a storage-only
 /// dtype returns an [`crate::Error::DType`] naming `$op`. The body runs kernels only (it records

@@ -22,6 +22,17 @@ pub(crate) enum Storage {
     F16(Vec<f16>),
 }
 
+impl Drop for Storage {
+    /// Large f32/f64 buffers go to the CPU backend's buffer cache for reuse by later kernel outputs.
+    fn drop(&mut self) {
+        match self {
+            Storage::F32(v) => crate::backend::cpu::pool::recycle(std::mem::take(v)),
+            Storage::F64(v) => crate::backend::cpu::pool::recycle(std::mem::take(v)),
+            Storage::BF16(_) | Storage::F16(_) => {}
+        }
+    }
+}
+
 /// An n-dimensional array of f32, f64, bf16 or f16 on a [`Device`].
 #[derive(Clone)]
 pub struct Tensor {

@@ -198,7 +198,7 @@ impl LinearMap for Gather {
             let src = x.as_slice::<T>()?;
             let mut out = vec![0.0 as T; self.out.numel()];
             if m * i > 0 {
-                out.par_chunks_mut(m * i).enumerate().for_each(|(o, dst)| {
+                cpu::for_chunks(&mut out, m * i, self.out.numel(), |o, dst| {
                     for p in 0..m * i {
                         dst[p] = src[(o * n + self.idx[o * m * i + p]) * i + p % i];
                     }
@@ -214,7 +214,7 @@ impl LinearMap for Gather {
             let src = g.as_slice::<T>()?;
             let mut out = vec![0.0 as T; self.full.numel()];
             if n * i > 0 {
-                out.par_chunks_mut(n * i).enumerate().for_each(|(o, dst)| {
+                cpu::for_chunks(&mut out, n * i, self.full.numel(), |o, dst| {
                     for p in 0..m * i {
                         dst[self.idx[o * m * i + p] * i + p % i] += src[o * m * i + p];
                     }
