@@ -15,9 +15,10 @@
 //!   random direction v, by reverse over reverse — `grad(loss, params, true)`, then the gradient of
 //!   ⟨g, v⟩ — excluding the forward (that is `metagrad::hvp` after a taped forward, not timed).
 //!
-//! Workloads: `mlp_784_512_512_10_b512` (the reference) and `mlp_64_128_128_10_b64` (small: per-op
-//! overhead). Each is a name and a function building its parameters and its loss; add new ones to
-//! [`workloads`].
+//! Workloads: `mlp_784_512_512_10_b512` (the reference), `mlp_64_128_128_10_b64` (small: per-op
+//! overhead), `conv_b32_c3_32_32_hw32_k3` (a two-layer conv net on the fused convolution kernels; bob is
+//! the HVP w.r.t. both weight tensors) and its `_composite` twin (im2col + matmul). Each is a name and a
+//! function building its parameters and its loss; add new ones to [`workloads`].
 
 use metagrad::{grad, hvp, no_grad, DType, Result, Tape, Tensor, Var};
 use std::process::ExitCode;
@@ -51,7 +52,37 @@ fn workloads() -> Vec<Workload> {
             about: "MLP 64-128-128-10, tanh, batch 64, mean cross-entropy, f32 (per-op overhead)",
             build: || mlp(&[64, 128, 128, 10], 64, DType::F32, 0),
         },
+        Workload {
+            name: "conv_b32_c3_32_32_hw32_k3",
+            about: "conv(tanh(conv(x, w1)), w2) ∘ R / numel, x 32x3x32x32, w1 32x3x3x3, w2 32x32x3x3, pad 1, f32; fused conv",
+            build: || conv_net(true),
+        },
+        Workload {
+            name: "conv_b32_c3_32_32_hw32_k3_composite",
+            about: "the same conv net through the im2col + matmul composite path",
+            build: || conv_net(false),
+        },
     ]
+}
+
+/// loss = Σ(conv(tanh(conv(x, w1)), w2) ∘ R)/numel with padding 1; parameters (w1, w2) scaled by 1/√fan_in.
+fn conv_net(fused: bool) -> Result<Problem> {
+    let scaled = |shape: [usize; 4], seed: u64| -> Result<Tensor> {
+        let fan_in = (shape[1] * shape[2] * shape[3]) as f64;
+        let t = Tensor::randn(shape, DType::F64, seed);
+        Ok(Tensor::from_vec(t.to_vec_f64().iter().map(|v| v / fan_in.sqrt()).collect::<Vec<_>>(), shape)?.to_dtype(DType::F32))
+    };
+    let params = vec![scaled([32, 3, 3, 3], 3)?, scaled([32, 32, 3, 3], 4)?];
+    let x = Var::constant(Tensor::randn([32, 3, 32, 32], DType::F32, 1));
+    let r = Var::constant(Tensor::randn([32, 32, 32, 32], DType::F32, 2));
+    let loss = move |p: &[Var]| -> Result<Var> {
+        let o = metagrad::Conv2dOpts::new(1, 1);
+        let conv = |x: &Var, w: &Var| if fused { x.conv2d(w, None, o) } else { x.conv2d_composite(w, None, o) };
+        let y = conv(&conv(&x, &p[0])?.tanh()?, &p[1])?;
+        let n = y.value().numel() as f64;
+        y.mul(&r)?.sum_all()?.mul_scalar(1.0 / n)
+    };
+    Ok(Problem { params, loss: Box::new(loss) })
 }
 
 /// An MLP with tanh between layers and mean cross-entropy on top. Weights are randn/√fan_in, biases
