@@ -117,7 +117,7 @@ fn print_plans() -> Result<()> {
         let mut best: Option<Plan> = None;
         for k in 2..=steps {
             let p = plan_kary(k, SIZES, steps)?;
-            let better = best.map_or(true, |b| p.expected_replayed_steps < b.expected_replayed_steps);
+            let better = best.is_none_or(|b| p.expected_replayed_steps < b.expected_replayed_steps);
             if p.peak_bytes <= budget_mib * MIB && better {
                 best = Some(p);
             }

@@ -73,8 +73,35 @@ macro_rules! element {
 }
 element!(f32, F32, |x: f32| x as f64, |v: f64| v as f32);
 element!(f64, F64, |x: f64| x, |v: f64| v);
-element!(bf16, BF16, |x: bf16| x.to_f64(), bf16::from_f64);
-element!(f16, F16, |x: f16| x.to_f64(), f16::from_f64);
+element!(bf16, BF16, |x: bf16| x.to_f64(), bf16_from_f64);
+element!(f16, F16, |x: f16| x.to_f64(), f16_from_f64);
+
+/// f64 → f32 rounded to odd: truncate, then set the last bit if anything was lost. Rounding that
+/// result to nearest even in a format with at least two fewer significand bits and no wider exponent
+/// range (bf16, f16) equals rounding the f64 directly: no double rounding.
+fn f64_to_f32_round_to_odd(x: f64) -> f32 {
+    let r = x as f32;
+    if !x.is_finite() || r as f64 == x {
+        return r;
+    }
+    let mut bits = r.to_bits();
+    if (r as f64).abs() > x.abs() {
+        bits -= 1; // rounded away from zero (possibly to infinity): step back toward zero
+    }
+    f32::from_bits(bits | 1)
+}
+
+/// f64 → bf16, rounded once to nearest even. (`half`'s `bf16::from_f64` drops the low 32 significand
+/// bits before rounding, which misrounds values just above a tie.)
+pub(crate) fn bf16_from_f64(x: f64) -> bf16 {
+    bf16::from_f32(f64_to_f32_round_to_odd(x))
+}
+
+/// f64 → f16, rounded once to nearest even. (`half`'s `f16::from_f64` rounds through f32 on CPUs with
+/// F16C and truncates low bits elsewhere: misrounded near ties, and machine-dependent.)
+pub(crate) fn f16_from_f64(x: f64) -> f16 {
+    f16::from_f32(f64_to_f32_round_to_odd(x))
+}
 
 /// A compute element type (f32 or f64) with the math the kernels need.
 pub trait Float:
@@ -94,8 +121,6 @@ pub trait Float:
     const ONE: Self;
     /// Negative infinity.
     const NEG_INFINITY: Self;
-    /// Columns in the matmul register tile (chosen so a 4×NR tile fits in 8 AVX registers).
-    const MATMUL_NR: usize;
     /// e^x.
     fn exp(self) -> Self;
     /// Natural log.
@@ -119,12 +144,11 @@ pub trait Float:
 }
 
 macro_rules! float {
-    ($t:ident, $nr:expr, $erf:path) => {
+    ($t:ident, $erf:path, $tanh:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
             const NEG_INFINITY: Self = $t::NEG_INFINITY;
-            const MATMUL_NR: usize = $nr;
             #[inline(always)]
             fn exp(self) -> Self {
                 $t::exp(self)
@@ -135,7 +159,7 @@ macro_rules! float {
             }
             #[inline(always)]
             fn tanh(self) -> Self {
-                $t::tanh(self)
+                $tanh(self)
             }
             #[inline(always)]
             fn sqrt(self) -> Self {
@@ -168,22 +192,27 @@ macro_rules! float {
         }
     };
 }
-float!(f32, 16, libm::erff);
-float!(f64, 8, libm::erf);
+// f32 tanh: our vectorizable version (see backend::cpu::math); f64: the platform's libm.
+float!(f32, libm::erff, crate::backend::cpu::math::tanh_f32);
+float!(f64, libm::erf, f64::tanh);
 
 /// Runs `$body` with the type alias `$T` bound to f32 or f64 according to `$dtype`; a storage-only
-/// dtype returns an [`crate::Error::DType`] naming `$op`.
+/// dtype returns an [`crate::Error::DType`] naming `$op`. The body runs kernels only (it records
+/// nothing), inside [`crate::autodiff::kernel_scope`] so that rayon jobs stolen while it waits do not
+/// inherit the caller's grad mode.
 macro_rules! with_float {
     ($op:expr, $dtype:expr, $T:ident => $body:expr) => {
         match $dtype {
             $crate::DType::F32 => {
                 #[allow(dead_code)]
                 type $T = f32;
+                let _kernel = $crate::autodiff::kernel_scope();
                 $body
             }
             $crate::DType::F64 => {
                 #[allow(dead_code)]
                 type $T = f64;
+                let _kernel = $crate::autodiff::kernel_scope();
                 $body
             }
             other => {

@@ -40,6 +40,7 @@ fn unit(hi: u32, lo: u32) -> f64 {
 
 /// `n` uniform samples in [0, 1); element i uses counter i.
 pub fn uniform_vec(seed: u64, n: usize) -> Vec<f64> {
+    let _kernel = crate::autodiff::kernel_scope(); // see kernel_scope: stolen jobs keep their grad mode
     (0..n as u64)
         .into_par_iter()
         .map(|i| {
@@ -51,6 +52,7 @@ pub fn uniform_vec(seed: u64, n: usize) -> Vec<f64> {
 
 /// `n` standard normal samples (Box–Muller on the two uniforms of counter i).
 pub fn normal_vec(seed: u64, n: usize) -> Vec<f64> {
+    let _kernel = crate::autodiff::kernel_scope(); // see kernel_scope: stolen jobs keep their grad mode
     (0..n as u64)
         .into_par_iter()
         .map(|i| {

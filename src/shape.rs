@@ -23,9 +23,13 @@ impl Shape {
     pub fn rank(&self) -> usize {
         self.0.len()
     }
-    /// Number of elements (1 for a scalar).
+    /// Number of elements (1 for a scalar). A count too large for `usize` saturates to `usize::MAX`
+    /// (no buffer can hold that many elements, so constructors and reshapes reject such shapes).
     pub fn numel(&self) -> usize {
-        self.0.iter().product()
+        if self.0.contains(&0) {
+            return 0;
+        }
+        self.0.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX)
     }
     /// Row-major strides in elements.
     pub fn strides(&self) -> Vec<usize> {

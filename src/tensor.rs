@@ -5,7 +5,7 @@
 //! lets REPLAY hold checkpoints by handle. Differentiation happens one level up, on
 //! [`crate::Var`], which wraps a tensor and a place on a tape.
 
-use crate::dtype::{DType, Element};
+use crate::dtype::{bf16_from_f64, f16_from_f64, DType, Element};
 use crate::error::{invalid, shape_err, Error, Result};
 use crate::random;
 use crate::{Device, Shape};
@@ -20,6 +20,17 @@ pub(crate) enum Storage {
     F64(Vec<f64>),
     BF16(Vec<bf16>),
     F16(Vec<f16>),
+}
+
+impl Drop for Storage {
+    /// Large f32/f64 buffers go to the CPU backend's buffer cache for reuse by later kernel outputs.
+    fn drop(&mut self) {
+        match self {
+            Storage::F32(v) => crate::backend::cpu::pool::recycle(std::mem::take(v)),
+            Storage::F64(v) => crate::backend::cpu::pool::recycle(std::mem::take(v)),
+            Storage::BF16(_) | Storage::F16(_) => {}
+        }
+    }
 }
 
 /// An n-dimensional array of f32, f64, bf16 or f16 on a [`Device`].
@@ -54,18 +65,17 @@ impl Tensor {
         fn cast<T: Element>(b: &[u8]) -> Result<Vec<T>> {
             bytemuck::try_cast_slice::<u8, T>(b).map(|s| s.to_vec()).or_else(|_| {
                 // Unaligned input: copy element by element.
-                if b.len() % std::mem::size_of::<T>() != 0 {
+                if !b.len().is_multiple_of(std::mem::size_of::<T>()) {
                     return invalid("from_bytes", format!("{} bytes are not a whole number of elements", b.len()));
                 }
                 Ok(b.chunks_exact(std::mem::size_of::<T>()).map(bytemuck::pod_read_unaligned).collect())
             })
         }
         let shape = shape.into();
-        if bytes.len() != shape.numel() * dtype.size_in_bytes() {
-            return shape_err(
-                "from_bytes",
-                format!("{} bytes do not fill shape {shape} of {dtype} ({} bytes)", bytes.len(), shape.numel() * dtype.size_in_bytes()),
-            );
+        let want = shape.numel().checked_mul(dtype.size_in_bytes());
+        if want != Some(bytes.len()) {
+            let want = want.map_or_else(|| "more than usize::MAX".to_string(), |w| w.to_string());
+            return shape_err("from_bytes", format!("{} bytes do not fill shape {shape} of {dtype} ({want} bytes)", bytes.len()));
         }
         let storage = match dtype {
             DType::F32 => Storage::F32(cast(bytes)?),
@@ -83,8 +93,8 @@ impl Tensor {
         let storage = match dtype {
             DType::F32 => Storage::F32(vec![value as f32; n]),
             DType::F64 => Storage::F64(vec![value; n]),
-            DType::BF16 => Storage::BF16(vec![bf16::from_f64(value); n]),
-            DType::F16 => Storage::F16(vec![f16::from_f64(value); n]),
+            DType::BF16 => Storage::BF16(vec![bf16_from_f64(value); n]),
+            DType::F16 => Storage::F16(vec![f16_from_f64(value); n]),
         };
         Tensor::from_storage(storage, shape)
     }
@@ -119,10 +129,26 @@ impl Tensor {
     }
 
     /// Uniform samples in `[lo, hi)` from the counter-based Philox generator (see [`Tensor::randn`]).
+    /// Samples are drawn in f64 and rounded to `dtype`; one that rounds up to `hi` becomes the largest
+    /// value of `dtype` below `hi`, so the interval stays half-open in every dtype.
     pub fn rand_uniform(shape: impl Into<Shape>, lo: f64, hi: f64, dtype: DType, seed: u64) -> Tensor {
+        fn below_hi<T: Element>(v: &mut [T], hi: f64) {
+            let top = largest_below::<T>(hi);
+            for x in v.iter_mut().filter(|x| x.to_f64() >= hi) {
+                *x = top;
+            }
+        }
         let shape = shape.into();
         let v = random::uniform_vec(seed, shape.numel()).into_iter().map(|u| lo + (hi - lo) * u).collect();
-        Tensor::from_storage(Storage::F64(v), shape).to_dtype(dtype)
+        let t = Tensor::from_storage(Storage::F64(v), shape).to_dtype(dtype);
+        let mut storage = Arc::try_unwrap(t.storage).unwrap_or_else(|s| (*s).clone());
+        match &mut storage {
+            Storage::F32(v) => below_hi(v, hi),
+            Storage::F64(v) => below_hi(v, hi),
+            Storage::BF16(v) => below_hi(v, hi),
+            Storage::F16(v) => below_hi(v, hi),
+        }
+        Tensor { storage: Arc::new(storage), shape: t.shape, device: t.device }
     }
 
     /// The shape.
@@ -215,8 +241,8 @@ impl Tensor {
                 match dtype {
                     DType::F32 => Storage::F32(v.iter().map(|&x| x as f32).collect()),
                     DType::F64 => Storage::F64(v),
-                    DType::BF16 => Storage::BF16(v.iter().map(|&x| bf16::from_f64(x)).collect()),
-                    DType::F16 => Storage::F16(v.iter().map(|&x| f16::from_f64(x)).collect()),
+                    DType::BF16 => Storage::BF16(v.iter().map(|&x| bf16_from_f64(x)).collect()),
+                    DType::F16 => Storage::F16(v.iter().map(|&x| f16_from_f64(x)).collect()),
                 }
             }
         };
@@ -245,6 +271,35 @@ impl Tensor {
             Storage::BF16(v) => v.iter().all(|x| x.is_finite()),
             Storage::F16(v) => v.iter().all(|x| x.is_finite()),
         }
+    }
+}
+
+/// The largest value of `T` strictly below `hi` (one step down in the bit pattern from `hi` rounded).
+fn largest_below<T: Element>(hi: f64) -> T {
+    let h = T::from_f64(hi);
+    if h.to_f64() < hi {
+        return h;
+    }
+    // IEEE formats are sign-magnitude: toward −∞ is bits − 1 for positives, bits + 1 for negatives,
+    // and from ±0 the smallest negative subnormal.
+    macro_rules! down {
+        ($u:ty) => {{
+            let b: $u = bytemuck::cast(h);
+            let sign: $u = 1 << (<$u>::BITS - 1);
+            let nb = if b & !sign == 0 {
+                sign | 1
+            } else if b & sign == 0 {
+                b - 1
+            } else {
+                b + 1
+            };
+            bytemuck::cast(nb)
+        }};
+    }
+    match std::mem::size_of::<T>() {
+        2 => down!(u16),
+        4 => down!(u32),
+        _ => down!(u64),
     }
 }
 

@@ -197,6 +197,24 @@ pub fn with_grad_mode<R>(enabled: bool, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Restores this thread's grad mode when dropped.
+pub(crate) struct KernelScope(bool);
+
+impl Drop for KernelScope {
+    fn drop(&mut self) {
+        GRAD_ENABLED.with(|g| g.set(self.0));
+    }
+}
+
+/// Puts this thread in the default grad mode (recording on) until the returned guard drops. Kernels
+/// hold it around their rayon sections: a worker waiting inside a parallel kernel may run an unrelated
+/// job (say, another tape's forward pass submitted to the same pool), and that job must see a fresh
+/// thread's mode, not the mode of the backward pass or `no_grad` section that launched the kernel.
+/// Kernels themselves record nothing, so this changes nothing for the code that calls them.
+pub(crate) fn kernel_scope() -> KernelScope {
+    KernelScope(GRAD_ENABLED.with(|g| g.replace(true)))
+}
+
 /// Runs `f` with no recording: ops compute their values and nothing else (REPLAY trains this way).
 pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
     with_grad_mode(false, f)

@@ -18,7 +18,7 @@
 //! closures: they are functions of the inputs, and the backward kernels' formulas already account for
 //! that dependence.
 
-use super::same_dtype;
+use super::same_dtypes;
 use crate::backend::cpu::attention::{self as kernel, Geometry, Need};
 use crate::dtype::with_float;
 use crate::error::{invalid, shape_err, Error, Result};
@@ -42,8 +42,7 @@ fn check(q: &Var, k: &Var, v: &Var, scale: f64, causal: bool) -> Result<Geometry
             format!("q {}, k {}, v {} need [.., Nq, d], [.., Nk, d], [.., Nk, dv]", q.shape(), k.shape(), v.shape()),
         );
     }
-    same_dtype("attention", q, k)?;
-    same_dtype("attention", q, v)?;
+    same_dtypes("attention", &[q, k, v])?;
     if !scale.is_finite() {
         return invalid("attention", format!("scale {scale} is not finite"));
     }

@@ -36,7 +36,15 @@ fn zip(op: &'static str, a: &Var, b: &Var, f: Binary) -> Result<Tensor> {
     let out = Shape::broadcast(op, a.shape(), b.shape())?;
     with_float!(op, a.dtype(), T => {
         let (x, y) = (a.value().as_slice::<T>()?, b.value().as_slice::<T>()?);
-        Tensor::from_vec(cpu::zip(x, a.dims(), y, b.dims(), out.dims(), |p: T, q: T| f.apply(p, q)), out)
+        // One kernel per function, fixed at compile time, so the loops vectorize.
+        let (ad, bd, od) = (a.dims(), b.dims(), out.dims());
+        let v = match f {
+            Binary::Add => cpu::zip(x, ad, y, bd, od, |p: T, q: T| Binary::Add.apply(p, q)),
+            Binary::Sub => cpu::zip(x, ad, y, bd, od, |p: T, q: T| Binary::Sub.apply(p, q)),
+            Binary::Mul => cpu::zip(x, ad, y, bd, od, |p: T, q: T| Binary::Mul.apply(p, q)),
+            Binary::Div => cpu::zip(x, ad, y, bd, od, |p: T, q: T| Binary::Div.apply(p, q)),
+        };
+        Tensor::from_vec(v, out)
     })
 }
 
@@ -79,17 +87,22 @@ impl Var {
 
     /// a + c for a scalar c.
     pub fn add_scalar(&self, c: f64) -> Result<Var> {
-        self.affine(1.0, c)
+        self.affine_op("add_scalar", 1.0, c)
     }
 
     /// a · c for a scalar c.
     pub fn mul_scalar(&self, c: f64) -> Result<Var> {
-        self.affine(c, 0.0)
+        self.affine_op("mul_scalar", c, 0.0)
     }
 
     /// a·x + b element-wise for scalars a, b (one pass).
     pub fn affine(&self, a: f64, b: f64) -> Result<Var> {
-        let y = super::unary::map("affine", self, Unary::Affine(a, b))?;
-        Var::record("affine", y, &[self], move |_, _, g| Ok(vec![Some(g.mul_scalar(a)?)]))
+        self.affine_op("affine", a, b)
+    }
+
+    /// [`Var::affine`] under the name of the op the caller used (for errors and the tape).
+    fn affine_op(&self, op: &'static str, a: f64, b: f64) -> Result<Var> {
+        let y = super::unary::map(op, self, Unary::Affine(a, b))?;
+        Var::record(op, y, &[self], move |_, _, g| Ok(vec![Some(g.mul_scalar(a)?)]))
     }
 }

@@ -1,15 +1,41 @@
-//! 2-D convolution (NCHW, im2col + matmul) and average pooling.
+//! 2-D convolution (NCHW, groups = 1) and average pooling.
 //!
-//! `im2col` is a linear map (a gather with zero padding); its adjoint `col2im` scatter-adds each input
-//! pixel's contributions in a fixed order, parallel over (image, channel) planes only, so it is
-//! deterministic. Through the linear-map mechanism of `linear.rs`, conv2d's backward (matmuls and
-//! col2im) and its backward-over-backward (matmuls and im2col) are exact with no extra code.
-//! Average pooling is a linear map too. (The fused convolution kernels are tracked separately.)
+//! Two paths compute the same convolution:
+//! - [`Var::conv2d`], the fused path: direct convolution kernels (`backend::cpu::conv`) recorded as
+//!   *conv nodes*, described below;
+//! - [`Var::conv2d_composite`], the reference: `im2col` (a linear map, a gather with zero padding) then a
+//!   matmul. Through the linear-map mechanism of `linear.rs` its derivatives of every order are exact with
+//!   no code of their own; the tests check the fused path against it.
+//!
+//! # Conv nodes: one op for every derivative order
+//! Write the convolution as the trilinear form T(x, w, y) = Σ y ∘ conv(x, w). Its partial derivatives are
+//! the three kernels: ∂T/∂y = conv(x, w), ∂T/∂x = conv_transpose(y, w), ∂T/∂w = correlate(x, y). A conv
+//! node has inputs tagged with a role (x, w or y) and outputs of the form
+//!   out = Σ_pairs ∂T/∂role(a, b)    (a, b two inputs with the two other roles),
+//! each computed by *one* kernel call over the concatenated pairs. The VJP of a conv node is again one
+//! conv node: since ⟨c, ∂T/∂r(a, b)⟩ = T(a, b, c), the cotangent of input a is ∂T/∂role(a)(b, c), summed
+//! over every term that uses a. Hence:
+//! - `conv2d` is the node y = ∂T/∂y(x, w);
+//! - its VJP is the node `conv2d_backward` with outputs dx = conv_transpose(dy, w) (the op
+//!   [`Var::conv2d_backward_input`]) and dw = correlate(x, dy) ([`Var::conv2d_backward_weight`]);
+//! - the VJP of that, the backward-over-backward, is the node `conv2d_backward_backward`:
+//!   dȳ = conv(gx, w) + conv(x, gw) in one pass over the concatenated inputs, x̄ = conv_transpose(dy, gw)
+//!   and w̄ = correlate(gx, dy);
+//! - third and higher derivatives are conv nodes built by the same rule, so they are exact (not fused
+//!   beyond one kernel call per output), never an error.
+//!
+//! Only outputs for tracked inputs are computed. The tape records one output tensor per op, so outputs
+//! that must meet again in the next derivative (those sharing a tracked input, such as dx and dw when
+//! dy is tracked: both feed dȳ) are recorded as one node whose outputs are packed into one flat tensor
+//! and read back with the differentiable `narrow` and `reshape` (whose VJPs zero-pad and sum the
+//! pieces' cotangents back into one packed cotangent). Other outputs are recorded as nodes of their
+//! own, which saves the packing copies; a node with one output returns it in its own shape. Average pooling is a linear map.
 
 use super::linear::{linear, LinearMap};
+use crate::backend::cpu::conv::{self as kernels, ConvShape};
 use crate::dtype::with_float;
 use crate::error::{invalid, shape_err, Result};
-use crate::{Tensor, Var};
+use crate::{is_grad_enabled, Shape, Tensor, Var};
 use rayon::prelude::*;
 use std::rc::Rc;
 
@@ -59,25 +85,28 @@ impl Geometry {
         if o.stride.0 == 0 || o.stride.1 == 0 || o.dilation.0 == 0 || o.dilation.1 == 0 || kh == 0 || kw == 0 {
             return invalid(op, format!("kernel {kh}x{kw}, stride {:?} and dilation {:?} must be positive", o.stride, o.dilation));
         }
-        let span = |k: usize, d: usize| d * (k - 1) + 1;
-        let (hp, wp) = (x[2] + 2 * o.padding.0, x[3] + 2 * o.padding.1);
-        if hp < span(kh, o.dilation.0) || wp < span(kw, o.dilation.1) {
+        // Checked arithmetic: absurd padding or dilation is an error, not a wrapped size.
+        let span = |k: usize, d: usize| d.checked_mul(k - 1).and_then(|s| s.checked_add(1));
+        let padded = |n: usize, p: usize| p.checked_mul(2).and_then(|p| p.checked_add(n));
+        let sizes = (padded(x[2], o.padding.0), padded(x[3], o.padding.1), span(kh, o.dilation.0), span(kw, o.dilation.1));
+        let (Some(hp), Some(wp), Some(sh), Some(sw)) = sizes else {
+            return shape_err(
+                op,
+                format!("input {x:?} with padding {:?} and a {kh}x{kw} kernel with dilation {:?} overflows usize", o.padding, o.dilation),
+            );
+        };
+        if hp < sh || wp < sw {
             return shape_err(
                 op,
                 format!("padded input {hp}x{wp} is smaller than the dilated {kh}x{kw} kernel (dilation {:?})", o.dilation),
             );
         }
-        Ok(Geometry {
-            n: x[0],
-            c: x[1],
-            h: x[2],
-            w: x[3],
-            kh,
-            kw,
-            ho: (hp - span(kh, o.dilation.0)) / o.stride.0 + 1,
-            wo: (wp - span(kw, o.dilation.1)) / o.stride.1 + 1,
-            o,
-        })
+        let (ho, wo) = ((hp - sh) / o.stride.0 + 1, (wp - sw) / o.stride.1 + 1);
+        // Every buffer size the kernels compute is a sub-product of these (zeros aside).
+        if [x[0], x[1], kh, kw, ho, wo].iter().try_fold(1usize, |n, &d| n.checked_mul(d.max(1))).is_none() {
+            return shape_err(op, format!("input {x:?} with a {kh}x{kw} kernel gives a {ho}x{wo} output: too many elements"));
+        }
+        Ok(Geometry { n: x[0], c: x[1], h: x[2], w: x[3], kh, kw, ho, wo, o })
     }
     /// The input pixel (row, column) read by tap (ki, kj) of output (oh, ow), if inside the image.
     #[inline(always)]
@@ -205,31 +234,279 @@ impl LinearMap for AvgPool {
     }
 }
 
+/// The role of a tensor in the trilinear form T(x, w, y) = Σ y ∘ conv(x, w). Ordered X < W < Y: the
+/// two arguments of each partial derivative are stored in that order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Role {
+    X,
+    W,
+    Y,
+}
+
+/// One output of a conv node: Σ over `pairs` of ∂T/∂`role` at two of the node's inputs (indices, with
+/// the roles other than `role`, in role order).
+#[derive(Clone, Debug)]
+struct Term {
+    role: Role,
+    pairs: Vec<(usize, usize)>,
+}
+
+impl Geometry {
+    /// The kernels' shape for `o` output channels.
+    fn conv(&self, o: usize) -> ConvShape {
+        ConvShape {
+            n: self.n,
+            c: self.c,
+            h: self.h,
+            w: self.w,
+            o,
+            kh: self.kh,
+            kw: self.kw,
+            ho: self.ho,
+            wo: self.wo,
+            stride: self.o.stride,
+            padding: self.o.padding,
+            dilation: self.o.dilation,
+        }
+    }
+}
+
+fn role_shape(s: &ConvShape, r: Role) -> Shape {
+    Shape::new(match r {
+        Role::X => [s.n, s.c, s.h, s.w],
+        Role::W => [s.o, s.c, s.kh, s.kw],
+        Role::Y => [s.n, s.o, s.ho, s.wo],
+    })
+}
+
+/// The name of the node that a VJP of node `name` records.
+fn vjp_name(name: &str) -> &'static str {
+    match name {
+        "conv2d" => "conv2d_backward",
+        "conv2d_backward" | "conv2d_backward_input" | "conv2d_backward_weight" => "conv2d_backward_backward",
+        _ => "conv2d_higher_derivative",
+    }
+}
+
+/// Records a conv node: `inputs` with `roles`, one output per term (see the module docs). Returns the
+/// outputs in their own shapes.
+fn conv_node(name: &'static str, s: ConvShape, inputs: &[&Var], roles: Vec<Role>, terms: Vec<Term>) -> Result<Vec<Var>> {
+    let parts: Vec<Tensor> = with_float!(name, inputs[0].dtype(), T => {
+        let vals = inputs.iter().map(|v| v.value().as_slice::<T>()).collect::<Result<Vec<&[T]>>>()?;
+        let mut parts = Vec::with_capacity(terms.len());
+        for t in &terms {
+            let data = match t.role {
+                Role::Y => kernels::conv2d_forward(&s, &t.pairs.iter().map(|&(x, w)| (vals[x], vals[w])).collect::<Vec<_>>()),
+                Role::X => kernels::conv2d_backward_input(&s, &t.pairs.iter().map(|&(w, y)| (vals[y], vals[w])).collect::<Vec<_>>()),
+                Role::W => kernels::conv2d_backward_weight(&s, &t.pairs.iter().map(|&(x, y)| (vals[x], vals[y])).collect::<Vec<_>>()),
+            };
+            parts.push(Tensor::from_vec(data, role_shape(&s, t.role))?);
+        }
+        parts
+    });
+    // Outputs that share a tracked input go in one node, so that the next derivative sees all their
+    // cotangents at once and fuses their contributions to that input; the others get nodes of their
+    // own, which saves the packing copies (and all of them when nothing is recorded).
+    let mut group: Vec<usize> = (0..terms.len()).collect();
+    if is_grad_enabled() {
+        for i in (0..inputs.len()).filter(|&i| inputs[i].is_tracked()) {
+            let users: Vec<usize> = (0..terms.len()).filter(|&k| terms[k].pairs.iter().any(|&(a, b)| a == i || b == i)).collect();
+            for &k in &users {
+                let (from, to) = (group[k], group[users[0]]);
+                group.iter_mut().filter(|g| **g == from).for_each(|g| *g = to);
+            }
+        }
+    }
+    let mut outs: Vec<Option<Var>> = vec![None; terms.len()];
+    for g in 0..terms.len() {
+        let ks: Vec<usize> = (0..terms.len()).filter(|&k| group[k] == g).collect();
+        if ks.is_empty() {
+            continue;
+        }
+        let sub_terms: Vec<Term> = ks.iter().map(|&k| terms[k].clone()).collect();
+        let sub_parts: Vec<Tensor> = ks.iter().map(|&k| parts[k].clone()).collect();
+        for (k, v) in ks.into_iter().zip(record_node(name, s, inputs, &roles, sub_terms, &sub_parts)?) {
+            outs[k] = Some(v);
+        }
+    }
+    Ok(outs.into_iter().map(|v| v.expect("every output is recorded")).collect())
+}
+
+/// Records one node computing `terms` (already evaluated as `parts`) from `inputs`, with the conv-node
+/// VJP, and returns its outputs (read back from the packed tensor when there are several).
+fn record_node(name: &'static str, s: ConvShape, inputs: &[&Var], roles: &[Role], terms: Vec<Term>, parts: &[Tensor]) -> Result<Vec<Var>> {
+    let value = match parts {
+        [one] => one.clone(),
+        _ => with_float!(name, inputs[0].dtype(), T => {
+            let mut flat: Vec<T> = Vec::with_capacity(parts.iter().map(|p| p.numel()).sum());
+            for p in parts {
+                flat.extend_from_slice(p.as_slice::<T>()?);
+            }
+            let len = flat.len();
+            Tensor::from_vec(flat, [len])?
+        }),
+    };
+    let shapes: Vec<Shape> = terms.iter().map(|t| role_shape(&s, t.role)).collect();
+    let (roles_vjp, terms_vjp) = (roles.to_vec(), terms.clone());
+    let packed = Var::record(name, value, inputs, move |xs, _, g| {
+        let cots = unpack(g, &shapes)?;
+        let n = xs.len();
+        let mut roles2 = roles_vjp.clone();
+        roles2.extend(terms_vjp.iter().map(|t| t.role));
+        let ordered = |u: usize, v: usize| if roles2[u] < roles2[v] { (u, v) } else { (v, u) };
+        // The cotangent of input i: ∂T/∂role(i) at (the other argument, the output's cotangent), for
+        // every term that uses i.
+        let (mut terms2, mut which) = (Vec::new(), Vec::new());
+        for (i, x) in xs.iter().enumerate() {
+            if !x.is_tracked() {
+                continue;
+            }
+            let mut pairs = Vec::new();
+            for (k, t) in terms_vjp.iter().enumerate() {
+                for &(a, b) in &t.pairs {
+                    for (me, other) in [(a, b), (b, a)] {
+                        if me == i {
+                            pairs.push(ordered(other, n + k));
+                        }
+                    }
+                }
+            }
+            if !pairs.is_empty() {
+                terms2.push(Term { role: roles_vjp[i], pairs });
+                which.push(i);
+            }
+        }
+        let mut grads = vec![None; n];
+        if which.is_empty() {
+            return Ok(grads);
+        }
+        let mut inputs2: Vec<&Var> = xs.iter().collect();
+        inputs2.extend(cots.iter());
+        for (i, gi) in which.into_iter().zip(conv_node(vjp_name(name), s, &inputs2, roles2.clone(), terms2)?) {
+            grads[i] = Some(gi);
+        }
+        Ok(grads)
+    })?;
+    unpack(&packed, &terms.iter().map(|t| role_shape(&s, t.role)).collect::<Vec<_>>())
+}
+
+/// The pieces of a packed node output (or the output itself when there is one piece).
+fn unpack(v: &Var, shapes: &[Shape]) -> Result<Vec<Var>> {
+    if let [one] = shapes {
+        return Ok(vec![v.reshape(one.clone())?]);
+    }
+    let mut off = 0;
+    let mut out = Vec::with_capacity(shapes.len());
+    for sh in shapes {
+        out.push(v.narrow(0, off, sh.numel())?.reshape(sh.clone())?);
+        off += sh.numel();
+    }
+    Ok(out)
+}
+
+/// Checks x [N, C, H, W] against weights [O, C, kh, kw] (and the bias's dtype) and returns the geometry.
+fn check_conv(op: &'static str, x: &Var, weight: &Var, bias: Option<&Var>, opts: Conv2dOpts) -> Result<Geometry> {
+    super::same_dtype(op, x, weight)?;
+    if let Some(b) = bias {
+        super::same_dtype(op, x, b)?;
+    }
+    let wd = weight.dims();
+    if wd.len() != 4 || x.shape().rank() != 4 || wd[1] != x.dims()[1] {
+        return shape_err(op, format!("input {} and weight {} must be [N, C, H, W] and [O, C, kh, kw]", x.shape(), weight.shape()));
+    }
+    Geometry::new(op, x.dims(), wd[2], wd[3], opts)
+}
+
+fn add_bias(op: &'static str, y: Var, bias: Option<&Var>, o: usize) -> Result<Var> {
+    match bias {
+        None => Ok(y),
+        Some(b) => {
+            if b.dims() != [o] {
+                return shape_err(op, format!("bias {} must have shape [{o}]", b.shape()));
+            }
+            y.add(&b.reshape([1, o, 1, 1])?)
+        }
+    }
+}
+
+/// Checks that `dy` is [N, O, Ho, Wo] for the geometry `g`.
+fn check_dy(op: &'static str, dy: &Var, g: &Geometry) -> Result<usize> {
+    let d = dy.dims();
+    if d.len() != 4 || d[0] != g.n || d[2] != g.ho || d[3] != g.wo {
+        return shape_err(
+            op,
+            format!(
+                "output gradient {} must be [{}, O, {}, {}] for input [{}, {}, {}, {}]",
+                dy.shape(),
+                g.n,
+                g.ho,
+                g.wo,
+                g.n,
+                g.c,
+                g.h,
+                g.w
+            ),
+        );
+    }
+    Ok(d[1])
+}
+
 impl Var {
     /// 2-D convolution (cross-correlation, as in PyTorch) of x [N, C, H, W] with weights [O, C, kh, kw]
     /// and an optional bias `[O]`; groups = 1. Output [N, O, Ho, Wo].
+    ///
+    /// Fused: direct convolution kernels whose backward and backward-over-backward are fused kernels too
+    /// (see the module docs); every derivative order is exact. [`Var::conv2d_composite`] is the same map
+    /// through im2col + matmul.
     pub fn conv2d(&self, weight: &Var, bias: Option<&Var>, opts: Conv2dOpts) -> Result<Var> {
-        super::same_dtype("conv2d", self, weight)?;
+        let g = check_conv("conv2d", self, weight, bias, opts)?;
+        let o = weight.dims()[0];
+        let y = conv_node("conv2d", g.conv(o), &[self, weight], vec![Role::X, Role::W], vec![Term { role: Role::Y, pairs: vec![(0, 1)] }])?;
+        add_bias("conv2d", y.into_iter().next().expect("one output"), bias, o)
+    }
+
+    /// The reference convolution through im2col (a linear map) and matmul; same arguments and result as
+    /// [`Var::conv2d`].
+    pub fn conv2d_composite(&self, weight: &Var, bias: Option<&Var>, opts: Conv2dOpts) -> Result<Var> {
+        let g = check_conv("conv2d_composite", self, weight, bias, opts)?;
         let wd = weight.dims();
-        if wd.len() != 4 || self.shape().rank() != 4 || wd[1] != self.dims()[1] {
-            return shape_err(
-                "conv2d",
-                format!("input {} and weight {} must be [N, C, H, W] and [O, C, kh, kw]", self.shape(), weight.shape()),
-            );
-        }
-        let g = Geometry::new("conv2d", self.dims(), wd[2], wd[3], opts)?;
         let cols = linear(self, Rc::new(Im2col(g)), false)?;
         let y = weight.reshape([wd[0], g.c * g.kh * g.kw])?.matmul(&cols)?; // [O, N·Ho·Wo]
         let y = y.reshape([wd[0], g.n, g.ho, g.wo])?.permute(&[1, 0, 2, 3])?;
-        match bias {
-            None => Ok(y),
-            Some(b) => {
-                if b.dims() != [wd[0]] {
-                    return shape_err("conv2d", format!("bias {} must have shape [{}]", b.shape(), wd[0]));
-                }
-                y.add(&b.reshape([1, wd[0], 1, 1])?)
-            }
+        add_bias("conv2d_composite", y, bias, wd[0])
+    }
+
+    /// The input gradient of [`Var::conv2d`]: dx = conv_transpose(dy, w) for an output gradient `dy`
+    /// [N, O, Ho, Wo], weights [O, C, kh, kw] and an input of `input_hw` = (H, W) (needed because several
+    /// input sizes give the same output size when the stride exceeds 1). Output [N, C, H, W].
+    pub fn conv2d_backward_input(dy: &Var, weight: &Var, input_hw: (usize, usize), opts: Conv2dOpts) -> Result<Var> {
+        const OP: &str = "conv2d_backward_input";
+        super::same_dtype(OP, dy, weight)?;
+        let (d, wd) = (dy.dims(), weight.dims());
+        if d.len() != 4 || wd.len() != 4 || d[1] != wd[0] {
+            return shape_err(
+                OP,
+                format!("output gradient {} and weight {} must be [N, O, Ho, Wo] and [O, C, kh, kw]", dy.shape(), weight.shape()),
+            );
         }
+        let g = Geometry::new(OP, &[d[0], wd[1], input_hw.0, input_hw.1], wd[2], wd[3], opts)?;
+        check_dy(OP, dy, &g)?;
+        let y = conv_node(OP, g.conv(wd[0]), &[weight, dy], vec![Role::W, Role::Y], vec![Term { role: Role::X, pairs: vec![(0, 1)] }])?;
+        Ok(y.into_iter().next().expect("one output"))
+    }
+
+    /// The weight gradient of [`Var::conv2d`]: dw = correlate(x, dy) for an input x [N, C, H, W], an
+    /// output gradient `dy` [N, O, Ho, Wo] and a kernel of `kernel` = (kh, kw). Output [O, C, kh, kw].
+    pub fn conv2d_backward_weight(x: &Var, dy: &Var, kernel: (usize, usize), opts: Conv2dOpts) -> Result<Var> {
+        const OP: &str = "conv2d_backward_weight";
+        super::same_dtype(OP, x, dy)?;
+        if x.shape().rank() != 4 {
+            return shape_err(OP, format!("input {} must be [N, C, H, W]", x.shape()));
+        }
+        let g = Geometry::new(OP, x.dims(), kernel.0, kernel.1, opts)?;
+        let o = check_dy(OP, dy, &g)?;
+        let y = conv_node(OP, g.conv(o), &[x, dy], vec![Role::X, Role::Y], vec![Term { role: Role::W, pairs: vec![(0, 1)] }])?;
+        Ok(y.into_iter().next().expect("one output"))
     }
 
     /// Average pooling over kernel×kernel windows of x [N, C, H, W]. Padding counts as zeros in the

@@ -198,7 +198,7 @@ impl LinearMap for Gather {
             let src = x.as_slice::<T>()?;
             let mut out = vec![0.0 as T; self.out.numel()];
             if m * i > 0 {
-                out.par_chunks_mut(m * i).enumerate().for_each(|(o, dst)| {
+                cpu::for_chunks(&mut out, m * i, self.out.numel(), |o, dst| {
                     for p in 0..m * i {
                         dst[p] = src[(o * n + self.idx[o * m * i + p]) * i + p % i];
                     }
@@ -214,7 +214,7 @@ impl LinearMap for Gather {
             let src = g.as_slice::<T>()?;
             let mut out = vec![0.0 as T; self.full.numel()];
             if n * i > 0 {
-                out.par_chunks_mut(n * i).enumerate().for_each(|(o, dst)| {
+                cpu::for_chunks(&mut out, n * i, self.full.numel(), |o, dst| {
                     for p in 0..m * i {
                         dst[self.idx[o * m * i + p] * i + p % i] += src[o * m * i + p];
                     }
@@ -258,6 +258,7 @@ impl Var {
     /// Swaps two axes.
     pub fn transpose(&self, a: isize, b: isize) -> Result<Var> {
         let (a, b) = (self.shape().axis("transpose", a)?, self.shape().axis("transpose", b)?);
+        super::same_dtypes("transpose", &[self])?;
         let mut perm: Vec<usize> = (0..self.shape().rank()).collect();
         perm.swap(a, b);
         self.permute(&perm)
@@ -295,7 +296,7 @@ impl Var {
         if start.checked_add(len).is_none_or(|e| e > n) {
             return shape_err(
                 "narrow",
-                format!("range {start}..{} is out of bounds for axis {a} of size {n} in shape {}", start + len, self.shape()),
+                format!("range {start}..{} is out of bounds for axis {a} of size {n} in shape {}", start.saturating_add(len), self.shape()),
             );
         }
         if start == 0 && len == n {

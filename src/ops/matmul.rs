@@ -1,8 +1,11 @@
-//! Matrix multiply, plain and batched.
+//! Matrix multiply, plain and batched, with optionally transposed operands.
 //!
-//! `a` is [..., m, k] and `b` is [..., k, n]; leading (batch) dimensions broadcast. The VJP is the pair
-//! of matmuls g·bᵀ and aᵀ·g, so its derivative is again matmuls. Broadcast batch dimensions go through
-//! the differentiable `broadcast_to`, whose VJP sums them back.
+//! `a` is [..., m, k] and `b` is [..., k, n]; leading (batch) dimensions broadcast. [`Var::matmul_t`]
+//! multiplies op(a)·op(b), where op transposes the last two axes on request, without making the
+//! transposed copy (the kernel packs its operands anyway). The VJP of a product is a pair of products
+//! of the same family — for C = A·B, dA = G·Bᵀ and dB = Aᵀ·G — so it needs no transposes either, and
+//! its derivative is again such products. Broadcast batch dimensions go through the differentiable
+//! `broadcast_to`, whose VJP sums them back.
 
 use super::same_dtype;
 use crate::backend::cpu;
@@ -14,41 +17,116 @@ impl Var {
     /// Matrix product over the last two axes, batched (with broadcasting) over the others. Both operands
     /// need rank ≥ 2; a vector is a [1, k] or [k, 1] matrix (reshape it first).
     pub fn matmul(&self, other: &Var) -> Result<Var> {
+        self.matmul_t(other, false, false)
+    }
+
+    /// op(self)·op(other) over the last two axes, batched like [`Var::matmul`], where op transposes the
+    /// last two axes of `self` when `ta` and of `other` when `tb`. Same values, bit for bit, as
+    /// transposing first, without the copy: `q.matmul_t(&k, false, true)` is Q·Kᵀ.
+    pub fn matmul_t(&self, other: &Var, ta: bool, tb: bool) -> Result<Var> {
         same_dtype("matmul", self, other)?;
         let (ad, bd) = (self.dims(), other.dims());
-        if ad.len() < 2 || bd.len() < 2 || ad[ad.len() - 1] != bd[bd.len() - 2] {
-            return shape_err("matmul", format!("cannot multiply {} by {}: need [.., m, k] x [.., k, n]", self.shape(), other.shape()));
+        if ad.len() < 2 || bd.len() < 2 {
+            return shape_err("matmul", format!("cannot multiply {} by {}: both need rank ≥ 2", self.shape(), other.shape()));
         }
-        let batch = Shape::broadcast("matmul", &Shape::new(&ad[..ad.len() - 2]), &Shape::new(&bd[..bd.len() - 2]))?;
+        let (ra, rb) = (ad.len(), bd.len());
+        let ka = if ta { ad[ra - 2] } else { ad[ra - 1] };
+        let kb = if tb { bd[rb - 1] } else { bd[rb - 2] };
+        if ka != kb {
+            let t = |x: bool| if x { "ᵀ" } else { "" };
+            return shape_err(
+                "matmul",
+                format!("cannot multiply {}{} by {}{}: inner dimensions {ka} and {kb} differ", self.shape(), t(ta), other.shape(), t(tb)),
+            );
+        }
+        let batch = Shape::broadcast("matmul", &Shape::new(&ad[..ra - 2]), &Shape::new(&bd[..rb - 2]))?;
         let full = |d: &[usize]| {
             let mut s = batch.dims().to_vec();
             s.extend_from_slice(&d[d.len() - 2..]);
             Shape::new(s)
         };
         let (a, b) = (self.broadcast_to(&full(ad))?, other.broadcast_to(&full(bd))?);
-        a.matmul_same_batch(&b)
+        a.matmul_same_batch(&b, ta, tb)
     }
 
-    fn matmul_same_batch(&self, other: &Var) -> Result<Var> {
+    fn matmul_same_batch(&self, other: &Var, ta: bool, tb: bool) -> Result<Var> {
         let (ad, bd) = (self.dims(), other.dims());
         let r = ad.len();
-        let (m, k, n) = (ad[r - 2], ad[r - 1], bd[r - 1]);
+        let (m, k) = if ta { (ad[r - 1], ad[r - 2]) } else { (ad[r - 2], ad[r - 1]) };
+        let n = if tb { bd[r - 2] } else { bd[r - 1] };
         let batches: usize = ad[..r - 2].iter().product();
-        let mut od = ad.to_vec();
-        od[r - 1] = n;
+        let mut od = ad[..r - 2].to_vec();
+        od.extend([m, n]);
         let y = with_float!("matmul", self.dtype(), T => {
             let (x, w) = (self.value().as_slice::<T>()?, other.value().as_slice::<T>()?);
-            let mut out = Vec::with_capacity(batches * m * n);
-            for bi in 0..batches {
-                out.extend(cpu::matmul(&x[bi * m * k..(bi + 1) * m * k], &w[bi * k * n..(bi + 1) * k * n], m, k, n));
+            let mut out = cpu::pool::for_overwrite::<T>(batches * m * n);
+            if m * n > 0 {
+                for (bi, c) in out.chunks_mut(m * n).enumerate() {
+                    cpu::matmul_t_into(c, &x[bi * m * k..(bi + 1) * m * k], &w[bi * k * n..(bi + 1) * k * n], m, k, n, ta, tb);
+                }
             }
             Tensor::from_vec(out, od)?
         });
-        Var::record("matmul", y, &[self, other], |x, _, g| {
+        Var::record("matmul", y, &[self, other], move |x, _, g| {
+            let (a, b) = (&x[0], &x[1]);
+            // C = op(A)·op(B) with cotangent G: d op(A) = G·op(B)ᵀ and d op(B) = op(A)ᵀ·G, written so
+            // that each lands in its operand's stored layout.
+            let (da, db) = match (ta, tb) {
+                (false, false) => ((g, b, false, true), (a, g, true, false)),
+                (false, true) => ((g, b, false, false), (g, a, true, false)),
+                (true, false) => ((b, g, false, true), (a, g, false, false)),
+                (true, true) => ((b, g, true, true), (g, a, true, true)),
+            };
             Ok(vec![
-                if x[0].is_tracked() { Some(g.matmul_same_batch(&x[1].transpose(-1, -2)?)?) } else { None },
-                if x[1].is_tracked() { Some(x[0].transpose(-1, -2)?.matmul_same_batch(g)?) } else { None },
+                if a.is_tracked() { Some(da.0.matmul_same_batch(da.1, da.2, da.3)?) } else { None },
+                if b.is_tracked() { Some(db.0.matmul_same_batch(db.1, db.2, db.3)?) } else { None },
             ])
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{grad, hvp, DType, Tape, Tensor, Var};
+
+    /// Every layout gives the bits of explicit transposes, in the value, the gradient and the HVP.
+    #[test]
+    fn transposed_layouts_match_explicit_transposes_bitwise() {
+        let (a0, b0) = (Tensor::randn([2, 5, 3], DType::F32, 1), Tensor::randn([2, 3, 4], DType::F32, 2));
+        let w = Var::constant(Tensor::randn([2, 5, 4], DType::F32, 3));
+        let v = [Tensor::randn([2, 5, 3], DType::F32, 4), Tensor::randn([2, 3, 4], DType::F32, 5)];
+        let t = |x: &Var| x.transpose(-1, -2).unwrap();
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            // (value, gradient, HVP) of sum(tanh(op(A)·op(B) ∘ W)) with A stored as [2, 3, 5] when ta
+            // and B as [2, 4, 3] when tb; `fused` uses matmul_t, otherwise explicit transposes.
+            let run = |fused: bool| {
+                let tape = Tape::new();
+                let (a, b) = (tape.var(a0.clone()), tape.var(b0.clone()));
+                let sa = if ta { t(&a) } else { a.clone() };
+                let sb = if tb { t(&b) } else { b.clone() };
+                let c = if fused {
+                    sa.matmul_t(&sb, ta, tb).unwrap()
+                } else {
+                    (if ta { t(&sa) } else { sa }).matmul(&(if tb { t(&sb) } else { sb })).unwrap()
+                };
+                let l = c.mul(&w).unwrap().tanh().unwrap().sum_all().unwrap();
+                let g: Vec<Tensor> = grad(&l, &[&a, &b], true).unwrap().iter().map(|g| g.value().clone()).collect();
+                let h = hvp(&l, &[&a, &b], &v).unwrap();
+                (c.value().clone(), g, h)
+            };
+            let (fast, slow) = (run(true), run(false));
+            assert!(fast.0.bit_eq(&slow.0), "value ta={ta} tb={tb}");
+            for (x, y) in fast.1.iter().chain(&fast.2).zip(slow.1.iter().chain(&slow.2)) {
+                assert!(x.bit_eq(y), "grad/hvp ta={ta} tb={tb}");
+            }
+        }
+    }
+
+    #[test]
+    fn shape_errors_name_the_transposes() {
+        let a = Var::constant(Tensor::zeros([2, 3], DType::F32));
+        let e = a.matmul_t(&a, false, false).unwrap_err().to_string();
+        assert!(e.contains("matmul") && e.contains("[2, 3]"), "{e}");
+        assert!(a.matmul_t(&a, false, true).is_ok() && a.matmul_t(&a, true, false).is_ok());
     }
 }

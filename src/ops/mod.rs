@@ -42,3 +42,9 @@ pub(crate) fn same_dtype(op: &'static str, a: &Var, b: &Var) -> Result<()> {
     }
     Ok(())
 }
+
+/// Checks that all operands share the first one's compute dtype and device: composite ops call it
+/// first, so their errors name them rather than the primitive that would fail inside.
+pub(crate) fn same_dtypes(op: &'static str, vars: &[&Var]) -> Result<()> {
+    vars.iter().try_for_each(|v| same_dtype(op, vars[0], v))
+}

@@ -17,6 +17,9 @@ impl Var {
             return invalid("layer_norm", format!("eps {eps} must be non-negative"));
         }
         let d = *self.dims().last().unwrap_or(&0);
+        if d == 0 {
+            return shape_err("layer_norm", format!("input {} has an empty last axis", self.shape()));
+        }
         for (name, p) in [("weight", weight), ("bias", bias)] {
             if let Some(p) = p {
                 if p.dims() != [d] {
@@ -27,6 +30,8 @@ impl Var {
                 }
             }
         }
+        let params: Vec<&Var> = [Some(self), weight, bias].into_iter().flatten().collect();
+        super::same_dtypes("layer_norm", &params)?;
         let xc = self.sub(&self.mean(&[-1], true)?)?;
         let y = xc.mul(&xc.square()?.mean(&[-1], true)?.add_scalar(eps)?.rsqrt()?)?;
         let y = match weight {
@@ -55,6 +60,10 @@ impl Var {
                 "batch_norm",
                 format!("gamma {} and beta {} must have shape [{c}] for input {}", gamma.shape(), beta.shape(), self.shape()),
             );
+        }
+        super::same_dtypes("batch_norm", &[self, gamma, beta])?;
+        if self.dims().iter().enumerate().any(|(a, &n)| a != 1 && n == 0) {
+            return shape_err("batch_norm", format!("input {} has no elements per channel: no batch statistics", self.shape()));
         }
         let axes: Vec<isize> = (0..r as isize).filter(|&a| a != 1).collect();
         let mut pshape = vec![1; r];

@@ -67,6 +67,7 @@ impl Var {
 
     /// Mean over `axes`.
     pub fn mean(&self, axes: &[isize], keepdim: bool) -> Result<Var> {
+        super::same_dtypes("mean", &[self])?;
         let ax = resolve_axes("mean", self.shape(), axes)?;
         let n: usize = ax.iter().map(|&a| self.dims()[a]).product();
         if n == 0 {

@@ -38,6 +38,7 @@ impl Var {
     /// Per-example cross-entropy of logits [N, C] against integer labels: `−log softmax(x)[i, labels[i]]`,
     /// shape `[N]`.
     pub fn cross_entropy_per_example(&self, labels: &[usize]) -> Result<Var> {
+        super::same_dtypes("cross_entropy", &[self])?;
         let d = self.dims();
         if d.len() != 2 || d[0] != labels.len() {
             return shape_err("cross_entropy", format!("logits {} need shape [N, C] with N = {} labels", self.shape(), labels.len()));
@@ -60,6 +61,7 @@ impl Var {
                 if w.dims() != [labels.len()] {
                     return shape_err("cross_entropy", format!("weights of shape {} must have shape [{}]", w.shape(), labels.len()));
                 }
+                super::same_dtypes("cross_entropy", &[self, w])?;
                 ce.mul(w)?
             }
             None => ce,

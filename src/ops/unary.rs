@@ -109,7 +109,35 @@ pub(crate) fn map(op: &'static str, x: &Var, u: Unary) -> Result<Tensor> {
 
 pub(crate) fn map_tensor(op: &'static str, x: &Tensor, u: Unary) -> Result<Tensor> {
     with_float!(op, x.dtype(), T => {
-        Tensor::from_vec(cpu::map(x.as_slice::<T>()?, &|v: T| u.apply(v)), x.shape().clone())
+        let xs = x.as_slice::<T>()?;
+        // One kernel per variant: each closure rebuilds its variant from the captured parameters, so
+        // the discriminant is a constant in its code, the per-element `match` folds away and simple
+        // bodies vectorize.
+        macro_rules! per_variant {
+            ($($pat:pat => $fixed:expr),* $(,)?) => {
+                match u { $($pat => cpu::map(xs, &move |v: T| $fixed.apply(v)),)* }
+            };
+        }
+        let out = per_variant!(
+            Unary::Neg => Unary::Neg,
+            Unary::Exp => Unary::Exp,
+            Unary::Log => Unary::Log,
+            Unary::Tanh => Unary::Tanh,
+            Unary::Sigmoid => Unary::Sigmoid,
+            Unary::Relu => Unary::Relu,
+            Unary::Sqrt => Unary::Sqrt,
+            Unary::Rsqrt => Unary::Rsqrt,
+            Unary::Abs => Unary::Abs,
+            Unary::Square => Unary::Square,
+            Unary::Erf => Unary::Erf,
+            Unary::Powf(p) => Unary::Powf(p),
+            Unary::Clamp(lo, hi) => Unary::Clamp(lo, hi),
+            Unary::Affine(a, b) => Unary::Affine(a, b),
+            Unary::Step => Unary::Step,
+            Unary::Sign => Unary::Sign,
+            Unary::InRange(lo, hi) => Unary::InRange(lo, hi),
+        );
+        Tensor::from_vec(out, x.shape().clone())
     })
 }
 
@@ -216,12 +244,14 @@ impl Var {
 
     /// GELU, exact form: x·Φ(x) = x/2 · (1 + erf(x/√2)).
     pub fn gelu(&self) -> Result<Var> {
+        super::same_dtypes("gelu", &[self])?;
         let half_x = self.mul_scalar(0.5)?;
         half_x.mul(&self.mul_scalar(std::f64::consts::FRAC_1_SQRT_2)?.erf()?.add_scalar(1.0)?)
     }
 
     /// GELU, tanh approximation: x/2 · (1 + tanh(√(2/π)·(x + 0.044715·x³))).
     pub fn gelu_tanh(&self) -> Result<Var> {
+        super::same_dtypes("gelu_tanh", &[self])?;
         let c = (2.0 / std::f64::consts::PI).sqrt();
         let inner = self.add(&self.powf(3.0)?.mul_scalar(0.044715)?)?.mul_scalar(c)?;
         self.mul_scalar(0.5)?.mul(&inner.tanh()?.add_scalar(1.0)?)

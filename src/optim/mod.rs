@@ -197,7 +197,7 @@ impl Adam {
                     let denom = one.mul_add(one.mul_add(v1 / bc2, er).sqrt(), ep);
                     let mut upd = (m1 / bc1) / denom;
                     if decoupled {
-                        upd = upd + pv[k] * wd;
+                        upd += pv[k] * wd;
                     }
                     [pv[k] - upd * lr, m1, v1]
                 });

@@ -17,7 +17,7 @@
 //! - [`schedule`]: the schedules (actions: store, restore, advance, reverse, free) and their counters;
 //! - [`arena`]: the fixed checkpoint arena that holds the stored states;
 //! - [`plan`]: the memory-budget planner;
-//! - [`reference`]: the reference problems R1 (SGD with momentum) and R2 (AdamW);
+//! - [`mod@reference`]: the reference problems R1 (SGD with momentum) and R2 (AdamW);
 //! - this module: the [`Training`] abstraction, [`train`], the [`metagradient`] driver, and
 //!   [`metasmoothness`] (the paper's definition 2).
 

@@ -205,7 +205,7 @@ pub fn plan_tiered(tiers: Tiers, sizes: StateBytes, steps: usize) -> Result<Tier
         return Err(Error::Invalid { op: "plan_tiered", msg: format!("copy cost {} must be a non-negative number", tiers.copy_steps) });
     }
     let fast = plan(tiers.fast_bytes, sizes, steps)?;
-    let slow_fit = if sizes.state == 0 { usize::MAX } else { usize::try_from(tiers.slow_bytes / sizes.state).unwrap_or(usize::MAX) };
+    let slow_fit = tiers.slow_bytes.checked_div(sizes.state).map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
     let max_slots = Schedule::new(ScheduleKind::StoreAll, steps)?.slots();
     let top = fast.slots.saturating_add(slow_fit).min(max_slots);
     // Candidates: every count for small ranges, else a geometric grid (the cost is smooth in the count).

@@ -183,10 +183,7 @@ impl<T: Float> Reg<T> for Lanes4<T> {
     }
 }
 
-// The AVX-512 intrinsics are stable since Rust 1.89, above the crate's declared rust-version (1.82):
-// building this module needs ≥ 1.89 (the toolchain in use is 1.95).
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::incompatible_msrv)]
 mod x86 {
     use super::Reg;
     use std::arch::x86_64::*;
@@ -977,8 +974,9 @@ fn row_dots<T: Float>(d_o: &[T], o: &[T], w: usize, dd: &mut [T]) {
 /// Forward: O [heads, nq, dv] and the row logsumexp ℓ [heads, nq] of the scaled, masked scores.
 pub fn forward<T: AttnFloat>(g: Geometry, q: &[T], k: &[T], v: &[T]) -> (Vec<T>, Vec<T>) {
     use Layout::*;
-    let mut o = vec![T::ZERO; g.heads * g.nq * g.dv];
-    let mut lse = vec![T::ZERO; g.heads * g.nq];
+    // Every element of both is written by a task.
+    let mut o = super::pool::for_overwrite(g.heads * g.nq * g.dv);
+    let mut lse = super::pool::for_overwrite(g.heads * g.nq);
     let mut sc = scratch();
     let ops = [(q, g.nq, g.d, Transposed), (k, g.nk, g.d, Panels)];
     let [qt, kp] = relayout(&mut sc, g.heads, &ops)[..] else { unreachable!() };
@@ -995,7 +993,7 @@ pub fn forward<T: AttnFloat>(g: Geometry, q: &[T], k: &[T], v: &[T]) -> (Vec<T>,
 pub fn backward<T: AttnFloat>(g: Geometry, [q, k, v]: [&[T]; 3], [o, lse]: [&[T]; 2], d_o: &[T], need: Need) -> Vec<T> {
     use Layout::*;
     let (nq, nk) = (g.heads * g.nq, g.heads * g.nk);
-    let mut out = vec![T::ZERO; nq * g.d + nk * (g.d + g.dv)];
+    let mut out = super::pool::zeroed(nq * g.d + nk * (g.d + g.dv));
     let (dq, rest) = out.split_at_mut(nq * g.d);
     let (dk, dv) = rest.split_at_mut(nk * g.d);
     let mut sc = scratch();
@@ -1035,7 +1033,7 @@ pub fn backward_backward<T: AttnFloat>(
 ) -> Vec<T> {
     use Layout::*;
     let (nq, nk) = (g.heads * g.nq, g.heads * g.nk);
-    let mut out = vec![T::ZERO; nq * (g.d + g.dv) + nk * (g.d + g.dv)];
+    let mut out = super::pool::zeroed(nq * (g.d + g.dv) + nk * (g.d + g.dv));
     let (qbar, rest) = out.split_at_mut(nq * g.d);
     let (kbar, rest) = rest.split_at_mut(nk * g.d);
     let (vbar, dobar) = rest.split_at_mut(nk * g.dv);

@@ -4,8 +4,11 @@
 //! one thread in a fixed order, so results are bitwise identical for any `RAYON_NUM_THREADS`.
 
 pub mod attention;
+pub mod conv;
+pub(crate) mod math;
 mod matmul;
-pub use matmul::matmul;
+pub(crate) mod pool;
+pub use matmul::{matmul, matmul_t, matmul_t_into};
 
 use crate::dtype::Float;
 use rayon::prelude::*;
@@ -13,9 +16,62 @@ use rayon::prelude::*;
 /// Elements per parallel task for element-wise work: large enough to amortize scheduling.
 pub(crate) const CHUNK: usize = 1 << 14;
 
+/// Runs `f(i, piece)` on the `chunk`-sized pieces of `out` (`chunk` > 0): on the rayon pool, or on the
+/// calling thread when the whole job (`work`: about the number of elements it touches) is at most
+/// [`CHUNK`], where waking the pool and waiting for it costs more than the work. Each piece is computed
+/// the same way either way, so the results are the same bits.
+pub(crate) fn for_chunks<T: Send>(out: &mut [T], chunk: usize, work: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+    if work <= CHUNK {
+        out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+    } else {
+        out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+    }
+}
+
+/// Whether the CPU has AVX2 and FMA (checked once by std, then cached).
+pub(crate) fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[inline(always)]
+fn map_slice<T: Copy, F: Fn(T) -> T>(out: &mut [T], xs: &[T], f: &F) {
+    for (o, &x) in out.iter_mut().zip(xs) {
+        *o = f(x);
+    }
+}
+
+/// [`map_slice`] compiled for AVX2+FMA: `mul_add` becomes one instruction instead of a libm call, and
+/// simple bodies vectorize 8 wide. Same bits: every element is computed by the same IEEE operations.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn map_slice_avx2<T: Copy, F: Fn(T) -> T>(out: &mut [T], xs: &[T], f: &F) {
+    map_slice(out, xs, f)
+}
+
 /// `f` applied to every element (parallel over fixed chunks; element-wise, so trivially deterministic).
-pub fn map<T: Copy + Send + Sync, F: Fn(T) -> T + Sync>(xs: &[T], f: &F) -> Vec<T> {
-    xs.par_iter().with_min_len(CHUNK).map(|&x| f(x)).collect()
+/// Pass a closure whose operation is known at compile time (not a runtime `match` per element), so it
+/// inlines into the loop and vectorizes.
+pub fn map<T: Float, F: Fn(T) -> T + Sync>(xs: &[T], f: &F) -> Vec<T> {
+    let mut out = pool::for_overwrite(xs.len());
+    let simd = has_avx2_fma();
+    for_chunks(&mut out, CHUNK, xs.len(), |i, o| {
+        let x = &xs[i * CHUNK..i * CHUNK + o.len()];
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: has_avx2_fma() checked that the CPU supports AVX2 and FMA.
+            return unsafe { map_slice_avx2(o, x, f) };
+        }
+        let _ = simd;
+        map_slice(o, x, f)
+    });
+    out
 }
 
 /// Row-major strides of `dims` stretched to `out` for broadcasting (0 on broadcast dimensions).
@@ -31,16 +87,63 @@ pub(crate) fn broadcast_strides(dims: &[usize], out: &[usize]) -> Vec<usize> {
     s
 }
 
+/// out[j] = f(a[j·sa], b[j·sb]) for strides 0 or 1 (a broadcast scalar or a contiguous row), with the
+/// common cases spelled out so they vectorize.
+#[inline(always)]
+fn zip_row<T: Copy, F: Fn(T, T) -> T>(out: &mut [T], a: &[T], sa: usize, b: &[T], sb: usize, f: &F) {
+    let n = out.len();
+    match (sa, sb) {
+        (1, 1) => {
+            for ((o, &x), &y) in out.iter_mut().zip(&a[..n]).zip(&b[..n]) {
+                *o = f(x, y);
+            }
+        }
+        (1, 0) => {
+            let y = b[0];
+            for (o, &x) in out.iter_mut().zip(&a[..n]) {
+                *o = f(x, y);
+            }
+        }
+        (0, 1) => {
+            let x = a[0];
+            for (o, &y) in out.iter_mut().zip(&b[..n]) {
+                *o = f(x, y);
+            }
+        }
+        _ => {
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = f(a[j * sa], b[j * sb]);
+            }
+        }
+    }
+}
+
+/// [`zip_row`] compiled for AVX2+FMA (same bits; see [`map_slice_avx2`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn zip_row_avx2<T: Copy, F: Fn(T, T) -> T>(out: &mut [T], a: &[T], sa: usize, b: &[T], sb: usize, f: &F) {
+    zip_row(out, a, sa, b, sb, f)
+}
+
+#[inline(always)]
+fn zip_row_dispatch<T: Copy, F: Fn(T, T) -> T>(simd: bool, out: &mut [T], a: &[T], sa: usize, b: &[T], sb: usize, f: &F) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: the caller got `simd` from has_avx2_fma().
+        return unsafe { zip_row_avx2(out, a, sa, b, sb, f) };
+    }
+    let _ = simd;
+    zip_row(out, a, sa, b, sb, f)
+}
+
 /// `f(a, b)` element-wise with NumPy broadcasting of `a` (dims `ad`) and `b` (dims `bd`) to `out`.
+/// As with [`map`], pass a closure whose operation is fixed at compile time.
 pub fn zip<T: Float, F: Fn(T, T) -> T + Sync>(a: &[T], ad: &[usize], b: &[T], bd: &[usize], out: &[usize], f: F) -> Vec<T> {
     let n: usize = out.iter().product();
-    let mut o = vec![T::ZERO; n];
+    let mut o = pool::for_overwrite(n);
+    let simd = has_avx2_fma();
     if ad == out && bd == out {
-        o.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
-            for i in 0..o.len() {
-                o[i] = f(a[i], b[i]);
-            }
-        });
+        for_chunks(&mut o, CHUNK, n, |i, o| zip_row_dispatch(simd, o, &a[i * CHUNK..], 1, &b[i * CHUNK..], 1, &f));
         return o;
     }
     if n == 0 {
@@ -51,17 +154,19 @@ pub fn zip<T: Float, F: Fn(T, T) -> T + Sync>(a: &[T], ad: &[usize], b: &[T], bd
     let r = out.len();
     let last = if r == 0 { 1 } else { out[r - 1] };
     let (la, lb) = if r == 0 { (0, 0) } else { (sa[r - 1], sb[r - 1]) };
-    o.par_chunks_mut(last).enumerate().for_each(|(row, orow)| {
-        // Offsets of this row's first element.
-        let (mut oa, mut ob, mut rem) = (0, 0, row);
-        for d in (0..r.saturating_sub(1)).rev() {
-            let i = rem % out[d];
-            rem /= out[d];
-            oa += i * sa[d];
-            ob += i * sb[d];
-        }
-        for (j, o) in orow.iter_mut().enumerate() {
-            *o = f(a[oa + j * la], b[ob + j * lb]);
+    // Rows of the output, grouped so a task has about CHUNK elements.
+    let rows_per_task = (CHUNK / last).max(1);
+    for_chunks(&mut o, last * rows_per_task, n, |task, rows| {
+        for (i, orow) in rows.chunks_mut(last).enumerate() {
+            // Offsets of this row's first element.
+            let (mut oa, mut ob, mut rem) = (0, 0, task * rows_per_task + i);
+            for d in (0..r.saturating_sub(1)).rev() {
+                let i = rem % out[d];
+                rem /= out[d];
+                oa += i * sa[d];
+                ob += i * sb[d];
+            }
+            zip_row_dispatch(simd, orow, &a[oa..], la, &b[ob..], lb, &f);
         }
     });
     o
@@ -69,11 +174,20 @@ pub fn zip<T: Float, F: Fn(T, T) -> T + Sync>(a: &[T], ad: &[usize], b: &[T], bd
 
 /// Sums over the middle axis of an (outer, n, inner) view: out[o, i] = Σ_j x[o, j, i], j ascending.
 pub fn sum_axis<T: Float>(x: &[T], outer: usize, n: usize, inner: usize) -> Vec<T> {
-    let mut out = vec![T::ZERO; outer * inner];
+    let mut out = pool::zeroed(outer * inner);
+    if out.is_empty() {
+        return out; // par_chunks_mut(0) would panic when inner == 0
+    }
     if inner == 1 {
-        out.par_iter_mut().enumerate().for_each(|(o, y)| *y = sum_contiguous(&x[o * n..(o + 1) * n]));
+        let rows = (CHUNK / n.max(1)).max(1);
+        for_chunks(&mut out, rows, outer * n, |t, y| {
+            for (r, y) in y.iter_mut().enumerate() {
+                let o = t * rows + r;
+                *y = sum_contiguous(&x[o * n..(o + 1) * n]);
+            }
+        });
     } else {
-        out.par_chunks_mut(inner).enumerate().for_each(|(o, y)| {
+        for_chunks(&mut out, inner, outer * n * inner, |o, y| {
             for j in 0..n {
                 let row = &x[(o * n + j) * inner..(o * n + j + 1) * inner];
                 for (y, &v) in y.iter_mut().zip(row) {
@@ -129,7 +243,7 @@ pub fn softmax_axis<T: Float>(x: &[T], outer: usize, n: usize, inner: usize, mod
     let out_len = if mode == 2 { outer * inner } else { outer * n * inner };
     let mut out = vec![T::ZERO; out_len];
     let per = if mode == 2 { inner } else { n * inner };
-    out.par_chunks_mut(per.max(1)).enumerate().for_each(|(o, y)| {
+    for_chunks(&mut out, per.max(1), outer * n * inner, |o, y| {
         let base = o * n * inner;
         for i in 0..inner {
             let at = |j: usize| x[base + j * inner + i];
@@ -182,7 +296,7 @@ pub fn permute<T: Copy + Send + Sync + Default>(x: &[T], d: &[usize], perm: &[us
     let ps: Vec<usize> = perm.iter().map(|&p| is[p]).collect(); // input stride of each output dim
     let last = if r == 0 { 1 } else { od[r - 1] };
     let ls = if r == 0 { 0 } else { ps[r - 1] };
-    out.par_chunks_mut(last).enumerate().for_each(|(row, orow)| {
+    for_chunks(&mut out, last, n, |row, orow| {
         let (mut off, mut rem) = (0, row);
         for k in (0..r.saturating_sub(1)).rev() {
             off += (rem % od[k]) * ps[k];
@@ -195,7 +309,7 @@ pub fn permute<T: Copy + Send + Sync + Default>(x: &[T], d: &[usize], perm: &[us
     out
 }
 
-/// `N` outputs per index: out[j][k] = f(k)[j], computed in parallel (fused multi-output kernels such as
+/// `N` outputs per index: `out[j][k] = f(k)[j]`, computed in parallel (fused multi-output kernels such as
 /// optimizer updates). Element-wise, so deterministic.
 pub fn zip_n<T: Float, const N: usize>(len: usize, f: impl Fn(usize) -> [T; N] + Sync + Send) -> [Vec<T>; N] {
     let tmp: Vec<[T; N]> = (0..len).into_par_iter().with_min_len(CHUNK).map(f).collect();

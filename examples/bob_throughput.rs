@@ -1,0 +1,318 @@
+//! Throughput of forward, backward and backward-over-backward (BoB) on reference workloads.
+//!
+//! ```sh
+//! cargo run --release --example bob_throughput                 # a table
+//! cargo run --release --example bob_throughput -- --json       # one JSON object keyed by workload
+//! cargo run --release --example bob_throughput -- --reps 20 --workload mlp_784_512_512_10_b512 --device cpu
+//! ```
+//!
+//! Definitions (every time is the median over `reps` repetitions, after one untimed warm-up; the JSON
+//! also gives the fastest repetition as `*_min_ms`, the least disturbed on a shared machine):
+//! - `forward_ms`: the loss computed *with recording on* (a fresh tape, parameters as leaves): the
+//!   forward pass that backward needs. `forward_nograd_ms` is the same loss under `no_grad`.
+//! - `backward_ms`: `grad(loss, params, false)` alone, after a taped forward (not timed).
+//! - `bob_ms`: the Hessian-vector product of the loss with respect to all parameters along a fixed
+//!   random direction v, by reverse over reverse — `grad(loss, params, true)`, then the gradient of
+//!   ⟨g, v⟩ — excluding the forward (that is `metagrad::hvp` after a taped forward, not timed).
+//!
+//! Workloads: `mlp_784_512_512_10_b512` (the reference), `mlp_64_128_128_10_b64` (small: per-op
+//! overhead), `conv_b32_c3_32_32_hw32_k3` (a two-layer conv net on the fused convolution kernels; bob is
+//! the HVP w.r.t. both weight tensors) and its `_composite` twin (im2col + matmul). Each is a name and a
+//! function building its parameters and its loss; add new ones to [`workloads`].
+
+use metagrad::{grad, hvp, no_grad, DType, Result, Tape, Tensor, Var};
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// A loss of the parameters (data captured inside).
+type Loss = Box<dyn Fn(&[Var]) -> Result<Var>>;
+
+/// A problem instance: parameters (differentiated) and their loss.
+struct Problem {
+    params: Vec<Tensor>,
+    loss: Loss,
+}
+
+/// A named workload.
+struct Workload {
+    name: &'static str,
+    about: &'static str,
+    build: fn() -> Result<Problem>,
+}
+
+fn workloads() -> Vec<Workload> {
+    vec![
+        Workload {
+            name: "mlp_784_512_512_10_b512",
+            about: "MLP 784-512-512-10, tanh, batch 512, mean cross-entropy, f32",
+            build: || mlp(&[784, 512, 512, 10], 512, DType::F32, 0),
+        },
+        Workload {
+            name: "mlp_64_128_128_10_b64",
+            about: "MLP 64-128-128-10, tanh, batch 64, mean cross-entropy, f32 (per-op overhead)",
+            build: || mlp(&[64, 128, 128, 10], 64, DType::F32, 0),
+        },
+        Workload {
+            name: "conv_b32_c3_32_32_hw32_k3",
+            about: "conv(tanh(conv(x, w1)), w2) ∘ R / numel, x 32x3x32x32, w1 32x3x3x3, w2 32x32x3x3, pad 1, f32; fused conv",
+            build: || conv_net(true),
+        },
+        Workload {
+            name: "conv_b32_c3_32_32_hw32_k3_composite",
+            about: "the same conv net through the im2col + matmul composite path",
+            build: || conv_net(false),
+        },
+    ]
+}
+
+/// loss = Σ(conv(tanh(conv(x, w1)), w2) ∘ R)/numel with padding 1; parameters (w1, w2) scaled by 1/√fan_in.
+fn conv_net(fused: bool) -> Result<Problem> {
+    let scaled = |shape: [usize; 4], seed: u64| -> Result<Tensor> {
+        let fan_in = (shape[1] * shape[2] * shape[3]) as f64;
+        let t = Tensor::randn(shape, DType::F64, seed);
+        Ok(Tensor::from_vec(t.to_vec_f64().iter().map(|v| v / fan_in.sqrt()).collect::<Vec<_>>(), shape)?.to_dtype(DType::F32))
+    };
+    let params = vec![scaled([32, 3, 3, 3], 3)?, scaled([32, 32, 3, 3], 4)?];
+    let x = Var::constant(Tensor::randn([32, 3, 32, 32], DType::F32, 1));
+    let r = Var::constant(Tensor::randn([32, 32, 32, 32], DType::F32, 2));
+    let loss = move |p: &[Var]| -> Result<Var> {
+        let o = metagrad::Conv2dOpts::new(1, 1);
+        let conv = |x: &Var, w: &Var| if fused { x.conv2d(w, None, o) } else { x.conv2d_composite(w, None, o) };
+        let y = conv(&conv(&x, &p[0])?.tanh()?, &p[1])?;
+        let n = y.value().numel() as f64;
+        y.mul(&r)?.sum_all()?.mul_scalar(1.0 / n)
+    };
+    Ok(Problem { params, loss: Box::new(loss) })
+}
+
+/// An MLP with tanh between layers and mean cross-entropy on top. Weights are randn/√fan_in, biases
+/// zero, inputs randn, labels uniform over the classes; everything seeded from `seed`.
+fn mlp(widths: &[usize], batch: usize, dtype: DType, seed: u64) -> Result<Problem> {
+    let mut params = Vec::new();
+    for (l, w) in widths.windows(2).enumerate() {
+        let scale = 1.0 / (w[0] as f64).sqrt();
+        let weight = Tensor::randn([w[0], w[1]], DType::F64, seed + 2 * l as u64 + 1);
+        let weight = Tensor::from_vec(weight.to_vec_f64().iter().map(|x| x * scale).collect::<Vec<_>>(), [w[0], w[1]])?;
+        params.push(weight.to_dtype(dtype));
+        params.push(Tensor::zeros([w[1]], dtype));
+    }
+    let x = Var::constant(Tensor::randn([batch, widths[0]], dtype, seed + 1000));
+    let classes = *widths.last().unwrap();
+    let labels: Vec<usize> = Tensor::rand_uniform([batch], 0.0, classes as f64, DType::F64, seed + 1001)
+        .to_vec_f64()
+        .iter()
+        .map(|&u| (u as usize).min(classes - 1))
+        .collect();
+    let layers = widths.len() - 1;
+    let loss = move |p: &[Var]| -> Result<Var> {
+        let mut h = x.clone();
+        for l in 0..layers {
+            h = h.matmul(&p[2 * l])?.add(&p[2 * l + 1])?;
+            if l + 1 < layers {
+                h = h.tanh()?;
+            }
+        }
+        h.cross_entropy(&labels, None)
+    };
+    Ok(Problem { params, loss: Box::new(loss) })
+}
+
+struct Timing {
+    name: &'static str,
+    about: &'static str,
+    dtype: DType,
+    params: usize,
+    forward_ms: f64,
+    forward_nograd_ms: f64,
+    backward_ms: f64,
+    bob_ms: f64,
+    /// Fastest repetition of forward, backward and BoB: on a shared machine, the least disturbed.
+    min_ms: [f64; 3],
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+fn min(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn measure(w: &Workload, reps: usize) -> Result<Timing> {
+    let p = (w.build)()?;
+    let dirs: Vec<Tensor> =
+        p.params.iter().enumerate().map(|(i, t)| Tensor::randn(t.shape().clone(), t.dtype(), 7000 + i as u64)).collect();
+    let taped = || -> Result<(Vec<Var>, Var, f64)> {
+        let tape = Tape::new();
+        let vars: Vec<Var> = p.params.iter().map(|t| tape.var(t.clone())).collect();
+        let t0 = Instant::now();
+        let loss = (p.loss)(&vars)?;
+        Ok((vars, loss, ms(t0)))
+    };
+    let (mut fwd, mut fwd_ng, mut bwd, mut bob) = (vec![], vec![], vec![], vec![]);
+    for rep in 0..=reps {
+        let consts: Vec<Var> = p.params.iter().map(|t| Var::constant(t.clone())).collect();
+        let t0 = Instant::now();
+        let l = no_grad(|| (p.loss)(&consts))?;
+        let t_ng = ms(t0);
+        std::hint::black_box(l.value());
+
+        let (vars, loss, t_f) = taped()?;
+        let refs: Vec<&Var> = vars.iter().collect();
+        let t0 = Instant::now();
+        let g = grad(&loss, &refs, false)?;
+        let t_b = ms(t0);
+        std::hint::black_box(&g);
+        drop((g, loss, refs));
+        drop(vars);
+
+        let (vars, loss, _) = taped()?;
+        let refs: Vec<&Var> = vars.iter().collect();
+        let t0 = Instant::now();
+        let hv = hvp(&loss, &refs, &dirs)?;
+        let t_h = ms(t0);
+        std::hint::black_box(&hv);
+
+        if rep > 0 {
+            fwd_ng.push(t_ng);
+            fwd.push(t_f);
+            bwd.push(t_b);
+            bob.push(t_h);
+        }
+    }
+    Ok(Timing {
+        name: w.name,
+        about: w.about,
+        dtype: p.params[0].dtype(),
+        params: p.params.iter().map(|t| t.numel()).sum(),
+        min_ms: [min(&fwd), min(&bwd), min(&bob)],
+        forward_ms: median(fwd),
+        forward_nograd_ms: median(fwd_ng),
+        backward_ms: median(bwd),
+        bob_ms: median(bob),
+    })
+}
+
+struct Args {
+    json: bool,
+    reps: usize,
+    workload: Option<String>,
+}
+
+fn parse_args() -> std::result::Result<Args, String> {
+    let mut args = Args { json: false, reps: 10, workload: None };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match a.as_str() {
+            "--json" => args.json = true,
+            "--reps" => {
+                let v = value("--reps")?;
+                args.reps =
+                    v.parse().ok().filter(|&r: &usize| r > 0).ok_or_else(|| format!("--reps needs a positive integer, got '{v}'"))?;
+            }
+            "--workload" => args.workload = Some(value("--workload")?),
+            "--device" => {
+                let d = value("--device")?;
+                if d != "cpu" {
+                    return Err(format!("unknown device '{d}' (available: cpu)"));
+                }
+            }
+            "-h" | "--help" => {
+                return Err("usage: bob_throughput [--json] [--reps N] [--workload NAME] [--device cpu]".into());
+            }
+            other => return Err(format!("unknown argument '{other}' (try --help)")),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("bob_throughput: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let all = workloads();
+    let chosen: Vec<&Workload> = all.iter().filter(|w| args.workload.as_deref().is_none_or(|n| n == w.name)).collect();
+    if chosen.is_empty() {
+        let names: Vec<&str> = all.iter().map(|w| w.name).collect();
+        eprintln!("bob_throughput: unknown workload '{}' (available: {})", args.workload.unwrap_or_default(), names.join(", "));
+        return ExitCode::from(2);
+    }
+    let threads = rayon::current_num_threads();
+    let mut results = Vec::new();
+    for w in chosen {
+        match measure(w, args.reps) {
+            Ok(t) => results.push(t),
+            Err(e) => {
+                eprintln!("bob_throughput: workload {} failed: {e}", w.name);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if args.json {
+        let entries: Vec<String> = results
+            .iter()
+            .map(|t| {
+                format!(
+                    "  \"{}\": {{\"forward_ms\": {:.3}, \"backward_ms\": {:.3}, \"bob_ms\": {:.3}, \"forward_nograd_ms\": {:.3}, \
+                     \"bob_over_backward\": {:.3}, \"forward_min_ms\": {:.3}, \"backward_min_ms\": {:.3}, \"bob_min_ms\": {:.3}, \"forward_taped\": true, \"reps\": {}, \"threads\": {threads}, \"dtype\": \"{}\", \
+                     \"device\": \"cpu\", \"params\": {}}}",
+                    t.name,
+                    t.forward_ms,
+                    t.backward_ms,
+                    t.bob_ms,
+                    t.forward_nograd_ms,
+                    t.bob_ms / t.backward_ms,
+                    t.min_ms[0],
+                    t.min_ms[1],
+                    t.min_ms[2],
+                    args.reps,
+                    t.dtype,
+                    t.params
+                )
+            })
+            .collect();
+        println!("{{\n{}\n}}", entries.join(",\n"));
+    } else {
+        println!("device cpu, {threads} threads, medians over {} reps (ms)\n", args.reps);
+        println!("{:<28} {:>10} {:>10} {:>10} {:>10} {:>8}   min fwd/bwd/bob", "workload", "fwd", "fwd(nograd)", "bwd", "bob", "bob/bwd");
+        for t in &results {
+            println!(
+                "{:<28} {:>10.2} {:>11.2} {:>10.2} {:>10.2} {:>8.2}   {:.2}/{:.2}/{:.2}",
+                t.name,
+                t.forward_ms,
+                t.forward_nograd_ms,
+                t.backward_ms,
+                t.bob_ms,
+                t.bob_ms / t.backward_ms,
+                t.min_ms[0],
+                t.min_ms[1],
+                t.min_ms[2]
+            );
+        }
+        println!();
+        for t in &results {
+            println!("{}: {} ({} params, {})", t.name, t.about, t.params, t.dtype);
+        }
+        println!(
+            "\nfwd: the loss with recording on (the forward backward needs); fwd(nograd): the same under no_grad;\n\
+             bwd: grad(loss, params, false) after a taped forward; bob: the HVP by reverse over reverse\n\
+             (grad with create_graph, then the gradient of <g, v>), forward excluded. Medians; min: the fastest rep."
+        );
+    }
+    ExitCode::SUCCESS
+}
