@@ -17,8 +17,10 @@
 //!
 //! Workloads: `mlp_784_512_512_10_b512` (the reference), `mlp_64_128_128_10_b64` (small: per-op
 //! overhead), `conv_b32_c3_32_32_hw32_k3` (a two-layer conv net on the fused convolution kernels; bob is
-//! the HVP w.r.t. both weight tensors) and its `_composite` twin (im2col + matmul). Each is a name and a
-//! function building its parameters and its loss; add new ones to [`workloads`].
+//! the HVP w.r.t. both weight tensors) and its `_composite` twin (im2col + matmul),
+//! `attention_b1_h4_n512_d64` (softmax attention on the fused kernels; bob is the HVP w.r.t. Q, K and V)
+//! and its `_composite` twin (matmul + softmax). Each is a name and a function building its parameters
+//! and its loss; add new ones to [`workloads`].
 
 use metagrad::{grad, hvp, no_grad, DType, Result, Tape, Tensor, Var};
 use std::process::ExitCode;
@@ -62,7 +64,30 @@ fn workloads() -> Vec<Workload> {
             about: "the same conv net through the im2col + matmul composite path",
             build: || conv_net(false),
         },
+        Workload {
+            name: "attention_b1_h4_n512_d64",
+            about: "Σ attention(Q, K, V) ∘ R, Q, K, V 1x4x512x64, non-causal, scale 1/8, f32; fused attention",
+            build: || attention(true),
+        },
+        Workload {
+            name: "attention_b1_h4_n512_d64_composite",
+            about: "the same attention through the matmul + softmax composite path",
+            build: || attention(false),
+        },
     ]
+}
+
+/// loss = Σ attention(Q, K, V) ∘ R over [1, 4, 512, 64] inputs (batch 1, 4 heads), non-causal, scale
+/// 1/√64; parameters (Q, K, V).
+fn attention(fused: bool) -> Result<Problem> {
+    let shape = [1, 4, 512, 64];
+    let params = vec![Tensor::randn(shape, DType::F32, 1), Tensor::randn(shape, DType::F32, 2), Tensor::randn(shape, DType::F32, 3)];
+    let r = Var::constant(Tensor::randn(shape, DType::F32, 4));
+    let loss = move |p: &[Var]| -> Result<Var> {
+        let o = if fused { p[0].attention(&p[1], &p[2], 0.125, false)? } else { p[0].attention_composite(&p[1], &p[2], 0.125, false)? };
+        o.mul(&r)?.sum_all()
+    };
+    Ok(Problem { params, loss: Box::new(loss) })
 }
 
 /// loss = Σ(conv(tanh(conv(x, w1)), w2) ∘ R)/numel with padding 1; parameters (w1, w2) scaled by 1/√fan_in.
