@@ -374,6 +374,22 @@ impl Emitter<'_> {
         Ok(())
     }
 
+    /// Starts a segment beginning at `s_lo`: with its slot, make the working state hold `s_lo`;
+    /// without one, store `s_lo` and schedule the new slot's release for when the segment is done.
+    fn enter(&mut self, lo: usize, slot: Option<usize>, stack: &mut Vec<Task>) -> Result<usize> {
+        match slot {
+            Some(slot) => {
+                self.ensure(lo, Some(slot))?;
+                Ok(slot)
+            }
+            None => {
+                let slot = self.store(lo)?;
+                stack.push(Task::Free(slot));
+                Ok(slot)
+            }
+        }
+    }
+
     fn free(&mut self, slot: usize) -> Result<()> {
         (self.f)(Action::Free { slot })?;
         self.free.push(slot);
@@ -418,17 +434,7 @@ fn kary(e: &mut Emitter, steps: usize, k: usize) -> Result<()> {
             e.reverse(lo, slot)?;
             continue;
         }
-        let first = match slot {
-            Some(slot) => {
-                e.ensure(lo, Some(slot))?;
-                slot
-            }
-            None => {
-                let slot = e.store(lo)?;
-                stack.push(Task::Free(slot));
-                slot
-            }
-        };
+        let first = e.enter(lo, slot, &mut stack)?;
         let sizes: Vec<usize> = segment_sizes(hi - lo, k).collect();
         let m = sizes.len();
         // Segment 0 starts at lo (already stored in `first`); its Free, if owned, is pushed above.
@@ -462,17 +468,7 @@ fn revolve(e: &mut Emitter, steps: usize, slots: usize) -> Result<()> {
             e.reverse(lo, slot)?;
             continue;
         }
-        let slot = match slot {
-            Some(slot) => {
-                e.ensure(lo, Some(slot))?;
-                slot
-            }
-            None => {
-                let slot = e.store(lo)?;
-                stack.push(Task::Free(slot));
-                slot
-            }
-        };
+        let slot = e.enter(lo, slot, &mut stack)?;
         // s ≥ 1 here: a range of n ≥ 2 steps only gets s − 1 slots if it is the right part of an s-slot
         // split, and with s = 1 that right part is a single step.
         let right_s = s
