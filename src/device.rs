@@ -1,8 +1,8 @@
 //! Where a tensor lives.
 //!
-//! Today every tensor lives on the CPU; the CUDA backend (dynamic loading through cudarc) adds
-//! `Device::Cuda(ordinal)` behind the same ops. Ops check that their operands share a device and name
-//! both in the error when they do not.
+//! Today every tensor lives on the CPU. [`Device::Cuda`] names a GPU, and [`Device::cuda`] checks that
+//! it can be opened (see [`crate::backend::cuda`]), but no op runs there yet. Ops check that their
+//! operands share a device and name both in the error when they do not.
 
 use std::fmt;
 
@@ -13,10 +13,16 @@ pub enum Device {
     /// The host CPU; kernels run on rayon's thread pool and are bitwise deterministic for any thread count.
     #[default]
     Cpu,
+    /// CUDA device number `ordinal` (`cuda:N`). Obtain one checked with [`Device::cuda`]; tensors cannot
+    /// live there yet.
+    Cuda(usize),
 }
 
 impl Device {
-    /// The best device available: the CPU until the CUDA backend lands.
+    /// The best device to place tensors on: the CPU for now.
+    ///
+    /// It will return `Device::Cuda(0)` when a GPU is present once ops run on CUDA; until then, use
+    /// [`crate::backend::cuda::available`] to detect a GPU.
     pub fn best() -> Device {
         Device::Cpu
     }
@@ -26,6 +32,7 @@ impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
         }
     }
 }

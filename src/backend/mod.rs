@@ -5,3 +5,4 @@
 //! shapes, never on the thread count or on scheduling, and parallel work writes disjoint outputs.
 
 pub mod cpu;
+pub mod cuda;
