@@ -19,7 +19,7 @@ use metagrad::optim::{scalar, Sgd};
 use metagrad::replay::reference::keypoint_lr;
 use metagrad::replay::{evaluate, metagradient, ScheduleKind, StepCtx, Training};
 use metagrad::{Conv2dOpts, DType, Result, Tensor, Var};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
 const N_TRAIN: usize = 512;
@@ -162,13 +162,18 @@ fn main() -> Result<()> {
     let train_secs = t0.elapsed().as_secs_f64();
     println!("plain training run: {train_secs:.2} s, validation loss {phi0:.5}");
 
+    // On a terminal the progress line is redrawn in place; in a log, each finished line stands alone.
+    let tty = std::io::stdout().is_terminal();
+    let clear = if tty { "\r\x1b[2K" } else { "" };
     let mut losses = vec![phi0];
     let mut phi = phi0;
     let (mut step_eta, mut step_w) = (0.5f64, 1.0f64);
     for it in 0..iters {
         let t = Instant::now();
-        print!("\r\x1b[2K{} MGD {}/{iters}: metagradient...", bar(it, iters), it + 1);
-        let _ = std::io::stdout().flush();
+        if tty {
+            print!("{clear}{} MGD {}/{iters}: metagradient...", bar(it, iters), it + 1);
+            let _ = std::io::stdout().flush();
+        }
         let mg = metagradient(&problem, &z, ScheduleKind::KAry { k })?;
         let mg_secs = t.elapsed().as_secs_f64();
         if it == 0 {
@@ -183,7 +188,7 @@ fn main() -> Result<()> {
             let fd = (shifted(h)? - shifted(-h)?) / (2.0 * h);
             let a = mg.grads[0].to_vec_f64()[1];
             println!(
-                "\r\x1b[2Kcheck: dphi/d(eta_1) = {a:.6e} (REPLAY) vs {fd:.6e} (finite differences), rel. diff {:.2e}; metagradient {mg_secs:.2} s = {:.1}x a training run; replayed {} steps, {} taped, peak {} states ({} KiB arena)",
+                "{clear}check: dphi/d(eta_1) = {a:.6e} (REPLAY) vs {fd:.6e} (finite differences), rel. diff {:.2e}; metagradient {mg_secs:.2} s = {:.1}x a training run; replayed {} steps, {} taped, peak {} states ({} KiB arena)",
                 (a - fd).abs() / a.abs().max(fd.abs()),
                 mg_secs / train_secs,
                 mg.stats.replayed_steps,
@@ -217,7 +222,7 @@ fn main() -> Result<()> {
             v.iter().sum::<f64>() / v.len() as f64
         };
         println!(
-            "\r\x1b[2K{} MGD {}/{iters}: validation loss {phi:.5}  mean weight clean {:.3} / mislabelled {:.3}  ({:.1} s){}",
+            "{clear}{} MGD {}/{iters}: validation loss {phi:.5}  mean weight clean {:.3} / mislabelled {:.3}  ({:.1} s){}",
             bar(it + 1, iters),
             it + 1,
             mean(false),
