@@ -165,6 +165,32 @@ fn non_finite_adjoint_names_the_step() {
     }
 }
 
+/// x_{t+1} = x_t · z, with z = 1e200: the state overflows to infinity at step 1 (1e200 · 1e200).
+struct Diverges;
+impl Training for Diverges {
+    fn steps(&self) -> usize {
+        6
+    }
+    fn initial_state(&self) -> Result<Vec<Tensor>> {
+        Ok(vec![Tensor::from_vec(vec![1.0f64], [1])?])
+    }
+    fn step(&self, _: &StepCtx, _: usize, s: &[Var], z: &[Var]) -> Result<Vec<Var>> {
+        Ok(vec![s[0].mul(&z[0])?])
+    }
+    fn output(&self, s: &[Var]) -> Result<Var> {
+        s[0].sum_all()
+    }
+}
+
+#[test]
+fn diverging_training_names_the_step() {
+    let z = vec![Tensor::scalar(1e200, DType::F64)];
+    match metagradient(&Diverges, &z, ScheduleKind::KAry { k: 2 }) {
+        Err(Error::NonFinite { step, msg }) => assert_eq!(step, 1, "{msg}"),
+        other => panic!("expected NonFinite at step 1, got {other:?}"),
+    }
+}
+
 struct NoSteps;
 impl Training for NoSteps {
     fn steps(&self) -> usize {

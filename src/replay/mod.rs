@@ -147,8 +147,8 @@ pub fn evaluate(tr: &impl Training, meta: &[Tensor]) -> Result<f64> {
 }
 
 /// The metagradient ∂φ(s_T)/∂z by reversing training under `kind`'s checkpoint schedule (REPLAY's lazy
-/// k-ary tree, revolve, or store-all step-wise AD). A NaN or infinity in the reverse pass is an
-/// [`Error::NonFinite`] naming the step that produced it.
+/// k-ary tree, revolve, or store-all step-wise AD). A NaN or infinity, in a state that training
+/// produces or in the reverse pass, is an [`Error::NonFinite`] naming the step that produced it.
 pub fn metagradient(tr: &impl Training, meta: &[Tensor], kind: ScheduleKind) -> Result<MetaGradient> {
     let steps = tr.steps();
     if steps == 0 {
@@ -174,6 +174,13 @@ pub fn metagradient(tr: &impl Training, meta: &[Tensor], kind: ScheduleKind) -> 
                 let clock = Instant::now();
                 for t in from..to {
                     s = advance(tr, t, s, &zc)?;
+                    // A diverged run would surface as NaN adjoints at step T − 1; name the step instead.
+                    if let Some(i) = s.iter().position(|x| !x.all_finite()) {
+                        return Err(Error::NonFinite {
+                            step: t,
+                            msg: format!("training produced a non-finite state tensor {i} (shape {})", s[i].shape()),
+                        });
+                    }
                 }
                 stats.replay_seconds += clock.elapsed().as_secs_f64();
                 stats.replayed_steps += (to - from) as u64;
