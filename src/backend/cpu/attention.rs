@@ -10,31 +10,34 @@
 //!   D̄ = −rowsum(P∘dS̄) and ρ = rowsum(P̄∘P) per row, then the accumulation uses them.
 //!
 //! Why it is shaped this way:
-//! - **Nothing N×N is materialized.** A task holds *strips*: its block of query rows against all
-//!   (visible) keys, or its block of keys against all (visible) rows, for a handful of score-shaped
-//!   quantities. Strips are capped at about [`STRIP`] elements, which fixes the block size.
-//! - **Deterministic without atomics.** Row-indexed outputs (O, dQ, Q̄, dŌ) are written by row tasks,
-//!   column-indexed ones (dK, dV, K̄, V̄) by column tasks in a separate pass that recomputes P from ℓ
-//!   (and, for the backward-over-backward, reads the row statistics the row pass stored). Every output
-//!   element and every row statistic is owned by one task and is one chain of operations in ascending
-//!   key (or row) order, so the bits depend on the shapes alone: not on the thread count, the block
-//!   size, or the instruction set (the register tile widens with AVX2 or AVX-512; the arithmetic does
-//!   not change, and a test checks it).
+//! - **Nothing N×N is materialized.** A block of query rows holds *strips*: its rows against all
+//!   (visible) keys, for a handful of score-shaped quantities. Strips are capped at about [`STRIP`]
+//!   elements, which fixes the block size.
+//! - **One pass over the scores.** Each backward kernel is a single pass over row blocks that
+//!   rebuilds P from ℓ once. The row blocks of a head are gathered into at most `GROUPS` (8) groups of
+//!   consecutive blocks (a partition fixed by the shapes); one task runs one group, block after block.
+//!   Row-indexed outputs (O, dQ, Q̄, dŌ) and row statistics are written by the task owning the rows;
+//!   key-indexed ones (dK, dV, K̄, V̄) are accumulated by each task into its group's own partial
+//!   [nk, width] buffer, and the partials are then added in ascending group order.
+//! - **Deterministic without atomics.** Every output element is one fixed chain of operations (over
+//!   keys ascending for row outputs; over the rows of group 0, then group 1, ... for key outputs), so
+//!   the bits depend on the shapes alone: not on the thread count, the scheduling, or the instruction
+//!   set (the register tile widens with AVX2 or AVX-512; the arithmetic does not change, and a test
+//!   checks it).
 //! - **Fast.** Every product is a small GEMM with an 8-row register tile of explicit SIMD FMAs,
-//!   compiled for AVX-512, AVX2+FMA and portable code and picked at run time. Strips are stored in
-//!   the orientation their consuming GEMM reduces over (key-major in row tasks, row-major in column
-//!   tasks), so they are read in place; the [N, d] inputs are transposed or packed into 8-row panels
-//!   once per call; buffers come from a per-thread pool. f32 uses a polynomial exp that vectorizes.
-//!   In units of N²·d multiply-adds per head the forward costs 2, the backward 3 (rows) + 4
-//!   (columns), the backward-over-backward 5 (statistics; the strips are kept) + 2 for Q̄ (+ 2 for
-//!   dŌ, only when asked) + 8 (columns, which recompute the strips).
+//!   compiled for AVX-512, AVX2+FMA and portable code and picked at run time. Strips are stored
+//!   key-major, which the row-output GEMMs read in place; for the key-output GEMMs they are packed
+//!   into 8-key panels (O(N·block) per strip). The [N, d] inputs are transposed or packed once per
+//!   call; buffers come from a per-thread pool. f32 uses a polynomial exp that vectorizes.
+//!   In units of N²·d multiply-adds per head the forward costs 2, the backward 3 + 2 for dK, dV; the
+//!   backward-over-backward 5 (statistics) + 2 for Q̄ (+ 2 for dŌ, only when asked) + 3 for K̄, V̄.
 
 use crate::dtype::{DType, Float};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-/// Elements in one strip (a block of rows against all keys, or a block of keys against all rows).
+/// Elements in one strip (a block of rows against all keys).
 /// Blocks have `STRIP / n` rows, clamped to [32, 64] and rounded down to a multiple of 8: up to
 /// n = 1024 a task's strips stay in the L2 cache; narrower blocks than 32 would leave the register
 /// tile (32 f32 columns with AVX-512) half empty, which costs far more than cache misses (5× at
@@ -68,14 +71,6 @@ impl Geometry {
             (i + 1).min(self.nk)
         } else {
             self.nk
-        }
-    }
-    /// The first query row that sees key `j`.
-    fn first_row(&self, j: usize) -> usize {
-        if self.causal {
-            j.min(self.nq)
-        } else {
-            0
         }
     }
 }
@@ -519,11 +514,11 @@ fn bar_terms<T: Float>(p: T, dp: &mut T, dsb: &mut T, x: &mut T, dd: T, dbar: T,
 // ---------------------------------------------------------------------------------------------------
 // Per-task work.
 //
-// Strips are stored so that the GEMM consuming them reduces over their rows: a row task holds
-// key-major strips [keys × its rows] (Q̄ = Σ over keys), a column task row-major strips [rows × its
-// keys] (K̄ = Σ over rows). Consuming GEMMs then read strips in place (`A::Cols`), and the GEMMs that
-// produce them take the [N, d] inputs pre-packed into panels (`A::Panels`) and the other side from a
-// transpose. Row statistics in a row task are column sweeps, vectorized over its rows.
+// A row block holds key-major strips [keys × its rows]: the GEMMs for row outputs (Q̄ = Σ over keys)
+// read them in place (`A::Cols`); those for key outputs (K̄ = Σ over rows) read them packed into
+// panels ([`acc_keys`]). The GEMMs that produce strips take K, V, b, e pre-packed into panels
+// (`A::Panels`) and the row side from a transpose. Row statistics are column sweeps, vectorized over
+// the block's rows.
 
 /// Every input of a kernel call (empty slices for what the call does not use).
 #[derive(Clone, Copy)]
@@ -537,27 +532,18 @@ struct Ctx<'a, T> {
     a: &'a [T],
     b: &'a [T],
     e: &'a [T],
-    /// Per-head transposes [heads, width, ld(n)] (B operands): Qᵀ, dOᵀ, aᵀ, Kᵀ, Vᵀ, bᵀ, eᵀ.
+    /// Per-head transposes [heads, width, ld(n)] (B operands): Qᵀ, dOᵀ, aᵀ.
     qt: &'a [T],
     dot: &'a [T],
     at: &'a [T],
-    kt: &'a [T],
-    vt: &'a [T],
-    bt: &'a [T],
-    et: &'a [T],
-    /// Per-head panels (A operands) of Q, dO, a, K, V, b, e.
-    qp: &'a [T],
-    dop: &'a [T],
-    ap: &'a [T],
+    /// Per-head panels (A operands) of K, V, b, e.
     kp: &'a [T],
     vp: &'a [T],
     bp: &'a [T],
     ep: &'a [T],
-    /// Row statistics [heads, nq]: logsumexp ℓ, D, and (backward-over-backward) D̄ and ρ.
+    /// Row statistics [heads, nq]: logsumexp ℓ and D.
     lse: &'a [T],
     dd: &'a [T],
-    dbar: &'a [T],
-    rho: &'a [T],
 }
 
 impl<'a, T: Float> Ctx<'a, T> {
@@ -566,8 +552,7 @@ impl<'a, T: Float> Ctx<'a, T> {
         #[rustfmt::skip]
         let cx = Ctx {
             g, c: T::from_f64(g.scale), q: z, k: z, v: z, d_o: z, a: z, b: z, e: z,
-            qt: z, dot: z, at: z, kt: z, vt: z, bt: z, et: z, qp: z, dop: z, ap: z, kp: z, vp: z, bp: z, ep: z,
-            lse: z, dd: z, dbar: z, rho: z,
+            qt: z, dot: z, at: z, kp: z, vp: z, bp: z, ep: z, lse: z, dd: z,
         };
         cx
     }
@@ -609,16 +594,6 @@ fn first_live(g: &Geometry, i0: usize, nr: usize, j: usize) -> usize {
     }
 }
 
-/// In a column task's strip, the keys of its block (from `j0`) that row `i` sees.
-#[inline(always)]
-fn live_keys(g: &Geometry, j0: usize, nc: usize, i: usize) -> usize {
-    if g.causal {
-        (i + 1).saturating_sub(j0).min(nc)
-    } else {
-        nc
-    }
-}
-
 /// The key-major P strip of rows `i0 .. i0 + nr` of head `h`: p[j·nr + r] = exp(c·k_j·q_r − ℓ_r),
 /// zero where key j is masked.
 #[inline(always)]
@@ -633,22 +608,6 @@ fn probs_rows<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, i0: usize, nr: usize,
         for (x, &l) in live.iter_mut().zip(&lse[f..]) {
             *x = x.mul_add(cx.c, -l).fast_exp();
         }
-    }
-}
-
-/// The row-major P strip of rows `i_start..nq` against keys `j0 .. j0 + nc` of head `h`.
-#[inline(always)]
-fn probs_cols<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, j0: usize, nc: usize, i_start: usize, p: &mut [T]) {
-    let g = cx.g;
-    let nr = g.nq - i_start;
-    gemm::<T, S>(false, nr, nc, g.d, pan(cx.qp, h, g.nq, g.d, i_start), cols(cx.kt, h, g.nk, g.d, j0), ld(g.nk), p, nc);
-    for ii in 0..nr {
-        let (i, l) = (i_start + ii, cx.lse[h * g.nq + i_start + ii]);
-        let (live, dead) = p[ii * nc..(ii + 1) * nc].split_at_mut(live_keys(&g, j0, nc, i));
-        for x in live.iter_mut() {
-            *x = x.mul_add(cx.c, -l).fast_exp();
-        }
-        dead.fill(T::ZERO);
     }
 }
 
@@ -693,13 +652,31 @@ fn fwd_rows<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, i0: usize, nr: usize, o
     }
 }
 
-/// Backward, rows of head `h`: dQ = c·dS·K with dS = P∘(dO·Vᵀ − D).
+/// Key-indexed partials of a row task: `acc` [nk, width] += xᵀ·`rows` for a key-major strip `x`
+/// [nkv × nr] and `rows` [nr, width] (the task's rows of an [N, width] input), through `pk`, which
+/// receives `x` packed into panels.
 #[inline(always)]
-fn bwd_rows<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, i0: usize, nr: usize, dq: &mut [T]) {
+#[allow(clippy::too_many_arguments)]
+fn acc_keys<T: Float, S: Isa>(nkv: usize, nr: usize, x: &[T], pk: &mut [T], rows: &[T], width: usize, acc: &mut [T]) {
+    for (j0, panel) in (0..nkv).step_by(MR).zip(pk.chunks_exact_mut(MR * nr)) {
+        let live = MR.min(nkv - j0);
+        for (r, col) in panel.chunks_exact_mut(MR).enumerate() {
+            for (jj, y) in col.iter_mut().enumerate() {
+                *y = if jj < live { x[(j0 + jj) * nr + r] } else { T::ZERO };
+            }
+        }
+    }
+    gemm::<T, S>(true, nkv, width, nr, A::Panels(pk), rows, width, acc, width);
+}
+
+/// Backward, rows of head `h`: dQ = c·dS·K with dS = P∘(dO·Vᵀ − D), and (into the group partials
+/// `kv`, when given) dK/c += dSᵀ·Q and dV += Pᵀ·dO.
+#[inline(always)]
+fn bwd_rows<T: AttnFloat, S: Isa>(cx: &Ctx<T>, need: Need, h: usize, i0: usize, nr: usize, dq: &mut [T], kv: (&mut [T], &mut [T])) {
     let g = cx.g;
     let nkv = g.visible(i0 + nr - 1);
     let mut sc = scratch();
-    let [p, ds] = sc.slices::<T, 2>(nkv * nr);
+    let [p, ds, pk] = sc.slices::<T, 3>(nkv.div_ceil(MR) * MR * nr);
     probs_rows::<T, S>(cx, h, i0, nr, nkv, p);
     gemm::<T, S>(false, nkv, nr, g.dv, pan(cx.vp, h, g.nk, g.dv, 0), cols(cx.dot, h, g.nq, g.dv, i0), ld(g.nq), ds, nr);
     let dd = &cx.dd[h * g.nq + i0..h * g.nq + i0 + nr];
@@ -708,37 +685,21 @@ fn bwd_rows<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, i0: usize, nr: usize, d
             *x = p * (*x - d);
         }
     }
-    gemm::<T, S>(false, nr, g.d, nkv, A::Cols(ds, nr), rows(cx.k, h, g.nk, g.d, 0), g.d, dq, g.d);
-    for x in dq.iter_mut() {
-        *x = *x * cx.c;
+    if need.kv {
+        acc_keys::<T, S>(nkv, nr, ds, pk, rows(cx.q, h, g.nq, g.d, i0), g.d, kv.0);
+        acc_keys::<T, S>(nkv, nr, p, pk, rows(cx.d_o, h, g.nq, g.dv, i0), g.dv, kv.1);
     }
-}
-
-/// Backward, keys `j0 .. j0 + nc` of head `h`: dV = Pᵀ·dO and dK = c·dSᵀ·Q.
-#[inline(always)]
-fn bwd_cols<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, j0: usize, nc: usize, dk: &mut [T], dv: &mut [T]) {
-    let g = cx.g;
-    let i_start = g.first_row(j0);
-    let nr = g.nq - i_start;
-    let mut sc = scratch();
-    let [p, ds] = sc.slices::<T, 2>(nr * nc);
-    probs_cols::<T, S>(cx, h, j0, nc, i_start, p);
-    gemm::<T, S>(false, nr, nc, g.dv, pan(cx.dop, h, g.nq, g.dv, i_start), cols(cx.vt, h, g.nk, g.dv, j0), ld(g.nk), ds, nc);
-    for ii in 0..nr {
-        let d = cx.dd[h * g.nq + i_start + ii];
-        for (x, &p) in ds[ii * nc..(ii + 1) * nc].iter_mut().zip(&p[ii * nc..(ii + 1) * nc]) {
-            *x = p * (*x - d);
+    if need.q {
+        gemm::<T, S>(false, nr, g.d, nkv, A::Cols(ds, nr), rows(cx.k, h, g.nk, g.d, 0), g.d, dq, g.d);
+        for x in dq.iter_mut() {
+            *x = *x * cx.c;
         }
-    }
-    gemm::<T, S>(false, nc, g.dv, nr, A::Cols(p, nc), rows(cx.d_o, h, g.nq, g.dv, i_start), g.dv, dv, g.dv);
-    gemm::<T, S>(false, nc, g.d, nr, A::Cols(ds, nc), rows(cx.q, h, g.nq, g.d, i_start), g.d, dk, g.d);
-    for x in dk.iter_mut() {
-        *x = *x * cx.c;
     }
 }
 
 /// Backward-over-backward, rows of head `h`: the statistics D̄ = −rowsum(P∘dS̄) and ρ = rowsum(P̄∘P)
-/// (always: the column pass needs them), then Q̄ = c·(dS·b + S̄·K) and dŌ = P·e + dP̄·V where asked.
+/// (always: the key outputs need them), then Q̄ = c·(dS·b + S̄·K) and dŌ = P·e + dP̄·V where asked,
+/// and (into the group partials `kv`) K̄/c += dSᵀ·a + S̄ᵀ·Q and V̄ += dP̄ᵀ·dO.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn bb_rows<T: AttnFloat, S: Isa>(
@@ -750,11 +711,12 @@ fn bb_rows<T: AttnFloat, S: Isa>(
     qbar: &mut [T],
     dobar: &mut [T],
     (dbar, rho): (&mut [T], &mut [T]),
+    kv: (&mut [T], &mut [T]),
 ) {
     let g = cx.g;
     let nkv = g.visible(i0 + nr - 1);
     let mut sc = scratch();
-    let [p, dp, dsb, x] = sc.slices::<T, 4>(nkv * nr);
+    let [p, dp, dsb, x, pk] = sc.slices::<T, 5>(nkv.div_ceil(MR) * MR * nr);
     probs_rows::<T, S>(cx, h, i0, nr, nkv, p);
     let (qt, dot) = (cols(cx.qt, h, g.nq, g.d, i0), cols(cx.dot, h, g.nq, g.dv, i0));
     gemm::<T, S>(false, nkv, nr, g.dv, pan(cx.vp, h, g.nk, g.dv, 0), dot, ld(g.nq), dp, nr);
@@ -779,7 +741,7 @@ fn bb_rows<T: AttnFloat, S: Isa>(
         dbar[r] = -s1[r];
         rho[r] = s2[r] + (dbar[r] + dbar[r]) * dd[r];
     }
-    if !(need.q || need.d_o) {
+    if !(need.q || need.d_o || need.kv) {
         return;
     }
     for j in 0..nkv {
@@ -804,45 +766,11 @@ fn bb_rows<T: AttnFloat, S: Isa>(
         gemm::<T, S>(false, nr, g.dv, nkv, A::Cols(p, nr), rows(cx.e, h, g.nk, g.dv, 0), g.dv, dobar, g.dv);
         gemm::<T, S>(true, nr, g.dv, nkv, A::Cols(dsb, nr), rows(cx.v, h, g.nk, g.dv, 0), g.dv, dobar, g.dv);
     }
-}
-
-/// Backward-over-backward, keys of head `h`: K̄ = c·(dSᵀ·a + S̄ᵀ·Q) and V̄ = dP̄ᵀ·dO, with the row
-/// statistics from the row pass.
-#[inline(always)]
-fn bb_cols<T: AttnFloat, S: Isa>(cx: &Ctx<T>, h: usize, j0: usize, nc: usize, kbar: &mut [T], vbar: &mut [T]) {
-    let g = cx.g;
-    let i_start = g.first_row(j0);
-    let nr = g.nq - i_start;
-    let mut sc = scratch();
-    let [p, dp, dsb, x] = sc.slices::<T, 4>(nr * nc);
-    probs_cols::<T, S>(cx, h, j0, nc, i_start, p);
-    let (kt, vt) = (cols(cx.kt, h, g.nk, g.d, j0), cols(cx.vt, h, g.nk, g.dv, j0));
-    let dop = pan(cx.dop, h, g.nq, g.dv, i_start);
-    gemm::<T, S>(false, nr, nc, g.dv, dop, vt, ld(g.nk), dp, nc);
-    gemm::<T, S>(false, nr, nc, g.d, pan(cx.ap, h, g.nq, g.d, i_start), kt, ld(g.nk), dsb, nc);
-    gemm::<T, S>(true, nr, nc, g.d, pan(cx.qp, h, g.nq, g.d, i_start), cols(cx.bt, h, g.nk, g.d, j0), ld(g.nk), dsb, nc);
-    gemm::<T, S>(false, nr, nc, g.dv, dop, cols(cx.et, h, g.nk, g.dv, j0), ld(g.nk), x, nc);
-    for ii in 0..nr {
-        let i = h * g.nq + i_start + ii;
-        let (dd, dbar, rho) = (cx.dd[i], cx.dbar[i], cx.rho[i]);
-        let live = live_keys(&g, j0, nc, i_start + ii);
-        let row = ii * nc..(ii + 1) * nc;
-        let (p, dp, dsb, x) = (&p[row.clone()], &mut dp[row.clone()], &mut dsb[row.clone()], &mut x[row]);
-        for jj in 0..live {
-            dsb[jj] = dsb[jj] * cx.c;
-            bar_terms(p[jj], &mut dp[jj], &mut dsb[jj], &mut x[jj], dd, dbar, rho);
-        }
-        dp[live..].fill(T::ZERO);
-        dsb[live..].fill(T::ZERO);
-        x[live..].fill(T::ZERO);
+    if need.kv {
+        acc_keys::<T, S>(nkv, nr, dp, pk, rows(cx.a, h, g.nq, g.d, i0), g.d, kv.0);
+        acc_keys::<T, S>(nkv, nr, x, pk, rows(cx.q, h, g.nq, g.d, i0), g.d, kv.0);
+        acc_keys::<T, S>(nkv, nr, dsb, pk, rows(cx.d_o, h, g.nq, g.dv, i0), g.dv, kv.1);
     }
-    let (arows, qrows) = (rows(cx.a, h, g.nq, g.d, i_start), rows(cx.q, h, g.nq, g.d, i_start));
-    gemm::<T, S>(false, nc, g.d, nr, A::Cols(dp, nc), arows, g.d, kbar, g.d);
-    gemm::<T, S>(true, nc, g.d, nr, A::Cols(x, nc), qrows, g.d, kbar, g.d);
-    for y in kbar.iter_mut() {
-        *y = *y * cx.c;
-    }
-    gemm::<T, S>(false, nc, g.dv, nr, A::Cols(dsb, nc), rows(cx.d_o, h, g.nq, g.dv, i_start), g.dv, vbar, g.dv);
 }
 
 /// Defines `$name`, which runs `$imp` compiled for the best instruction set this CPU has (the same
@@ -878,10 +806,8 @@ macro_rules! multiversion {
 
 multiversion! {
     fn fwd_task(cx: &Ctx<T>, h: usize, i0: usize, nr: usize, o: &mut [T], lse: &mut [T]) = fwd_rows;
-    fn bwd_row_task(cx: &Ctx<T>, h: usize, i0: usize, nr: usize, dq: &mut [T]) = bwd_rows;
-    fn bwd_col_task(cx: &Ctx<T>, h: usize, j0: usize, nc: usize, dk: &mut [T], dv: &mut [T]) = bwd_cols;
-    fn bb_row_task(cx: &Ctx<T>, need: Need, h: usize, i0: usize, nr: usize, qbar: &mut [T], dobar: &mut [T], stats: (&mut [T], &mut [T])) = bb_rows;
-    fn bb_col_task(cx: &Ctx<T>, h: usize, j0: usize, nc: usize, kbar: &mut [T], vbar: &mut [T]) = bb_cols;
+    fn bwd_row_task(cx: &Ctx<T>, need: Need, h: usize, i0: usize, nr: usize, dq: &mut [T], kv: (&mut [T], &mut [T])) = bwd_rows;
+    fn bb_row_task(cx: &Ctx<T>, need: Need, h: usize, i0: usize, nr: usize, qbar: &mut [T], dobar: &mut [T], stats: (&mut [T], &mut [T]), kv: (&mut [T], &mut [T])) = bb_rows;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -895,6 +821,62 @@ fn block(other: usize) -> usize {
 /// The tasks (head, first, count) covering `n` rows per head in blocks of `blk`.
 fn tasks(heads: usize, n: usize, blk: usize) -> Vec<(usize, usize, usize)> {
     (0..heads).flat_map(|h| (0..n).step_by(blk).map(move |i0| (h, i0, blk.min(n - i0)))).collect()
+}
+
+/// Row blocks are gathered into at most this many groups per head. A row task covers one group,
+/// accumulating the key-indexed outputs over its blocks into the group's partial; the partials are
+/// then added in ascending group order. The partition depends on the shapes alone.
+const GROUPS: usize = 8;
+
+/// The tasks of a row pass, one per (head, group of row blocks), and the groups per head.
+fn group_tasks(g: &Geometry) -> (Vec<(usize, usize, usize)>, usize) {
+    let blk = block(g.nk);
+    let rows = g.nq.div_ceil(blk).div_ceil(GROUPS).max(1) * blk;
+    (tasks(g.heads, g.nq, rows), g.nq.div_ceil(rows))
+}
+
+/// Runs `row` on each block of `blk` rows of the group task (h, i0, n), in ascending order, with the
+/// block's parts of the task's row-indexed slices (`widths` elements per row).
+fn blocks<T, const N: usize>(
+    blk: usize,
+    (h, i0, n): (usize, usize, usize),
+    outs: [&mut [T]; N],
+    widths: [usize; N],
+    mut row: impl FnMut(usize, usize, usize, [&mut [T]; N]),
+) {
+    let mut outs = outs;
+    for b0 in (0..n).step_by(blk) {
+        let nr = blk.min(n - b0);
+        let parts = std::array::from_fn(|t| {
+            let (a, rest) = std::mem::take(&mut outs[t]).split_at_mut(nr * widths[t]);
+            outs[t] = rest;
+            a
+        });
+        row(h, i0 + b0, nr, parts);
+    }
+}
+
+/// The [nk, width] slices of a partials buffer [ng, heads, nk, width] in task order (task t is head
+/// t / ng, group t % ng), zeroed by the tasks.
+fn partial_slices<'a, T>(buf: &'a mut [T], g: &Geometry, ng: usize, width: usize) -> Vec<&'a mut [T]> {
+    let mut all: Vec<Option<&mut [T]>> = buf.chunks_mut((g.nk * width).max(1)).map(Some).collect();
+    (0..g.heads * ng).map(|t| all.get_mut(t % ng * g.heads + t / ng).and_then(Option::take).unwrap_or_default()).collect()
+}
+
+/// out = scale·(Σ over groups, ascending, of the partials [ng, len]).
+fn reduce<T: Float>(parts: &[T], ng: usize, scale: T, out: &mut [T]) {
+    let len = out.len();
+    out.par_chunks_mut(4096).enumerate().for_each(|(c, o)| {
+        for gi in 0..ng {
+            let p = &parts[gi * len + c * 4096..][..o.len()];
+            for (o, &p) in o.iter_mut().zip(p) {
+                *o += p;
+            }
+        }
+        for o in o.iter_mut() {
+            *o = *o * scale;
+        }
+    });
 }
 
 /// Splits a [heads, n, width] buffer into the tasks' disjoint slices.
@@ -1000,23 +982,25 @@ pub fn backward<T: AttnFloat>(g: Geometry, [q, k, v]: [&[T]; 3], [o, lse]: [&[T]
     let [dd] = sc.slices::<T, 1>(nq);
     row_dots(d_o, o, g.dv, dd);
     let cx = Ctx { q, k, v, d_o, lse, dd, ..Ctx::new(g) };
-    if need.q {
-        let mut sc = scratch();
-        let ops = [(q, g.nq, g.d, Transposed), (d_o, g.nq, g.dv, Transposed), (k, g.nk, g.d, Panels), (v, g.nk, g.dv, Panels)];
-        let [qt, dot, kp, vp] = relayout(&mut sc, g.heads, &ops)[..] else { unreachable!() };
-        let cx = Ctx { qt, dot, kp, vp, ..cx };
-        let tk = tasks(g.heads, g.nq, block(g.nk));
-        let dqs = split(dq, &tk, g.d);
-        tk.into_par_iter().zip(dqs).for_each(|((h, i0, nr), dq)| bwd_row_task(&cx, h, i0, nr, dq));
-    }
+    let ops = [(q, g.nq, g.d, Transposed), (d_o, g.nq, g.dv, Transposed), (k, g.nk, g.d, Panels), (v, g.nk, g.dv, Panels)];
+    let mut sc2 = scratch();
+    let [qt, dot, kp, vp] = relayout(&mut sc2, g.heads, &ops)[..] else { unreachable!() };
+    let cx = Ctx { qt, dot, kp, vp, ..cx };
+    let (tk, ng) = group_tasks(&g);
+    let (wk, wv) = if need.kv { (g.d, g.dv) } else { (0, 0) };
+    let mut sc3 = scratch();
+    let [pk, pv] = &mut sc3.carve::<T>(&[ng * g.heads * g.nk * wk, ng * g.heads * g.nk * wv])[..] else { unreachable!() };
+    let (pks, pvs) = (partial_slices(pk, &g, ng, wk), partial_slices(pv, &g, ng, wv));
+    let blk = block(g.nk);
+    let dqs = split(dq, &tk, g.d);
+    tk.into_par_iter().zip(dqs).zip(pks.into_par_iter().zip(pvs)).for_each(|((t, dq), (pk, pv))| {
+        pk.fill(T::ZERO);
+        pv.fill(T::ZERO);
+        blocks(blk, t, [dq], [g.d], |h, i0, nr, [dq]| bwd_row_task(&cx, need, h, i0, nr, dq, (&mut *pk, &mut *pv)));
+    });
     if need.kv {
-        let mut sc = scratch();
-        let ops = [(k, g.nk, g.d, Transposed), (v, g.nk, g.dv, Transposed), (q, g.nq, g.d, Panels), (d_o, g.nq, g.dv, Panels)];
-        let [kt, vt, qp, dop] = relayout(&mut sc, g.heads, &ops)[..] else { unreachable!() };
-        let cx = Ctx { kt, vt, qp, dop, ..cx };
-        let tk = tasks(g.heads, g.nk, block(g.nq));
-        let (dks, dvs) = (split(dk, &tk, g.d), split(dv, &tk, g.dv));
-        tk.into_par_iter().zip(dks).zip(dvs).for_each(|(((h, j0, nc), dk), dv)| bwd_col_task(&cx, h, j0, nc, dk, dv));
+        reduce(pk, ng, cx.c, dk);
+        reduce(pv, ng, T::ONE, dv);
     }
     out
 }
@@ -1049,29 +1033,28 @@ pub fn backward_backward<T: AttnFloat>(
         (q, g.nq, g.d, Transposed), (d_o, g.nq, g.dv, Transposed), (a, g.nq, g.d, Transposed),
         (k, g.nk, g.d, Panels), (v, g.nk, g.dv, Panels), (b, g.nk, g.d, Panels), (e, g.nk, g.dv, Panels),
     ];
-    {
-        let mut sc = scratch();
-        let [qt, dot, at, kp, vp, bp, ep] = relayout(&mut sc, g.heads, &ops)[..] else { unreachable!() };
-        let cx = Ctx { qt, dot, at, kp, vp, bp, ep, ..cx };
-        let tk = tasks(g.heads, g.nq, block(g.nk));
-        let (qs, ds) = (split(qbar, &tk, g.d), split(dobar, &tk, g.dv));
-        let (dbs, rhos) = (split(dbar, &tk, 1), split(rho, &tk, 1));
-        tk.into_par_iter().zip(qs).zip(ds).zip(dbs.into_par_iter().zip(rhos)).for_each(|((((h, i0, nr), qb), db), st)| {
-            bb_row_task(&cx, need, h, i0, nr, qb, db, st);
+    let mut sc2 = scratch();
+    let [qt, dot, at, kp, vp, bp, ep] = relayout(&mut sc2, g.heads, &ops)[..] else { unreachable!() };
+    let cx = Ctx { qt, dot, at, kp, vp, bp, ep, ..cx };
+    let (tk, ng) = group_tasks(&g);
+    let (wk, wv) = if need.kv { (g.d, g.dv) } else { (0, 0) };
+    let mut sc3 = scratch();
+    let [pk, pv] = &mut sc3.carve::<T>(&[ng * g.heads * g.nk * wk, ng * g.heads * g.nk * wv])[..] else { unreachable!() };
+    let (pks, pvs) = (partial_slices(pk, &g, ng, wk), partial_slices(pv, &g, ng, wv));
+    let blk = block(g.nk);
+    let (qs, ds) = (split(qbar, &tk, g.d), split(dobar, &tk, g.dv));
+    let (dbs, rhos) = (split(dbar, &tk, 1), split(rho, &tk, 1));
+    let outs = qs.into_par_iter().zip(ds).zip(dbs.into_par_iter().zip(rhos));
+    tk.into_par_iter().zip(outs).zip(pks.into_par_iter().zip(pvs)).for_each(|((t, ((qb, db), (dbr, rh))), (pk, pv))| {
+        pk.fill(T::ZERO);
+        pv.fill(T::ZERO);
+        blocks(blk, t, [qb, db, dbr, rh], [g.d, g.dv, 1, 1], |h, i0, nr, [qb, db, dbr, rh]| {
+            bb_row_task(&cx, need, h, i0, nr, qb, db, (dbr, rh), (&mut *pk, &mut *pv));
         });
-    }
+    });
     if need.kv {
-        #[rustfmt::skip]
-        let ops = [
-            (k, g.nk, g.d, Transposed), (v, g.nk, g.dv, Transposed), (b, g.nk, g.d, Transposed), (e, g.nk, g.dv, Transposed),
-            (q, g.nq, g.d, Panels), (d_o, g.nq, g.dv, Panels), (a, g.nq, g.d, Panels),
-        ];
-        let mut sc = scratch();
-        let [kt, vt, bt, et, qp, dop, ap] = relayout(&mut sc, g.heads, &ops)[..] else { unreachable!() };
-        let cx = Ctx { kt, vt, bt, et, qp, dop, ap, dbar, rho, ..cx };
-        let tk = tasks(g.heads, g.nk, block(g.nq));
-        let (ks, vs) = (split(kbar, &tk, g.d), split(vbar, &tk, g.dv));
-        tk.into_par_iter().zip(ks).zip(vs).for_each(|(((h, j0, nc), kb), vb)| bb_col_task(&cx, h, j0, nc, kb, vb));
+        reduce(pk, ng, cx.c, kbar);
+        reduce(pv, ng, T::ONE, vbar);
     }
     out
 }
