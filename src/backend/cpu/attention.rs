@@ -252,17 +252,7 @@ impl Isa for Avx512 {
 static ISA_CAP: AtomicU8 = AtomicU8::new(2);
 
 fn isa_level() -> u8 {
-    #[cfg(target_arch = "x86_64")]
-    let found = if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
-        2
-    } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        1
-    } else {
-        0
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let found = 0;
-    found.min(ISA_CAP.load(Ordering::Relaxed))
+    (super::best_isa() as u8).min(ISA_CAP.load(Ordering::Relaxed))
 }
 
 /// Rows of the register tile, and of the panels A is read in.

@@ -34,6 +34,7 @@
 //! The forward reduction order (c, ki, kj), zeros included, equals that of im2col + matmul, so the
 //! forward pass is bitwise equal to the composite path; the gradients round differently (same math).
 
+use super::{best_isa, Isa};
 use crate::dtype::Float;
 use rayon::prelude::*;
 
@@ -189,27 +190,6 @@ fn micro<T: Float, const MR: usize, const NR: usize>(a: [&[T]; MR], b: &[T], bof
     acc
 }
 
-/// Instruction sets with their own compiled copy of the kernels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Isa {
-    Avx512,
-    Avx2,
-    Portable,
-}
-
-fn detect() -> Isa {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
-            return Isa::Avx512;
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return Isa::Avx2;
-        }
-    }
-    Isa::Portable
-}
-
 /// Defines `$name`, which runs `$job.run::<MR, NR>($args)` compiled for the given instruction set: the
 /// kernels are `#[inline(always)]`, so they are generated anew inside each `#[target_feature]` copy.
 macro_rules! isa_variants {
@@ -226,7 +206,7 @@ macro_rules! isa_variants {
                 job.run::<MR, NR>($($arg),*)
             }
             match isa {
-                // SAFETY: `detect` found the features.
+                // SAFETY: `best_isa` found the features.
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 => unsafe { avx512::<T, MR, NR>(job, $($arg),*) },
                 // SAFETY: as above.
@@ -354,7 +334,7 @@ macro_rules! dispatch {
 /// y = Σ_i conv(x_i, w_i) for pairs (x_i [n, c, h, w], w_i [o, c, kh, kw]): [n, o, ho, wo]. The
 /// reduction runs over pair 0's (c, ki, kj) in ascending order, then pair 1's, and so on.
 pub fn conv2d_forward<T: Float>(s: &ConvShape, pairs: &[(&[T], &[T])]) -> Vec<T> {
-    forward_with(detect(), s, pairs)
+    forward_with(best_isa(), s, pairs)
 }
 
 fn forward_with<T: Float>(isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Vec<T> {
@@ -392,7 +372,7 @@ fn forward_tiled<T: Float, const MR: usize, const NR: usize>(isa: Isa, s: &ConvS
 /// dx = Σ_i conv_transpose(dy_i, w_i) for pairs (dy_i [n, o, ho, wo], w_i [o, c, kh, kw]): [n, c, h, w].
 /// The reduction runs over pair 0's (o, ki, kj) in ascending order, then pair 1's, and so on.
 pub fn conv2d_backward_input<T: Float>(s: &ConvShape, pairs: &[(&[T], &[T])]) -> Vec<T> {
-    backward_input_with(detect(), s, pairs)
+    backward_input_with(best_isa(), s, pairs)
 }
 
 fn backward_input_with<T: Float>(isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Vec<T> {
@@ -443,7 +423,7 @@ const ROWS_PER_TASK: usize = 512;
 /// The batch is cut into `min(n, 16)` contiguous groups of images; within a group the sum runs over
 /// pairs, then images, then output pixels, ascending; the group partials are added in group order.
 pub fn conv2d_backward_weight<T: Float>(s: &ConvShape, pairs: &[(&[T], &[T])]) -> Vec<T> {
-    backward_weight_with(detect(), s, pairs)
+    backward_weight_with(best_isa(), s, pairs)
 }
 
 fn backward_weight_with<T: Float>(isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Vec<T> {
@@ -629,7 +609,7 @@ mod tests {
             shape(1, 4, 5, 5, 3, (1, 1), (2, 2), (0, 0), (1, 1)),
             shape(2, 1, 6, 40, 33, (2, 3), (1, 1), (0, 3), (2, 1)),
         ];
-        let isas = match detect() {
+        let isas = match best_isa() {
             Isa::Avx512 => vec![Isa::Avx512, Isa::Avx2, Isa::Portable],
             Isa::Avx2 => vec![Isa::Avx2, Isa::Portable],
             Isa::Portable => vec![Isa::Portable],

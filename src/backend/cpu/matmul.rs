@@ -14,34 +14,12 @@
 //! into 12 accumulator registers; 8×32 f32 (8×16 f64) for AVX-512, written with intrinsics (16 zmm
 //! accumulators: LLVM's auto-vectorizer keeps to 256-bit vectors here and spills).
 
+use super::{best_isa, Isa};
 use crate::dtype::Float;
 use rayon::prelude::*;
 
-/// The instruction set the micro-kernel is compiled for (picked at run time).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Isa {
-    Portable,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-}
-
 /// Products of at most this many multiply-adds (about 10 µs of one core) run on the calling thread.
 const SEQUENTIAL_MACS: usize = 1 << 20;
-
-fn best_isa() -> Isa {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            return Isa::Avx512;
-        }
-        if super::has_avx2_fma() {
-            return Isa::Avx2;
-        }
-    }
-    Isa::Portable
-}
 
 /// C = A·B for row-major A (m×k) and B (k×n); returns C (m×n).
 pub fn matmul<T: Float>(a: &[T], b: &[T], m: usize, k: usize, n: usize) -> Vec<T> {
@@ -148,7 +126,7 @@ fn gemm<T: Float, const MR: usize, const NR: usize>(
             // SAFETY: best_isa() checked that the CPU supports AVX-512F.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => unsafe { block_avx512::<T, MR, NR>(a, ap, &packed, cblk, n) },
-            Isa::Portable => block::<T, MR, NR>(a, ap, &packed, cblk, n),
+            _ => block::<T, MR, NR>(a, ap, &packed, cblk, n),
         }
     };
     if parallel {

@@ -40,6 +40,32 @@ pub(crate) fn has_avx2_fma() -> bool {
     }
 }
 
+/// The instruction sets the SIMD kernels (matmul, conv, attention) are compiled for, worst to best.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Isa {
+    /// Plain Rust, any CPU.
+    Portable = 0,
+    /// AVX2 with FMA.
+    Avx2 = 1,
+    /// AVX-512F (with FMA).
+    Avx512 = 2,
+}
+
+/// The best instruction set this CPU runs (std caches the feature checks). Every kernel gives the same
+/// bits on every instruction set; this only picks the fastest copy.
+pub(crate) fn best_isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
+            return Isa::Avx512;
+        }
+        if has_avx2_fma() {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Portable
+}
+
 #[inline(always)]
 fn map_slice<T: Copy, F: Fn(T) -> T>(out: &mut [T], xs: &[T], f: &F) {
     for (o, &x) in out.iter_mut().zip(xs) {
