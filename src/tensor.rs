@@ -5,6 +5,7 @@
 //! lets REPLAY hold checkpoints by handle. Differentiation happens one level up, on
 //! [`crate::Var`], which wraps a tensor and a place on a tape.
 
+use crate::backend::cuda::{self, Buf};
 use crate::dtype::{bf16_from_f64, f16_from_f64, DType, Element};
 use crate::error::{invalid, shape_err, Error, Result};
 use crate::random;
@@ -14,12 +15,13 @@ use std::fmt;
 use std::sync::Arc;
 
 /// The typed buffer behind a tensor.
-#[derive(Clone)]
 pub(crate) enum Storage {
     F32(Vec<f32>),
     F64(Vec<f64>),
     BF16(Vec<bf16>),
     F16(Vec<f16>),
+    /// A buffer on a CUDA device (from its caching allocator) holding elements of the dtype.
+    Cuda(Buf, DType),
 }
 
 impl Drop for Storage {
@@ -28,7 +30,7 @@ impl Drop for Storage {
         match self {
             Storage::F32(v) => crate::backend::cpu::pool::recycle(std::mem::take(v)),
             Storage::F64(v) => crate::backend::cpu::pool::recycle(std::mem::take(v)),
-            Storage::BF16(_) | Storage::F16(_) => {}
+            Storage::BF16(_) | Storage::F16(_) | Storage::Cuda(..) => {}
         }
     }
 }
@@ -44,6 +46,47 @@ pub struct Tensor {
 impl Tensor {
     pub(crate) fn from_storage(storage: Storage, shape: Shape) -> Tensor {
         Tensor { storage: Arc::new(storage), shape, device: Device::Cpu }
+    }
+
+    pub(crate) fn from_cuda(buf: Buf, dtype: DType, shape: Shape) -> Tensor {
+        let device = Device::Cuda(buf.gpu.ordinal);
+        Tensor { storage: Arc::new(Storage::Cuda(buf, dtype)), shape, device }
+    }
+
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Whether the tensor lives on a CUDA device.
+    pub fn is_cuda(&self) -> bool {
+        matches!(self.device, Device::Cuda(_))
+    }
+
+    /// A copy on `device` (the same handle if it is already there). Uploads and downloads are
+    /// synchronous; a download waits for the kernels queued before it.
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if device == self.device {
+            return Ok(self.clone());
+        }
+        match (self.device, device) {
+            (Device::Cpu, Device::Cuda(n)) => cuda::ops::upload(self.as_bytes()?, self.dtype(), self.shape.clone(), n),
+            (Device::Cuda(_), Device::Cpu) => Tensor::from_bytes(&cuda::ops::download(self)?, self.dtype(), self.shape.clone()),
+            (Device::Cuda(_), Device::Cuda(_)) => self.to_device(Device::Cpu)?.to_device(device),
+            (Device::Cpu, Device::Cpu) => Ok(self.clone()),
+        }
+    }
+
+    /// A tensor filled with `value` on `device` (a fill kernel on a GPU, no upload).
+    pub fn full_on(value: f64, shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Tensor> {
+        match device {
+            Device::Cuda(n) => cuda::ops::full(value, shape.into(), dtype, n),
+            Device::Cpu => Ok(Tensor::full(value, shape, dtype)),
+        }
+    }
+
+    /// The tensor's values on the host: itself on the CPU, a downloaded copy from a GPU.
+    fn host(&self) -> Result<Tensor> {
+        self.to_device(Device::Cpu)
     }
 
     /// Builds a tensor that owns `data` (no copy); `data.len()` must equal the shape's element count.
@@ -140,15 +183,16 @@ impl Tensor {
         }
         let shape = shape.into();
         let v = random::uniform_vec(seed, shape.numel()).into_iter().map(|u| lo + (hi - lo) * u).collect();
-        let t = Tensor::from_storage(Storage::F64(v), shape).to_dtype(dtype);
-        let mut storage = Arc::try_unwrap(t.storage).unwrap_or_else(|s| (*s).clone());
-        match &mut storage {
-            Storage::F32(v) => below_hi(v, hi),
-            Storage::F64(v) => below_hi(v, hi),
-            Storage::BF16(v) => below_hi(v, hi),
-            Storage::F16(v) => below_hi(v, hi),
+        let mut t = Tensor::from_storage(Storage::F64(v), shape).to_dtype(dtype);
+        // A fresh CPU tensor: its storage is not shared, so it can be adjusted in place.
+        match Arc::get_mut(&mut t.storage) {
+            Some(Storage::F32(v)) => below_hi(v, hi),
+            Some(Storage::F64(v)) => below_hi(v, hi),
+            Some(Storage::BF16(v)) => below_hi(v, hi),
+            Some(Storage::F16(v)) => below_hi(v, hi),
+            Some(Storage::Cuda(..)) | None => {} // not a fresh CPU tensor: cannot happen
         }
-        Tensor { storage: Arc::new(storage), shape: t.shape, device: t.device }
+        t
     }
 
     /// The shape.
@@ -178,6 +222,7 @@ impl Tensor {
             Storage::F64(_) => DType::F64,
             Storage::BF16(_) => DType::BF16,
             Storage::F16(_) => DType::F16,
+            Storage::Cuda(_, d) => *d,
         }
     }
     /// The device.
@@ -185,35 +230,65 @@ impl Tensor {
         self.device
     }
 
-    /// Borrows the elements; the dtype must be `T`'s.
+    /// Borrows the elements of a CPU tensor; the dtype must be `T`'s. A CUDA tensor is an
+    /// [`Error::Device`]: copy it with [`Tensor::to_device`] or use [`Tensor::to_vec`].
     pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
         let dt = self.dtype();
+        if self.is_cuda() {
+            return Err(self.on_device_err("as_slice"));
+        }
         slice::<T>(&self.storage).ok_or_else(|| Error::DType { op: "as_slice", msg: format!("tensor holds {dt}, asked for {}", T::DTYPE) })
     }
 
-    /// The raw bytes of the buffer (bytemuck cast, no copy).
-    pub fn as_bytes(&self) -> &[u8] {
-        match &*self.storage {
+    fn on_device_err(&self, op: &'static str) -> Error {
+        Error::Device { op, msg: format!("the {} {} tensor lives on {}; copy it to the host with to_device(Device::Cpu)", self.shape, self.dtype(), self.device) }
+    }
+
+    /// The raw bytes of a CPU tensor's buffer (bytemuck cast, no copy); [`Error::Device`] for a CUDA
+    /// tensor (see [`Tensor::as_slice`]).
+    pub fn as_bytes(&self) -> Result<&[u8]> {
+        Ok(match &*self.storage {
             Storage::F32(v) => bytemuck::cast_slice(v),
             Storage::F64(v) => bytemuck::cast_slice(v),
             Storage::BF16(v) => bytemuck::cast_slice(v),
             Storage::F16(v) => bytemuck::cast_slice(v),
+            Storage::Cuda(..) => return Err(self.on_device_err("as_bytes")),
+        })
+    }
+
+    /// The raw bytes, downloaded from a GPU when the tensor lives there.
+    pub(crate) fn host_bytes(&self, op: &'static str) -> Result<std::borrow::Cow<'_, [u8]>> {
+        let _ = op;
+        match &*self.storage {
+            Storage::Cuda(..) => Ok(std::borrow::Cow::Owned(cuda::ops::download(self)?)),
+            _ => Ok(std::borrow::Cow::Borrowed(self.as_bytes()?)),
         }
     }
 
-    /// Copies the elements out; the dtype must be `T`'s (use [`Tensor::to_vec_f64`] to convert).
+    /// Copies the elements out (downloading from a GPU); the dtype must be `T`'s (use
+    /// [`Tensor::to_vec_f64`] to convert).
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
-        Ok(self.as_slice::<T>()?.to_vec())
+        Ok(self.host()?.as_slice::<T>()?.to_vec())
     }
 
-    /// Copies the elements out as f64 (exact for every dtype).
+    /// Copies the elements out as f64 (exact for every dtype), downloading from a GPU.
+    ///
+    /// # Panics
+    /// Only if a CUDA device fails (a kernel fault or a lost device); [`Tensor::try_to_vec_f64`]
+    /// returns that as an [`Error`] instead.
     pub fn to_vec_f64(&self) -> Vec<f64> {
-        match &*self.storage {
+        self.try_to_vec_f64().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Tensor::to_vec_f64`], with a device failure as an [`Error`].
+    pub fn try_to_vec_f64(&self) -> Result<Vec<f64>> {
+        Ok(match &*self.storage {
             Storage::F32(v) => v.iter().map(|&x| x as f64).collect(),
             Storage::F64(v) => v.clone(),
             Storage::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
             Storage::F16(v) => v.iter().map(|x| x.to_f64()).collect(),
-        }
+            Storage::Cuda(..) => return self.host()?.try_to_vec_f64(),
+        })
     }
 
     /// The single value of a one-element tensor, as f64.
@@ -221,13 +296,25 @@ impl Tensor {
         if self.numel() != 1 {
             return shape_err("to_scalar", format!("tensor of shape {} has {} elements, not 1", self.shape, self.numel()));
         }
-        Ok(self.to_vec_f64()[0])
+        Ok(self.try_to_vec_f64()?[0])
     }
 
     /// Converts to another dtype (round to nearest even when narrowing); a no-op handle copy if equal.
+    /// On a GPU the conversion runs there (see [`Tensor::try_to_dtype`]).
+    ///
+    /// # Panics
+    /// Only if a CUDA device fails; [`Tensor::try_to_dtype`] returns that as an [`Error`].
     pub fn to_dtype(&self, dtype: DType) -> Tensor {
+        self.try_to_dtype(dtype).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Tensor::to_dtype`], with a device failure as an [`Error`].
+    pub fn try_to_dtype(&self, dtype: DType) -> Result<Tensor> {
         if dtype == self.dtype() {
-            return self.clone();
+            return Ok(self.clone());
+        }
+        if self.is_cuda() {
+            return cuda::ops::cast(self, dtype);
         }
         let storage = match (&*self.storage, dtype) {
             (Storage::F64(v), DType::F32) => Storage::F32(v.iter().map(|&x| x as f32).collect()),
@@ -246,7 +333,7 @@ impl Tensor {
                 }
             }
         };
-        Tensor { storage: Arc::new(storage), shape: self.shape.clone(), device: self.device }
+        Ok(Tensor { storage: Arc::new(storage), shape: self.shape.clone(), device: self.device })
     }
 
     /// The same buffer under a new shape with the same element count (no copy).
@@ -258,19 +345,35 @@ impl Tensor {
         Ok(Tensor { storage: self.storage.clone(), shape, device: self.device })
     }
 
-    /// Whether two tensors are the same bits (same dtype, shape and bytes).
+    /// Whether two tensors are the same bits (same dtype, shape and bytes; on any devices).
+    ///
+    /// # Panics
+    /// Only if a CUDA device fails while downloading.
     pub fn bit_eq(&self, other: &Tensor) -> bool {
-        self.dtype() == other.dtype() && self.shape == other.shape && self.as_bytes() == other.as_bytes()
+        let bytes = |t: &Tensor| t.host().unwrap_or_else(|e| panic!("{e}"));
+        let (a, b) = (bytes(self), bytes(other));
+        self.dtype() == other.dtype() && self.shape == other.shape && a.as_bytes().ok() == b.as_bytes().ok()
     }
 
     /// Whether every element is finite (no NaN or infinity).
+    ///
+    /// # Panics
+    /// Only if a CUDA device fails; [`Tensor::try_all_finite`] returns that as an [`Error`].
     pub fn all_finite(&self) -> bool {
-        match &*self.storage {
+        self.try_all_finite().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Tensor::all_finite`], with a device failure as an [`Error`]. On a GPU a kernel counts the
+    /// non-finite elements and only the count is downloaded.
+    pub fn try_all_finite(&self) -> Result<bool> {
+        Ok(match &*self.storage {
             Storage::F32(v) => v.iter().all(|x| x.is_finite()),
             Storage::F64(v) => v.iter().all(|x| x.is_finite()),
             Storage::BF16(v) => v.iter().all(|x| x.is_finite()),
             Storage::F16(v) => v.iter().all(|x| x.is_finite()),
-        }
+            Storage::Cuda(_, d) if d.is_compute() => cuda::ops::count_nonfinite(self)? == 0,
+            Storage::Cuda(..) => self.host()?.try_all_finite()?,
+        })
     }
 }
 
@@ -327,7 +430,10 @@ pub(crate) fn wrap<T: Element>(v: Vec<T>) -> Storage {
 
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let v = self.to_vec_f64();
+        let v = match self.try_to_vec_f64() {
+            Ok(v) => v,
+            Err(e) => return write!(f, "Tensor({}, {}, {}, <{e}>)", self.shape, self.dtype(), self.device),
+        };
         let shown: Vec<f64> = v.iter().take(8).copied().collect();
         write!(f, "Tensor({}, {}, {}, {:?}{})", self.shape, self.dtype(), self.device, shown, if v.len() > 8 { " ..." } else { "" })
     }

@@ -55,7 +55,7 @@ pub fn hvp(loss: &Var, wrt: &[&Var], v: &[Tensor]) -> Result<Vec<Tensor>> {
 /// `tape` must be the tape `output` is recorded on (it records the dummy).
 pub fn jvp(tape: &Tape, output: &Var, wrt: &[&Var], v: &[Tensor]) -> Result<Tensor> {
     check_like("jvp", wrt, v)?;
-    let u = tape.var(Tensor::zeros(output.shape().clone(), output.dtype()));
+    let u = tape.var(Tensor::full_on(0.0, output.shape().clone(), output.dtype(), output.value().device())?);
     let g = grad_with(output, wrt, &u, GradOptions { create_graph: true, retain_graph: true })?;
     let vs: Vec<Var> = v.iter().map(|t| Var::constant(t.clone())).collect();
     let dot = inner("jvp", &g, &vs)?;

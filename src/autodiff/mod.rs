@@ -240,7 +240,7 @@ pub fn grad(output: &Var, wrt: &[&Var], create_graph: bool) -> Result<Vec<Var>> 
             msg: format!("grad needs a scalar output, got shape {}; use vjp (or grad_with) with an explicit cotangent", output.shape()),
         });
     }
-    let seed = Var::constant(Tensor::ones(output.shape().clone(), output.dtype()));
+    let seed = Var::constant(Tensor::full_on(1.0, output.shape().clone(), output.dtype(), output.value().device())?);
     grad_with(output, wrt, &seed, GradOptions { create_graph, retain_graph: false })
 }
 
@@ -258,9 +258,9 @@ pub fn grad_with(output: &Var, wrt: &[&Var], cotangent: &Var, opts: GradOptions)
             ),
         });
     }
-    let zeros = |v: &Var| Var::constant(Tensor::zeros(v.shape().clone(), v.dtype()));
+    let zeros = |v: &Var| Tensor::full_on(0.0, v.shape().clone(), v.dtype(), v.value().device()).map(Var::constant);
     let Some((tape, out_id)) = output.node.clone() else {
-        return Ok(wrt.iter().map(|v| zeros(v)).collect());
+        return wrt.iter().map(|v| zeros(v)).collect();
     };
     let mut want: Vec<Option<usize>> = Vec::with_capacity(wrt.len());
     for v in wrt {
@@ -332,5 +332,5 @@ pub fn grad_with(output: &Var, wrt: &[&Var], cotangent: &Var, opts: GradOptions)
         }
         Ok(())
     })?;
-    Ok(found.into_iter().zip(wrt).map(|(g, v)| g.unwrap_or_else(|| zeros(v))).collect())
+    found.into_iter().zip(wrt).map(|(g, v)| g.map_or_else(|| zeros(v), Ok)).collect()
 }

@@ -106,8 +106,14 @@ impl Var {
     /// Fused: O(N) memory per head, deterministic, with fused kernels for the gradient and for
     /// backward-over-backward (Hessian-vector products). A third derivative returns an
     /// [`Error::Autodiff`]; use [`Var::attention_composite`] for that.
+    ///
+    /// On a CUDA device this runs [`Var::attention_composite`] (the fused GPU kernels are not written
+    /// yet).
     pub fn attention(&self, k: &Var, v: &Var, scale: f64, causal: bool) -> Result<Var> {
         let g = check(self, k, v, scale, causal)?;
+        if self.value().is_cuda() {
+            return self.attention_composite(k, v, scale, causal);
+        }
         let (o, lse) = with_float!("attention", self.dtype(), T => {
             let (o, lse) = kernel::forward::<T>(g, self.value().as_slice::<T>()?, k.value().as_slice::<T>()?, v.value().as_slice::<T>()?);
             let mut od = self.dims().to_vec();
@@ -125,7 +131,7 @@ impl Var {
         if causal {
             let (nq, nk) = (g.nq, g.nk);
             let mask: Vec<f64> = (0..nq * nk).map(|p| if p % nk <= p / nk { 0.0 } else { f64::NEG_INFINITY }).collect();
-            s = s.add(&Var::constant(Tensor::from_vec(mask, [nq, nk])?.to_dtype(self.dtype())))?;
+            s = s.add(&Var::constant(Tensor::from_vec(mask, [nq, nk])?.try_to_dtype(self.dtype())?.to_device(self.value().device())?))?;
         }
         s.softmax(-1)?.matmul(v)
     }

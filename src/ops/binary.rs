@@ -5,11 +5,12 @@
 use super::same_dtype;
 use super::unary::Unary;
 use crate::backend::cpu;
+use crate::backend::cuda::ops as cuda;
 use crate::dtype::{with_float, Float};
 use crate::error::Result;
 use crate::{Shape, Tensor, Var};
 
-/// The element-wise binary functions.
+/// The element-wise binary functions (in the order of `BinaryOp` in kernels/elementwise.cu).
 #[derive(Clone, Copy)]
 enum Binary {
     Add,
@@ -34,6 +35,9 @@ impl Binary {
 fn zip(op: &'static str, a: &Var, b: &Var, f: Binary) -> Result<Tensor> {
     same_dtype(op, a, b)?;
     let out = Shape::broadcast(op, a.shape(), b.shape())?;
+    if a.value().is_cuda() {
+        return cuda::binary(op, a.value(), b.value(), &out, f as i32);
+    }
     with_float!(op, a.dtype(), T => {
         let (x, y) = (a.value().as_slice::<T>()?, b.value().as_slice::<T>()?);
         // One kernel per function, fixed at compile time, so the loops vectorize.

@@ -33,6 +33,7 @@
 
 use super::linear::{linear, LinearMap};
 use crate::backend::cpu::conv::{self as kernels, ConvShape};
+use crate::backend::cuda::ops as cuda;
 use crate::dtype::with_float;
 use crate::error::{invalid, shape_err, Result};
 use crate::{is_grad_enabled, Shape, Tensor, Var};
@@ -108,6 +109,11 @@ impl Geometry {
         }
         Ok(Geometry { n: x[0], c: x[1], h: x[2], w: x[3], kh, kw, ho, wo, o })
     }
+    /// The `Geom` struct of kernels/index.cu.
+    fn cuda_geom(&self) -> [usize; 14] {
+        let o = self.o;
+        [self.n, self.c, self.h, self.w, self.kh, self.kw, self.ho, self.wo, o.stride.0, o.stride.1, o.padding.0, o.padding.1, o.dilation.0, o.dilation.1]
+    }
     /// The input pixel (row, column) read by tap (ki, kj) of output (oh, ow), if inside the image.
     #[inline(always)]
     fn src(&self, ki: usize, kj: usize, oh: usize, ow: usize) -> Option<(usize, usize)> {
@@ -127,6 +133,9 @@ impl LinearMap for Im2col {
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let g = self.0;
         let (l, cols) = (g.ho * g.wo, g.n * g.ho * g.wo);
+        if x.is_cuda() {
+            return cuda::window_op("im2col", "im2col", x, g.cuda_geom(), None, Shape::new([g.c * g.kh * g.kw, cols]));
+        }
         with_float!("im2col", x.dtype(), T => {
             let src = x.as_slice::<T>()?;
             let mut out = vec![0.0 as T; g.c * g.kh * g.kw * cols];
@@ -147,6 +156,9 @@ impl LinearMap for Im2col {
     fn apply_adjoint(&self, cols_t: &Tensor) -> Result<Tensor> {
         let g = self.0;
         let (l, cols) = (g.ho * g.wo, g.n * g.ho * g.wo);
+        if cols_t.is_cuda() {
+            return cuda::window_op("col2im", "col2im", cols_t, g.cuda_geom(), None, Shape::new([g.n, g.c, g.h, g.w]));
+        }
         with_float!("col2im", cols_t.dtype(), T => {
             let src = cols_t.as_slice::<T>()?;
             let mut out = vec![0.0 as T; g.n * g.c * g.h * g.w];
@@ -182,6 +194,9 @@ impl LinearMap for AvgPool {
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let g = self.0;
         let inv = 1.0 / (g.kh * g.kw) as f64;
+        if x.is_cuda() {
+            return cuda::window_op("avg_pool2d", "avg_pool", x, g.cuda_geom(), Some(inv), Shape::new([g.n, g.c, g.ho, g.wo]));
+        }
         with_float!("avg_pool2d", x.dtype(), T => {
             let src = x.as_slice::<T>()?;
             let mut out = vec![0.0 as T; g.n * g.c * g.ho * g.wo];
@@ -209,6 +224,9 @@ impl LinearMap for AvgPool {
     fn apply_adjoint(&self, gt: &Tensor) -> Result<Tensor> {
         let g = self.0;
         let inv = 1.0 / (g.kh * g.kw) as f64;
+        if gt.is_cuda() {
+            return cuda::window_op("avg_pool2d_adjoint", "avg_pool_adjoint", gt, g.cuda_geom(), Some(inv), Shape::new([g.n, g.c, g.h, g.w]));
+        }
         with_float!("avg_pool2d_adjoint", gt.dtype(), T => {
             let src = gt.as_slice::<T>()?;
             let mut out = vec![0.0 as T; g.n * g.c * g.h * g.w];
@@ -458,8 +476,14 @@ impl Var {
     /// Fused: direct convolution kernels whose backward and backward-over-backward are fused kernels too
     /// (see the module docs); every derivative order is exact. [`Var::conv2d_composite`] is the same map
     /// through im2col + matmul.
+    ///
+    /// On a CUDA device this runs the composite path (im2col + matmul, whose kernels are deterministic
+    /// too); the fused GPU kernels are not written yet.
     pub fn conv2d(&self, weight: &Var, bias: Option<&Var>, opts: Conv2dOpts) -> Result<Var> {
         let g = check_conv("conv2d", self, weight, bias, opts)?;
+        if self.value().is_cuda() {
+            return self.conv2d_composite(weight, bias, opts);
+        }
         let o = weight.dims()[0];
         let y = conv_node("conv2d", g.conv(o), &[self, weight], vec![Role::X, Role::W], vec![Term { role: Role::Y, pairs: vec![(0, 1)] }])?;
         add_bias("conv2d", y.into_iter().next().expect("one output"), bias, o)

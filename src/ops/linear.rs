@@ -8,10 +8,11 @@
 //! order within each output row, parallel only over rows: deterministic.
 
 use crate::backend::cpu;
+use crate::backend::cuda::ops as cuda;
 use crate::dtype::with_float;
 use crate::error::{invalid, shape_err, Error, Result};
 use crate::ops::reduce::sum_keepdim;
-use crate::{Shape, Tensor, Var};
+use crate::{Device, Shape, Tensor, Var};
 use rayon::prelude::*;
 use std::rc::Rc;
 
@@ -53,6 +54,9 @@ struct Permute {
     inverse: Vec<usize>,
 }
 fn permute_tensor(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
+    if x.is_cuda() {
+        return cuda::permute(x, perm);
+    }
     let od: Vec<usize> = perm.iter().map(|&p| x.dims()[p]).collect();
     with_float!("permute", x.dtype(), T => Tensor::from_vec(cpu::permute(x.as_slice::<T>()?, x.dims(), perm), od))
 }
@@ -78,6 +82,9 @@ impl LinearMap for Broadcast {
         ("broadcast_to", "sum_to")
     }
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        if x.is_cuda() {
+            return cuda::broadcast_to(x, &self.to);
+        }
         with_float!("broadcast_to", x.dtype(), T => {
             let v = x.as_slice::<T>()?;
             Tensor::from_vec(cpu::zip(v, x.dims(), v, x.dims(), self.to.dims(), |a: T, _| a), self.to.clone())
@@ -103,6 +110,9 @@ impl Narrow {
         let mut od = self.full.dims().to_vec();
         if to_narrow {
             od[self.axis] = self.len;
+        }
+        if x.is_cuda() {
+            return cuda::narrow_or_pad(x, o, n, i, self.start, self.len, to_narrow, od);
         }
         with_float!("narrow", x.dtype(), T => {
             let src = x.as_slice::<T>()?;
@@ -147,6 +157,10 @@ impl LinearMap for IndexSelect {
         let m = self.idx.len();
         let mut od = self.full.dims().to_vec();
         od[self.axis] = m;
+        if x.is_cuda() {
+            let o = self.full.numel() / (n * i).max(1);
+            return cuda::index_op("index_select", "index_select", x, &self.idx, o, n, m, i, Shape::new(od));
+        }
         with_float!("index_select", x.dtype(), T => {
             let src = x.as_slice::<T>()?;
             let mut out = vec![0.0 as T; od.iter().product()];
@@ -163,6 +177,10 @@ impl LinearMap for IndexSelect {
     fn apply_adjoint(&self, g: &Tensor) -> Result<Tensor> {
         let (_, n, i) = self.full.split_at_axis(self.axis);
         let m = self.idx.len();
+        if g.is_cuda() {
+            let o = self.full.numel() / (n * i).max(1);
+            return cuda::index_add(g, &self.idx, o, n, i, self.full.clone());
+        }
         with_float!("index_add", g.dtype(), T => {
             let src = g.as_slice::<T>()?;
             let mut out = vec![0.0 as T; self.full.numel()];
@@ -193,7 +211,10 @@ impl LinearMap for Gather {
     }
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let (_, n, i) = self.full.split_at_axis(self.axis);
-        let (_, m, _) = self.out.split_at_axis(self.axis);
+        let (o, m, _) = self.out.split_at_axis(self.axis);
+        if x.is_cuda() {
+            return cuda::index_op("gather", "gather", x, &self.idx, o, n, m, i, self.out.clone());
+        }
         with_float!("gather", x.dtype(), T => {
             let src = x.as_slice::<T>()?;
             let mut out = vec![0.0 as T; self.out.numel()];
@@ -209,7 +230,10 @@ impl LinearMap for Gather {
     }
     fn apply_adjoint(&self, g: &Tensor) -> Result<Tensor> {
         let (_, n, i) = self.full.split_at_axis(self.axis);
-        let (_, m, _) = self.out.split_at_axis(self.axis);
+        let (o, m, _) = self.out.split_at_axis(self.axis);
+        if g.is_cuda() {
+            return cuda::index_op("scatter_add", "scatter_add", g, &self.idx, o, n, m, i, self.full.clone());
+        }
         with_float!("scatter_add", g.dtype(), T => {
             let src = g.as_slice::<T>()?;
             let mut out = vec![0.0 as T; self.full.numel()];
@@ -225,7 +249,33 @@ impl LinearMap for Gather {
     }
 }
 
+/// A copy between devices; the adjoint copies back.
+struct ToDevice {
+    from: Device,
+    to: Device,
+}
+impl LinearMap for ToDevice {
+    fn names(&self) -> (&'static str, &'static str) {
+        ("to_device", "to_device")
+    }
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        x.to_device(self.to)
+    }
+    fn apply_adjoint(&self, g: &Tensor) -> Result<Tensor> {
+        g.to_device(self.from)
+    }
+}
+
 impl Var {
+    /// The same values on `device` (differentiable: the VJP copies the cotangent back).
+    pub fn to_device(&self, device: Device) -> Result<Var> {
+        let from = self.value().device();
+        if from == device {
+            return Ok(self.clone());
+        }
+        linear(self, Rc::new(ToDevice { from, to: device }), false)
+    }
+
     /// The same elements under a new shape with the same element count.
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Var> {
         let to = shape.into();
@@ -322,7 +372,11 @@ impl Var {
         od[a] = vars.iter().map(|v| v.dims()[a]).sum();
         let out = Shape::new(od);
         let (o, n, i) = out.split_at_axis(a);
-        let y = with_float!("concat", first.dtype(), T => {
+        let y = if first.value().is_cuda() {
+            let parts: Vec<&Tensor> = vars.iter().map(|v| v.value()).collect();
+            cuda::concat(&parts, o, i, out)?
+        } else {
+            with_float!("concat", first.dtype(), T => {
             let mut data = vec![0.0 as T; out.numel()];
             let mut off = 0;
             for v in vars {
@@ -334,7 +388,8 @@ impl Var {
                 off += l;
             }
             Tensor::from_vec(data, out)?
-        });
+            })
+        };
         let lens: Vec<usize> = vars.iter().map(|v| v.dims()[a]).collect();
         Var::record("concat", y, vars, move |_, _, g| {
             let mut off = 0;

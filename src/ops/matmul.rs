@@ -9,6 +9,7 @@
 
 use super::same_dtype;
 use crate::backend::cpu;
+use crate::backend::cuda::ops as cuda;
 use crate::dtype::with_float;
 use crate::error::{shape_err, Result};
 use crate::{Shape, Tensor, Var};
@@ -57,7 +58,10 @@ impl Var {
         let batches: usize = ad[..r - 2].iter().product();
         let mut od = ad[..r - 2].to_vec();
         od.extend([m, n]);
-        let y = with_float!("matmul", self.dtype(), T => {
+        let y = if self.value().is_cuda() {
+            cuda::matmul(self.value(), other.value(), batches, m, k, n, ta, tb, od)?
+        } else {
+            with_float!("matmul", self.dtype(), T => {
             let (x, w) = (self.value().as_slice::<T>()?, other.value().as_slice::<T>()?);
             let mut out = cpu::pool::for_overwrite::<T>(batches * m * n);
             if m * n > 0 {
@@ -66,7 +70,8 @@ impl Var {
                 }
             }
             Tensor::from_vec(out, od)?
-        });
+            })
+        };
         Var::record("matmul", y, &[self, other], move |x, _, g| {
             let (a, b) = (&x[0], &x[1]);
             // C = op(A)·op(B) with cotangent G: d op(A) = G·op(B)ᵀ and d op(B) = op(A)ᵀ·G, written so

@@ -5,6 +5,7 @@
 //! one-hot mask; the VJP of logsumexp multiplies by softmax, written as exp(x − y).
 
 use crate::backend::cpu;
+use crate::backend::cuda::ops as cuda;
 use crate::dtype::with_float;
 use crate::error::{shape_err, Result};
 use crate::{Shape, Tensor, Var};
@@ -38,6 +39,16 @@ fn reduced_shape(shape: &Shape, axes: &[usize], keepdim: bool) -> Shape {
 
 /// Sum of `x` over `axes` (sorted), keeping them as size-1 dimensions.
 pub(crate) fn sum_keepdim(op: &'static str, x: &Tensor, axes: &[usize]) -> Result<Tensor> {
+    if x.is_cuda() {
+        let mut dims = x.dims().to_vec();
+        let mut data = x.clone();
+        for &a in axes.iter().rev() {
+            let (o, n, i) = Shape::new(dims.clone()).split_at_axis(a);
+            data = cuda::sum_axis(&data, o, n, i)?;
+            dims[a] = 1;
+        }
+        return data.reshape(dims);
+    }
     with_float!(op, x.dtype(), T => {
         let mut dims = x.dims().to_vec();
         let mut data = x.as_slice::<T>()?.to_vec();
@@ -90,14 +101,19 @@ impl Var {
             return shape_err("max", format!("max over an empty axis {a} of shape {}", self.shape()));
         }
         let keep = reduced_shape(self.shape(), &[a], true);
-        let (y, onehot) = with_float!("max", self.dtype(), T => {
+        let (y, onehot) = if self.value().is_cuda() {
+            let (vals, mask) = cuda::max_axis(self.value(), o, n, i)?;
+            (vals.reshape(reduced_shape(self.shape(), &[a], keepdim))?, mask)
+        } else {
+            with_float!("max", self.dtype(), T => {
             let (vals, idx) = cpu::max_axis(self.value().as_slice::<T>()?, o, n, i);
             let mut hot = vec![0 as T; o * n * i];
             for (p, &j) in idx.iter().enumerate() {
                 hot[((p / i) * n + j) * i + p % i] = 1.0;
             }
             (Tensor::from_vec(vals, reduced_shape(self.shape(), &[a], keepdim))?, Tensor::from_vec(hot, self.shape().clone())?)
-        });
+            })
+        };
         let mask = Var::constant(onehot);
         Var::record("max", y, &[self], move |x, _, g| Ok(vec![Some(g.reshape(keep.clone())?.broadcast_to(x[0].shape())?.mul(&mask)?)]))
     }
@@ -107,9 +123,13 @@ impl Var {
         let a = self.shape().axis("logsumexp", axis)?;
         let (o, n, i) = self.shape().split_at_axis(a);
         let keep = reduced_shape(self.shape(), &[a], true);
-        let y = with_float!("logsumexp", self.dtype(), T => {
-            Tensor::from_vec(cpu::softmax_axis(self.value().as_slice::<T>()?, o, n, i, 2), reduced_shape(self.shape(), &[a], keepdim))?
-        });
+        let y = if self.value().is_cuda() {
+            cuda::softmax_axis("logsumexp", self.value(), o, n, i, 2)?.reshape(reduced_shape(self.shape(), &[a], keepdim))?
+        } else {
+            with_float!("logsumexp", self.dtype(), T => {
+                Tensor::from_vec(cpu::softmax_axis(self.value().as_slice::<T>()?, o, n, i, 2), reduced_shape(self.shape(), &[a], keepdim))?
+            })
+        };
         Var::record("logsumexp", y, &[self], move |x, y, g| {
             let p = x[0].sub(&y.reshape(keep.clone())?)?.exp()?;
             Ok(vec![Some(p.mul(&g.reshape(keep.clone())?)?)])

@@ -5,12 +5,16 @@
 //! log_softmax and gather, so every order of derivative comes from those.
 
 use crate::backend::cpu;
+use crate::backend::cuda::ops as cuda;
 use crate::dtype::with_float;
 use crate::error::{shape_err, Error, Result};
 use crate::{Tensor, Var};
 
 fn softmax_kernel(op: &'static str, x: &Var, axis: usize, mode: u8) -> Result<Tensor> {
     let (o, n, i) = x.shape().split_at_axis(axis);
+    if x.value().is_cuda() {
+        return cuda::softmax_axis(op, x.value(), o, n, i, mode);
+    }
     with_float!(op, x.dtype(), T => Tensor::from_vec(cpu::softmax_axis(x.value().as_slice::<T>()?, o, n, i, mode), x.shape().clone()))
 }
 

@@ -6,6 +6,7 @@
 //! GELU is a composite of erf or tanh, so all its derivatives come from theirs.
 
 use crate::backend::cpu;
+use crate::backend::cuda::ops as cuda;
 use crate::dtype::{with_float, Float};
 use crate::error::{invalid, Result};
 use crate::{Tensor, Var};
@@ -102,12 +103,41 @@ impl Unary {
     }
 }
 
+impl Unary {
+    /// The op's code in `UnaryOp` (kernels/elementwise.cu) and its scalar parameters.
+    fn cuda_code(self) -> (i32, f64, f64) {
+        match self {
+            Unary::Neg => (0, 0.0, 0.0),
+            Unary::Exp => (1, 0.0, 0.0),
+            Unary::Log => (2, 0.0, 0.0),
+            Unary::Tanh => (3, 0.0, 0.0),
+            Unary::Sigmoid => (4, 0.0, 0.0),
+            Unary::Relu => (5, 0.0, 0.0),
+            Unary::Sqrt => (6, 0.0, 0.0),
+            Unary::Rsqrt => (7, 0.0, 0.0),
+            Unary::Abs => (8, 0.0, 0.0),
+            Unary::Square => (9, 0.0, 0.0),
+            Unary::Erf => (10, 0.0, 0.0),
+            Unary::Powf(p) => (11, p, 0.0),
+            Unary::Clamp(lo, hi) => (12, lo, hi),
+            Unary::Affine(a, b) => (13, a, b),
+            Unary::Step => (14, 0.0, 0.0),
+            Unary::Sign => (15, 0.0, 0.0),
+            Unary::InRange(lo, hi) => (16, lo, hi),
+        }
+    }
+}
+
 /// Applies `u` to every element of `x`'s value.
 pub(crate) fn map(op: &'static str, x: &Var, u: Unary) -> Result<Tensor> {
     map_tensor(op, x.value(), u)
 }
 
 pub(crate) fn map_tensor(op: &'static str, x: &Tensor, u: Unary) -> Result<Tensor> {
+    if x.is_cuda() {
+        let (code, p, q) = u.cuda_code();
+        return cuda::unary(op, x, code, p, q);
+    }
     with_float!(op, x.dtype(), T => {
         let xs = x.as_slice::<T>()?;
         // One kernel per variant: each closure rebuilds its variant from the captured parameters, so
@@ -204,7 +234,7 @@ impl Var {
         Var::record("powf", y, &[self], move |x, _, g| {
             // p = 1: the derivative is the constant 1 (also at x = 0, where 0·x⁻¹ would be NaN).
             let d = if p == 1.0 {
-                Var::constant(Tensor::ones(x[0].shape().clone(), x[0].dtype()))
+                Var::constant(Tensor::full_on(1.0, x[0].shape().clone(), x[0].dtype(), x[0].value().device())?)
             } else {
                 x[0].powf(p - 1.0)?.mul_scalar(p)?
             };

@@ -14,9 +14,10 @@
 use crate::backend::cpu;
 use crate::dtype::{with_float, Element, Float};
 use crate::error::{invalid, shape_err, Result};
-use crate::{Tensor, Var};
+use crate::{Device, Tensor, Var};
 
-/// A constant scalar hyperparameter of the given dtype.
+/// A constant scalar hyperparameter of `like`'s dtype, on the CPU (the optimizers move scalar
+/// hyperparameters to the parameters' device, differentiably).
 pub fn scalar(v: f64, like: &Var) -> Var {
     Var::constant(Tensor::scalar(v, like.dtype()))
 }
@@ -46,6 +47,16 @@ fn check(op: &'static str, params: &[Var], rest: &[&[Var]], hypers: &[&Var]) -> 
 /// Whether the update must be recorded (some operand is tracked and recording is on).
 fn taped(all: &[&[Var]], hypers: &[&Var]) -> bool {
     crate::is_grad_enabled() && (all.iter().any(|s| s.iter().any(Var::is_tracked)) || hypers.iter().any(|h| h.is_tracked()))
+}
+
+/// The device of the parameters (the CPU when there are none).
+fn device_of(params: &[Var]) -> Device {
+    params.first().map_or(Device::Cpu, |p| p.value().device())
+}
+
+/// `h` on `device` (a differentiable copy when it lives elsewhere).
+fn on(h: &Var, device: Device) -> Result<Var> {
+    h.to_device(device)
 }
 
 fn s<T: Float>(v: &Var) -> Result<T> {
@@ -82,9 +93,14 @@ impl Sgd {
             return invalid("sgd", format!("{} momentum buffers given without momentum", bufs.len()));
         }
         let (mut new_p, mut new_b) = (Vec::new(), Vec::new());
-        if taped(&[params, grads, bufs], &hypers) {
+        let dev = device_of(params);
+        // On a GPU the update runs as ops (same formula and roundings as the fused CPU loop below).
+        if dev != Device::Cpu || taped(&[params, grads, bufs], &hypers) {
+            let (lr, wd) = (on(&self.lr, dev)?, on(&self.weight_decay, dev)?);
+            let mu = mu.map(|m| on(m, dev)).transpose()?;
+            let mu = mu.as_ref();
             for (i, (p, g)) in params.iter().zip(grads).enumerate() {
-                let g1 = g.add(&p.mul(&self.weight_decay)?)?;
+                let g1 = g.add(&p.mul(&wd)?)?;
                 let step = match mu {
                     None => g1,
                     Some(mu) => {
@@ -94,7 +110,7 @@ impl Sgd {
                         s
                     }
                 };
-                new_p.push(p.sub(&step.mul(&self.lr)?)?);
+                new_p.push(p.sub(&step.mul(&lr)?)?);
             }
             return Ok((new_p, new_b));
         }
@@ -158,8 +174,11 @@ impl Adam {
         check("adam", params, &[grads, m, v], &hypers)?;
         let p1 = (t + 1) as f64;
         let (mut np, mut nm, mut nv) = (Vec::new(), Vec::new(), Vec::new());
-        if taped(&[params, grads, m, v], &hypers) {
-            let (b1, b2, wd) = (&self.beta1, &self.beta2, &self.weight_decay);
+        let dev = device_of(params);
+        // On a GPU the update runs as ops (same formula and roundings as the fused CPU loop below).
+        if dev != Device::Cpu || taped(&[params, grads, m, v], &hypers) {
+            let (lr, b1, b2, wd) = (on(&self.lr, dev)?, on(&self.beta1, dev)?, on(&self.beta2, dev)?, on(&self.weight_decay, dev)?);
+            let (b1, b2, wd) = (&b1, &b2, &wd);
             let (c1, c2) = (b1.affine(-1.0, 1.0)?, b2.affine(-1.0, 1.0)?);
             let (bc1, bc2) = (b1.powf(p1)?.affine(-1.0, 1.0)?, b2.powf(p1)?.affine(-1.0, 1.0)?);
             for i in 0..params.len() {
@@ -172,7 +191,7 @@ impl Adam {
                 if self.decoupled {
                     upd = upd.add(&p.mul(wd)?)?;
                 }
-                np.push(p.sub(&upd.mul(&self.lr)?)?);
+                np.push(p.sub(&upd.mul(&lr)?)?);
                 nm.push(m1);
                 nv.push(v1);
             }

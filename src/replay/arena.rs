@@ -3,12 +3,14 @@
 //! REPLAY keeps at most a few (O(k·log_k T)) optimizer states alive at once. The arena is sized once from
 //! the schedule's slot count and the state's layout, and never grows or frees memory during the
 //! traversal: storing a state copies its bytes into a slot, loading copies them out. Slot indices come
-//! from the schedule, which reuses them LIFO. Asking for a slot past the end is an
+//! from the schedule, which reuses them LIFO. States on a CUDA device are kept in one device buffer
+//! (device-to-device copies, never through the host); states on the CPU in one host buffer. Asking for a slot past the end is an
 //! [`Error::OutOfMemory`], never a panic. Counters report the peak number of occupied slots, the bytes
 //! held and the copies made.
 
+use crate::backend::cuda::{ops as cuda, Buf};
 use crate::error::{Error, Result};
-use crate::{DType, Shape, Tensor};
+use crate::{DType, Device, Shape, Tensor};
 
 /// Counters of an [`Arena`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -29,14 +31,31 @@ pub struct ArenaStats {
     pub bytes_copied: u64,
 }
 
-/// A fixed pool of state slots in one host allocation.
-#[derive(Debug)]
+/// A fixed pool of state slots in one allocation, on the device of the states it holds.
 pub struct Arena {
     layout: Vec<(Shape, DType, usize)>, // shape, dtype, byte offset within a slot
     slot_bytes: usize,
-    buf: Vec<u64>,                // u64 backing keeps every tensor 8-byte aligned
+    buf: Backing,
     occupied: Vec<Option<usize>>, // the step each slot holds
     stats: ArenaStats,
+}
+
+/// Where the slots live.
+enum Backing {
+    /// u64 words keep every tensor 8-byte aligned.
+    Host(Vec<u64>),
+    /// One buffer from the device's caching allocator.
+    Cuda(Buf),
+}
+
+impl std::fmt::Debug for Arena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let on = match &self.buf {
+            Backing::Host(_) => "cpu".to_string(),
+            Backing::Cuda(b) => format!("cuda:{}", b.gpu.ordinal),
+        };
+        f.debug_struct("Arena").field("device", &on).field("stats", &self.stats).field("occupied", &self.occupied).finish()
+    }
 }
 
 fn describe(state: &[Tensor]) -> String {
@@ -44,8 +63,13 @@ fn describe(state: &[Tensor]) -> String {
 }
 
 impl Arena {
-    /// An arena of `slots` slots, each holding a state laid out like `like` (shapes and dtypes).
+    /// An arena of `slots` slots, each holding a state laid out like `like` (shapes and dtypes), on
+    /// the device of `like` (which must all share one).
     pub fn new(slots: usize, like: &[Tensor]) -> Result<Arena> {
+        let device = like.first().map_or(Device::Cpu, Tensor::device);
+        if let Some(t) = like.iter().find(|t| t.device() != device) {
+            return Err(Error::Device { op: "Arena::new", msg: format!("state tensors live on {device} and {}", t.device()) });
+        }
         let mut layout = Vec::with_capacity(like.len());
         let mut off = 0usize;
         for t in like {
@@ -56,12 +80,16 @@ impl Arena {
             op: "Arena::new",
             msg: format!("{slots} slots of {off} bytes overflow the address space"),
         })?;
-        let mut buf = Vec::new();
-        buf.try_reserve_exact(words).map_err(|_| Error::OutOfMemory {
-            op: "Arena::new",
-            msg: format!("cannot allocate {slots} slots of {off} bytes ({} bytes)", words * 8),
-        })?;
-        buf.resize(words, 0);
+        let oom = || Error::OutOfMemory { op: "Arena::new", msg: format!("cannot allocate {slots} slots of {off} bytes ({} bytes) on {device}", words * 8) };
+        let buf = match device {
+            Device::Cuda(n) => Backing::Cuda(cuda::alloc_raw(n, words * 8).map_err(|e| Error::OutOfMemory { op: "Arena::new", msg: format!("{}: {e}", oom()) })?),
+            Device::Cpu => {
+                let mut buf = Vec::new();
+                buf.try_reserve_exact(words).map_err(|_| oom())?;
+                buf.resize(words, 0);
+                Backing::Host(buf)
+            }
+        };
         let stats = ArenaStats { slots, slot_bytes: off, total_bytes: off * slots, ..Default::default() };
         Ok(Arena { layout, slot_bytes: off, buf, occupied: vec![None; slots], stats })
     }
@@ -93,12 +121,16 @@ impl Arena {
                 msg: format!("state s_{step} is [{}] but the arena holds [{}]", describe(state), want.join(", ")),
             });
         }
-        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.buf);
-        let dst = &mut bytes[range];
         for (t, (_, _, off)) in state.iter().zip(&self.layout) {
-            let b = t.as_bytes();
-            dst[*off..*off + b.len()].copy_from_slice(b);
-            self.stats.bytes_copied += b.len() as u64;
+            match &mut self.buf {
+                Backing::Host(words) => {
+                    let b = t.host_bytes("Arena::store")?;
+                    let dst = &mut bytemuck::cast_slice_mut::<u64, u8>(words)[range.clone()];
+                    dst[*off..*off + b.len()].copy_from_slice(&b);
+                }
+                Backing::Cuda(buf) => cuda::copy_to_buf(buf, range.start + off, &t.to_device(Device::Cuda(buf.gpu.ordinal))?)?,
+            }
+            self.stats.bytes_copied += t.size_in_bytes() as u64;
         }
         self.occupied[slot] = Some(step);
         self.stats.stores += 1;
@@ -112,12 +144,13 @@ impl Arena {
         if self.occupied[slot].is_none() {
             return Err(Error::Invalid { op: "Arena::load", msg: format!("slot {slot} is empty") });
         }
-        let bytes: &[u8] = bytemuck::cast_slice(&self.buf);
-        let src = &bytes[range];
         let mut out = Vec::with_capacity(self.layout.len());
         for (shape, dtype, off) in &self.layout {
             let n = shape.numel() * dtype.size_in_bytes();
-            out.push(Tensor::from_bytes(&src[*off..*off + n], *dtype, shape.clone())?);
+            out.push(match &self.buf {
+                Backing::Host(words) => Tensor::from_bytes(&bytemuck::cast_slice::<u64, u8>(words)[range.start + off..range.start + off + n], *dtype, shape.clone())?,
+                Backing::Cuda(buf) => cuda::tensor_from_buf(buf, range.start + off, *dtype, shape.clone())?,
+            });
             self.stats.bytes_copied += n as u64;
         }
         self.stats.loads += 1;

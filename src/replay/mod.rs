@@ -259,7 +259,7 @@ pub fn metasmoothness(a: impl Fn(&[Tensor]) -> Result<Vec<Tensor>>, z: &[Tensor]
             .zip(v)
             .map(|(z, v)| {
                 let d: Vec<f64> = z.to_vec_f64().iter().zip(v.to_vec_f64()).map(|(a, b)| a + c * b).collect();
-                Ok(Tensor::from_vec(d, z.shape().clone())?.to_dtype(z.dtype()))
+                Tensor::from_vec(d, z.shape().clone())?.try_to_dtype(z.dtype())?.to_device(z.device())
             })
             .collect()
     };

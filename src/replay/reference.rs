@@ -14,7 +14,7 @@
 use super::{StepCtx, Training};
 use crate::error::{shape_err, Result};
 use crate::optim::{scalar, Adam, Sgd};
-use crate::{DType, Tensor, Var};
+use crate::{DType, Device, Tensor, Var};
 
 /// Which reference problem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +34,7 @@ pub struct ReferenceProblem {
     y_train: Vec<usize>,
     x_val: Tensor,
     y_val: Vec<usize>,
+    device: Device,
 }
 
 /// Training steps.
@@ -75,10 +76,20 @@ impl ReferenceProblem {
             y_train: (0..N_TRAIN).map(|i| (7 * i + 3) % 4).collect(),
             x_val,
             y_val: (0..32).map(|i| (5 * i + 1) % 4).collect(),
+            device: Device::Cpu,
         }
     }
 
-    /// The initial metaparameters: η (5 keypoints, 0.3 for R1, 0.01 for R2) and w (64 ones).
+    /// The same problem with its data and training state on `device` (the metaparameters from
+    /// [`ReferenceProblem::initial_meta`] stay on the CPU and are moved, differentiably, by each step).
+    pub fn to_device(mut self, device: Device) -> Result<ReferenceProblem> {
+        self.x_train = self.x_train.to_device(device)?;
+        self.x_val = self.x_val.to_device(device)?;
+        self.device = device;
+        Ok(self)
+    }
+
+    /// The initial metaparameters: η (5 keypoints, 0.3 for R1, 0.01 for R2) and w (64 ones), on the CPU.
     pub fn initial_meta(&self) -> Vec<Tensor> {
         let eta = if self.kind == Reference::R1 { 0.3 } else { 0.01 };
         vec![Tensor::full(eta, [KEYPOINTS], self.dtype), Tensor::ones([N_TRAIN], self.dtype)]
@@ -101,8 +112,9 @@ impl Training for ReferenceProblem {
             matrix(16, 4, |a, b| 0.5 * (0.9 * a as f64 + 1.1 * b as f64).cos() / 4.0, self.dtype),
             Tensor::zeros([4], self.dtype),
         ];
+        let params = params.iter().map(|p| p.to_device(self.device)).collect::<Result<Vec<_>>>()?;
         let buffers = if self.kind == Reference::R1 { 1 } else { 2 };
-        let zeros: Vec<Tensor> = params.iter().map(|p| Tensor::zeros(p.shape().clone(), self.dtype)).collect();
+        let zeros = params.iter().map(|p| Tensor::full_on(0.0, p.shape().clone(), self.dtype, self.device)).collect::<Result<Vec<_>>>()?;
         let mut s = params;
         for _ in 0..buffers {
             s.extend(zeros.iter().cloned());
@@ -118,7 +130,7 @@ impl Training for ReferenceProblem {
         let idx: Vec<usize> = (0..BATCH).map(|j| (BATCH * t + j) % N_TRAIN).collect();
         let labels: Vec<usize> = idx.iter().map(|&i| self.y_train[i]).collect();
         let x = Var::constant(self.x_train.clone()).index_select(0, &idx)?;
-        let w = meta[1].index_select(0, &idx)?;
+        let w = meta[1].to_device(self.device)?.index_select(0, &idx)?;
         let params = &state[..4];
         let loss = Self::logits(&x, params)?.cross_entropy(&labels, Some(&w))?;
         let g = ctx.grad(&loss, &params.iter().collect::<Vec<_>>())?;

@@ -42,29 +42,96 @@
 //!
 //! GPU and CPU results agree to rounding, not bitwise: their reduction trees differ.
 
+mod driver;
+mod emulator;
+mod memory;
+pub(crate) mod ops;
+
 use crate::error::{Error, Result};
 use crate::Device;
+use driver::Driver;
+pub use memory::MemoryStats;
+pub(crate) use memory::{Buf, Gpu};
+use std::sync::{Arc, Mutex};
 
 pub mod kernels {
     //! The CUDA C kernel sources, embedded at compile time from `kernels/*.cu`.
     //!
-    //! They are header-free (NVRTC has no default include path) and every entry point is `extern "C"`,
-    //! named `<op>_<dtype>` (e.g. `exp_f32`, `sum_axis_f64`).
+    //! Each entry is one translation unit: `kernels/common.cuh` (typedefs, math overloads, the
+    //! determinism conventions) followed by the file. They are header-free (NVRTC has no default include
+    //! path) and every entry point is `extern "C"`, named `<op>_<dtype>` (e.g. `unary_f32`,
+    //! `sum_axis_f64`).
 
-    /// `(name, CUDA C source)` of every kernel file, in `kernels/`.
-    pub const SOURCES: &[(&str, &str)] =
-        &[("elementwise.cu", include_str!("../../../kernels/elementwise.cu")), ("reduce.cu", include_str!("../../../kernels/reduce.cu"))];
+    macro_rules! unit {
+        ($file:literal) => {
+            ($file, concat!(include_str!("../../../kernels/common.cuh"), include_str!(concat!("../../../kernels/", $file))))
+        };
+    }
+
+    /// `(file name, CUDA C source)` of every kernel file in `kernels/`, prelude included.
+    pub const SOURCES: &[(&str, &str)] = &[unit!("elementwise.cu"), unit!("reduce.cu"), unit!("matmul.cu"), unit!("index.cu")];
 }
 
-/// Whether the CUDA driver library is loadable and device 0 can be opened.
-///
-/// Never panics; returns `false` on a machine without a driver or without a GPU.
+/// Whether a CUDA device (or, with `METAGRAD_CUDA_EMULATOR=1`, the kernel emulator) can be used as
+/// `cuda:0`. Never panics.
 pub fn available() -> bool {
-    open(0).is_ok()
+    gpu(0).is_ok()
+}
+
+/// Whether `METAGRAD_CUDA_EMULATOR=1` asks for the kernel emulator in place of a GPU as `cuda:0`.
+pub fn emulated() -> bool {
+    std::env::var("METAGRAD_CUDA_EMULATOR").is_ok_and(|v| v == "1")
+}
+
+/// The opened device `ordinal`, opening it on first use (one per process).
+pub(crate) fn gpu(ordinal: usize) -> Result<Arc<Gpu>> {
+    static OPEN: Mutex<Vec<(usize, Arc<Gpu>)>> = Mutex::new(Vec::new());
+    let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, g)) = open.iter().find(|(o, _)| *o == ordinal) {
+        return Ok(g.clone());
+    }
+    let driver: Box<dyn Driver> = if emulated() {
+        if ordinal != 0 {
+            return Err(Error::Device { op: "Device::cuda", msg: format!("cannot use cuda:{ordinal}: the kernel emulator is cuda:0 only") });
+        }
+        Box::new(emulator::EmuDriver::new()?)
+    } else {
+        Box::new(driver::CudaDriver::new(open_context(ordinal)?)?)
+    };
+    let g = Arc::new(Gpu::new(ordinal, driver));
+    open.push((ordinal, g.clone()));
+    Ok(g)
+}
+
+/// The allocator counters of `device` (a CUDA device already in use).
+pub fn memory_stats(device: Device) -> Result<MemoryStats> {
+    Ok(gpu_of(device)?.stats())
+}
+
+/// Returns `device`'s cached free buffers to the driver (live tensors are untouched).
+pub fn empty_cache(device: Device) -> Result<()> {
+    gpu_of(device)?.empty_cache()
+}
+
+/// The name of the GPU behind `device`, e.g. "NVIDIA H100 80GB HBM3 (sm_90)".
+pub fn device_name(device: Device) -> Result<String> {
+    Ok(gpu_of(device)?.driver.name())
+}
+
+/// Waits until every kernel queued on `device` has finished (for timing); reports a kernel fault.
+pub fn synchronize(device: Device) -> Result<()> {
+    gpu_of(device)?.driver.synchronize()
+}
+
+fn gpu_of(device: Device) -> Result<Arc<Gpu>> {
+    match device {
+        Device::Cuda(n) => gpu(n),
+        d => Err(Error::Device { op: "cuda", msg: format!("{d} is not a CUDA device") }),
+    }
 }
 
 /// Opens the primary context of device `ordinal`, with a clear error when that is impossible.
-fn open(ordinal: usize) -> Result<std::sync::Arc<cudarc::driver::CudaContext>> {
+fn open_context(ordinal: usize) -> Result<Arc<cudarc::driver::CudaContext>> {
     let err = |msg: String| Error::Device { op: "Device::cuda", msg: format!("cannot use cuda:{ordinal}: {msg}") };
     // SAFETY: only tries to load the driver library (dlopen) and drops it; no CUDA call is made.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
@@ -85,7 +152,7 @@ impl Device {
     /// or no device with that ordinal; never panics. Tensors cannot be placed on the returned device yet
     /// (no op runs on the GPU in this version).
     pub fn cuda(ordinal: usize) -> Result<Device> {
-        open(ordinal).map(|_| Device::Cuda(ordinal))
+        gpu(ordinal).map(|_| Device::Cuda(ordinal))
     }
 }
 

@@ -1,0 +1,184 @@
+//! The kernel emulator: the CUDA C sources of `kernels/` compiled with the host's C++ compiler and run
+//! on the CPU, behind the same [`Driver`] trait as a real GPU.
+//!
+//! **Why.** Most machines this crate is developed and tested on have no GPU. With
+//! `METAGRAD_CUDA_EMULATOR=1`, `Device::cuda(0)` opens an emulated device instead, so the whole CUDA
+//! path (allocator, uploads and downloads, launch configurations, argument lists, and every kernel's
+//! indexing, shared-memory trees and barriers) runs and is checked against the CPU backend, and CI runs
+//! the GPU test suite this way. What it cannot check: timing, occupancy, register use, and anything
+//! about the real hardware (warp-level behaviour, memory ordering beyond `__syncthreads`).
+//!
+//! **How.** `emu/emu.h` maps the CUDA C subset the kernels use onto C++ (`__shared__` becomes `static`,
+//! `threadIdx` a global); `emu/runtime.cpp` runs one block at a time, its threads as fibers (`ucontext`)
+//! on one OS thread, switching at `__syncthreads` and reporting a barrier that not every thread reaches.
+//! The library is built once per set of kernel sources with `g++` (or `$CXX`) into the temp directory
+//! and loaded with `dlopen`; "device memory" is host memory.
+
+use super::driver::Driver;
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void, CString};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+type Launch = unsafe extern "C" fn(*const c_char, u32, u32, u32, u32, u32, u32, *mut *mut c_void, *mut c_char, usize) -> i32;
+
+/// An emulated device (see the module docs).
+pub(crate) struct EmuDriver {
+    _lib: libloading::Library,
+    launch: Launch,
+    /// Launches run one at a time (the runtime's scheduler state is global); also the stream order.
+    lock: Mutex<()>,
+    sizes: Mutex<HashMap<u64, std::alloc::Layout>>,
+}
+
+fn err(msg: impl Into<String>) -> Error {
+    Error::Device { op: "cuda emulator", msg: msg.into() }
+}
+
+/// A stable 64-bit FNV-1a hash (the build cache key).
+fn fnv(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in parts.iter().flat_map(|p| p.bytes().chain([0])) {
+        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().map_err(|e| err(format!("cannot run {cmd:?}: {e} (is a C++ compiler installed? set CXX)")))?;
+    if !out.status.success() {
+        return Err(err(format!("{cmd:?} failed:\n{}", String::from_utf8_lossy(&out.stderr))));
+    }
+    Ok(())
+}
+
+/// The names of the `extern "C"` kernels in preprocessed C++ (`__global__` expands to nothing).
+fn kernel_names(preprocessed: &str) -> Vec<String> {
+    let toks: Vec<&str> = preprocessed.split(|c: char| c.is_whitespace() || c == '(').filter(|t| !t.is_empty()).collect();
+    toks.windows(4).filter(|w| w[0] == "extern" && w[1] == "\"C\"" && w[2] == "void" && !w[3].starts_with('_')).map(|w| w[3].to_string()).collect()
+}
+
+/// Builds (or finds, cached by a hash of every source) the emulator library.
+fn build() -> Result<PathBuf> {
+    const HEADER: &str = include_str!("emu/emu.h");
+    const RUNTIME: &str = include_str!("emu/runtime.cpp");
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
+    let mut parts = vec![HEADER, RUNTIME, cxx.as_str()];
+    parts.extend(super::kernels::SOURCES.iter().map(|(_, s)| *s));
+    let dir = std::env::temp_dir().join(format!("metagrad-emu-{:016x}", fnv(&parts)));
+    let lib = dir.join("libmetagrad_emu.so");
+    if lib.exists() {
+        return Ok(lib);
+    }
+    // Build in a private directory, then rename into place (atomic, so concurrent builds are harmless).
+    let work = dir.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| err(format!("{}: {e}", work.display())))?;
+    let write = |name: &str, text: &str| std::fs::write(work.join(name), text).map_err(|e| err(format!("{name}: {e}")));
+    write("emu.h", HEADER)?;
+    write("runtime.cpp", RUNTIME)?;
+    let cc = |args: &[&str]| -> Result<()> { run(Command::new(&cxx).current_dir(&work).args(["-std=c++17", "-O2", "-fPIC", "-w"]).args(args)) };
+    let mut objects = vec!["runtime.o".to_string()];
+    cc(&["-c", "runtime.cpp", "-o", "runtime.o"])?;
+    for (file, src) in super::kernels::SOURCES {
+        let stem = file.trim_end_matches(".cu");
+        write(&format!("{stem}.cpp"), &format!("#include \"emu.h\"\n{src}"))?;
+        cc(&["-E", &format!("{stem}.cpp"), "-o", &format!("{stem}.ii")])?;
+        let pre = std::fs::read_to_string(work.join(format!("{stem}.ii"))).map_err(|e| err(e.to_string()))?;
+        let regs: String = kernel_names(&pre)
+            .iter()
+            .map(|k| format!("static int emu_reg_{k} = emu_register(\"{k}\", &EmuCall<decltype(&{k})>::thunk<&{k}>);\n"))
+            .collect();
+        write(&format!("{stem}.reg.ii"), &format!("{pre}\n{regs}"))?;
+        cc(&["-x", "c++", "-c", &format!("{stem}.reg.ii"), "-o", &format!("{stem}.o")])?;
+        objects.push(format!("{stem}.o"));
+    }
+    let mut link = vec!["-shared", "-o", "libmetagrad_emu.so"];
+    link.extend(objects.iter().map(String::as_str));
+    cc(&link)?;
+    if std::fs::rename(&work, &dir).is_err() && !lib.exists() {
+        return Err(err(format!("cannot move {} to {}", work.display(), dir.display())));
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(lib)
+}
+
+impl EmuDriver {
+    /// Builds (once per kernel-source version) and loads the emulator.
+    pub(crate) fn new() -> Result<EmuDriver> {
+        let path = build()?;
+        Self::load(&path)
+    }
+
+    fn load(path: &Path) -> Result<EmuDriver> {
+        // SAFETY: our own library, built above from our sources; its initializers only fill the registry.
+        let lib = unsafe { libloading::Library::new(path) }.map_err(|e| err(format!("{}: {e}", path.display())))?;
+        // SAFETY: emu_launch has exactly the `Launch` signature (runtime.cpp).
+        let launch = *unsafe { lib.get::<Launch>(b"emu_launch\0") }.map_err(|e| err(e.to_string()))?;
+        Ok(EmuDriver { _lib: lib, launch, lock: Mutex::new(()), sizes: Mutex::new(HashMap::new()) })
+    }
+}
+
+impl Driver for EmuDriver {
+    fn name(&self) -> String {
+        "metagrad kernel emulator (host CPU)".into()
+    }
+    fn malloc(&self, bytes: usize) -> Result<u64> {
+        let layout = std::alloc::Layout::from_size_align(bytes.max(1), 256).map_err(|e| err(e.to_string()))?;
+        // SAFETY: non-zero size.
+        let p = unsafe { std::alloc::alloc(layout) };
+        if p.is_null() {
+            return Err(err(format!("out of host memory allocating {bytes} bytes")));
+        }
+        self.sizes.lock().unwrap().insert(p as u64, layout);
+        Ok(p as u64)
+    }
+    fn free(&self, ptr: u64) {
+        if let Some(layout) = self.sizes.lock().unwrap().remove(&ptr) {
+            // SAFETY: allocated above with this layout.
+            unsafe { std::alloc::dealloc(ptr as *mut u8, layout) }
+        }
+    }
+    fn htod(&self, dst: u64, src: &[u8]) -> Result<()> {
+        let _g = self.lock.lock().unwrap();
+        // SAFETY: dst is a live allocation of at least src.len() bytes (the allocator's contract).
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
+        Ok(())
+    }
+    fn dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
+        let _g = self.lock.lock().unwrap();
+        // SAFETY: as for htod.
+        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+    fn dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        let _g = self.lock.lock().unwrap();
+        // SAFETY: as for htod (ranges may not overlap: the arena copies between distinct buffers).
+        unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, bytes) };
+        Ok(())
+    }
+    fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()> {
+        let _g = self.lock.lock().unwrap();
+        // SAFETY: as for htod.
+        unsafe { std::ptr::write_bytes(dst as *mut u8, 0, bytes) };
+        Ok(())
+    }
+    fn launch(&self, name: &str, grid: [u32; 3], block: [u32; 3], params: &mut [*mut c_void]) -> Result<()> {
+        let _g = self.lock.lock().unwrap();
+        let cname = CString::new(name).map_err(|e| err(e.to_string()))?;
+        let mut msg = vec![0u8; 512];
+        // SAFETY: params point to the kernel's arguments (as for cuLaunchKernel); msg is writable.
+        let rc = unsafe {
+            (self.launch)(cname.as_ptr(), grid[0], grid[1], grid[2], block[0], block[1], block[2], params.as_mut_ptr(), msg.as_mut_ptr().cast(), msg.len())
+        };
+        if rc != 0 {
+            let end = msg.iter().position(|&b| b == 0).unwrap_or(msg.len());
+            return Err(Error::Device { op: "cuda launch", msg: String::from_utf8_lossy(&msg[..end]).into_owned() });
+        }
+        Ok(())
+    }
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}
