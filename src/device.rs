@@ -1,8 +1,9 @@
 //! Where a tensor lives.
 //!
-//! Today every tensor lives on the CPU. [`Device::Cuda`] names a GPU, and [`Device::cuda`] checks that
-//! it can be opened (see [`crate::backend::cuda`]), but no op runs there yet. Ops check that their
-//! operands share a device and name both in the error when they do not.
+//! A tensor lives on the CPU or on a CUDA device ([`crate::Tensor::to_device`] copies between them), and
+//! every op runs where its operands live (see [`crate::backend::cuda`] for the GPU side). Ops check that
+//! their operands share a device and name both in the error when they do not; nothing moves implicitly,
+//! except that optimizers move scalar hyperparameters to their parameters' device (differentiably).
 
 use std::fmt;
 
@@ -13,18 +14,20 @@ pub enum Device {
     /// The host CPU; kernels run on rayon's thread pool and are bitwise deterministic for any thread count.
     #[default]
     Cpu,
-    /// CUDA device number `ordinal` (`cuda:N`). Obtain one checked with [`Device::cuda`]; tensors cannot
-    /// live there yet.
+    /// CUDA device number `ordinal` (`cuda:N`). Obtain one checked with [`Device::cuda`]. Kernels are
+    /// bitwise deterministic there too (no atomics, fixed reduction trees).
     Cuda(usize),
 }
 
 impl Device {
-    /// The best device to place tensors on: the CPU for now.
-    ///
-    /// It will return `Device::Cuda(0)` when a GPU is present once ops run on CUDA; until then, use
-    /// [`crate::backend::cuda::available`] to detect a GPU.
+    /// The best device to place tensors on: `cuda:0` when a CUDA device can be opened (or the kernel
+    /// emulator is asked for with `METAGRAD_CUDA_EMULATOR=1`), else the CPU. Never panics.
     pub fn best() -> Device {
-        Device::Cpu
+        if crate::backend::cuda::available() {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        }
     }
 }
 

@@ -241,7 +241,15 @@ impl Tensor {
     }
 
     fn on_device_err(&self, op: &'static str) -> Error {
-        Error::Device { op, msg: format!("the {} {} tensor lives on {}; copy it to the host with to_device(Device::Cpu)", self.shape, self.dtype(), self.device) }
+        Error::Device {
+            op,
+            msg: format!(
+                "the {} {} tensor lives on {}; copy it to the host with to_device(Device::Cpu)",
+                self.shape,
+                self.dtype(),
+                self.device
+            ),
+        }
     }
 
     /// The raw bytes of a CPU tensor's buffer (bytemuck cast, no copy); [`Error::Device`] for a CUDA

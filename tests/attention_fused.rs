@@ -198,7 +198,7 @@ fn bits_on(threads: usize, c: &Case, dt: DType) -> Vec<Vec<u8>> {
     pool.install(|| {
         let mut out = derivatives(true, c, dt, false);
         out.extend(derivatives(true, c, dt, true));
-        out.iter().map(|t| t.as_bytes().to_vec()).collect()
+        out.iter().map(|t| t.as_bytes().unwrap().to_vec()).collect()
     })
 }
 

@@ -245,13 +245,13 @@ fn net_bits(threads: usize, dtype: DType) -> Vec<Vec<u8>> {
         let vars: Vec<Var> = ps.iter().map(|p| tape.var(p.clone())).collect();
         let refs: Vec<&Var> = vars.iter().collect();
         let l = loss(&vars).unwrap();
-        let mut out = vec![l.value().as_bytes().to_vec()];
-        out.extend(grad(&l, &refs, false).unwrap().iter().map(|g| g.value().as_bytes().to_vec()));
+        let mut out = vec![l.value().as_bytes().unwrap().to_vec()];
+        out.extend(grad(&l, &refs, false).unwrap().iter().map(|g| g.value().as_bytes().unwrap().to_vec()));
         let tape = Tape::new();
         let vars: Vec<Var> = ps.iter().map(|p| tape.var(p.clone())).collect();
         let refs: Vec<&Var> = vars.iter().collect();
         let l = loss(&vars).unwrap();
-        out.extend(hvp(&l, &refs, &dirs).unwrap().iter().map(|h| h.as_bytes().to_vec()));
+        out.extend(hvp(&l, &refs, &dirs).unwrap().iter().map(|h| h.as_bytes().unwrap().to_vec()));
         out
     })
 }

@@ -40,9 +40,18 @@ fn run(f: &F, xs: &[Tensor], r_seed: u64) -> (Tensor, Vec<Tensor>, Vec<Tensor>) 
     let loss = y.mul(&r).unwrap().sum_all().unwrap();
     let wrt: Vec<&Var> = vars.iter().collect();
     let g = metagrad::grad(&loss, &wrt, true).unwrap();
-    let v: Vec<Tensor> = xs.iter().enumerate().map(|(i, x)| Tensor::randn(x.shape().clone(), DType::F64, 1000 + i as u64).to_dtype(dt).to_device(dev).unwrap()).collect();
+    let v: Vec<Tensor> = xs
+        .iter()
+        .enumerate()
+        .map(|(i, x)| Tensor::randn(x.shape().clone(), DType::F64, 1000 + i as u64).to_dtype(dt).to_device(dev).unwrap())
+        .collect();
     // HVP through the gradient graph: Σ_i ⟨g_i, v_i⟩ differentiated again.
-    let dot = g.iter().zip(&v).map(|(g, v)| g.mul(&Var::constant(v.clone())).unwrap().sum_all().unwrap()).reduce(|a, b| a.add(&b).unwrap()).unwrap();
+    let dot = g
+        .iter()
+        .zip(&v)
+        .map(|(g, v)| g.mul(&Var::constant(v.clone())).unwrap().sum_all().unwrap())
+        .reduce(|a, b| a.add(&b).unwrap())
+        .unwrap();
     let h = metagrad::grad(&dot, &wrt, false).unwrap();
     let host = |t: &Tensor| t.to_device(Device::Cpu).unwrap();
     (host(y.value()), g.iter().map(|g| host(g.value())).collect(), h.iter().map(|h| host(h.value())).collect())
@@ -52,7 +61,15 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     let (a, b) = (a.to_vec_f64(), b.to_vec_f64());
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-300);
-    a.iter().zip(&b).fold(0.0f64, |m, (x, y)| if x.is_nan() != y.is_nan() { f64::INFINITY } else if x.is_nan() { m } else { m.max((x - y).abs()) }) / scale
+    a.iter().zip(&b).fold(0.0f64, |m, (x, y)| {
+        if x.is_nan() != y.is_nan() {
+            f64::INFINITY
+        } else if x.is_nan() {
+            m
+        } else {
+            m.max((x - y).abs())
+        }
+    }) / scale
 }
 
 /// Compares f on the GPU (f64 and f32) with the CPU in f64, for inputs drawn by `make` (f64, CPU).
@@ -74,7 +91,12 @@ fn check(name: &str, xs: Vec<Tensor>, f: &F) {
         }
         // Repeatability: the same op twice on the GPU gives the same bits.
         let again = run(f, &on, 7);
-        assert!(again.0.bit_eq(&got.0) && again.1.iter().zip(&got.1).all(|(a, b)| a.bit_eq(b)) && again.2.iter().zip(&got.2).all(|(a, b)| a.bit_eq(b)), "{name} {dt}: two GPU runs differ");
+        assert!(
+            again.0.bit_eq(&got.0)
+                && again.1.iter().zip(&got.1).all(|(a, b)| a.bit_eq(b))
+                && again.2.iter().zip(&got.2).all(|(a, b)| a.bit_eq(b)),
+            "{name} {dt}: two GPU runs differ"
+        );
     }
 }
 
@@ -171,19 +193,25 @@ fn data_movement_ops_match_the_cpu() {
 
 #[test]
 fn norms_conv_pool_and_attention_match_the_cpu() {
-    check("layer_norm", vec![randn(&[4, 33], 41), randn(&[33], 42), randn(&[33], 43)], &|x| x[0].layer_norm(Some(&x[1]), Some(&x[2]), 1e-5));
+    check("layer_norm", vec![randn(&[4, 33], 41), randn(&[33], 42), randn(&[33], 43)], &|x| {
+        x[0].layer_norm(Some(&x[1]), Some(&x[2]), 1e-5)
+    });
     check("batch_norm", vec![randn(&[6, 3, 4, 4], 44), positive(&[3], 45), randn(&[3], 46)], &|x| x[0].batch_norm(&x[1], &x[2], 1e-5));
     for (stride, pad, dil) in [(1, 1, 1), (2, 0, 1), (2, 1, 2)] {
         let o = Conv2dOpts { stride: (stride, stride), padding: (pad, pad), dilation: (dil, dil) };
-        check(&format!("conv2d s{stride} p{pad} d{dil}"), vec![randn(&[2, 3, 9, 8], 47), randn(&[4, 3, 3, 3], 48), randn(&[4], 49)], &move |x| {
-            x[0].conv2d(&x[1], Some(&x[2]), o)?.tanh()
-        });
+        check(
+            &format!("conv2d s{stride} p{pad} d{dil}"),
+            vec![randn(&[2, 3, 9, 8], 47), randn(&[4, 3, 3, 3], 48), randn(&[4], 49)],
+            &move |x| x[0].conv2d(&x[1], Some(&x[2]), o)?.tanh(),
+        );
     }
     check("avg_pool2d", vec![randn(&[2, 3, 7, 7], 50)], &|x| x[0].avg_pool2d((3, 3), Conv2dOpts::new(2, 1)));
     for causal in [false, true] {
-        check(&format!("attention causal={causal}"), vec![randn(&[2, 2, 9, 8], 51), randn(&[2, 2, 11, 8], 52), randn(&[2, 2, 11, 8], 53)], &move |x| {
-            x[0].attention(&x[1], &x[2], 0.35, causal)
-        });
+        check(
+            &format!("attention causal={causal}"),
+            vec![randn(&[2, 2, 9, 8], 51), randn(&[2, 2, 11, 8], 52), randn(&[2, 2, 11, 8], 53)],
+            &move |x| x[0].attention(&x[1], &x[2], 0.35, causal),
+        );
     }
 }
 

@@ -363,7 +363,7 @@ fn global_pool_digest() {
     // FNV-1a over every output's bytes.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for t in &outs {
-        for &b in t.as_bytes() {
+        for &b in t.as_bytes().unwrap() {
             h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
         }
     }

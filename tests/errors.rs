@@ -699,7 +699,7 @@ fn run_case(c: &Case) -> Result<()> {
             // Tensor constructors with possibly inconsistent sizes.
             let n = i0.min(16) + i1.min(16);
             let t = Tensor::from_vec(vec![0.5f32; n], c.a.clone())?;
-            let t = Tensor::from_bytes(&t.as_bytes()[..t.size_in_bytes().saturating_sub(i1)], da, c.b.clone())?;
+            let t = Tensor::from_bytes(&t.as_bytes().unwrap()[..t.size_in_bytes().saturating_sub(i1)], da, c.b.clone())?;
             tape.var(t.reshape(c.c.clone())?.to_dtype(DType::F32))
         }
         39 => {

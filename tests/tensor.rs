@@ -66,7 +66,7 @@ fn scalars_and_empty_tensors() {
     let e = Tensor::from_vec(Vec::<f32>::new(), [0]).unwrap();
     assert_eq!(e.numel(), 0);
     assert_eq!(e.size_in_bytes(), 0);
-    assert!(e.as_bytes().is_empty());
+    assert!(e.as_bytes().unwrap().is_empty());
     let e = Tensor::from_vec(Vec::<f64>::new(), [2, 0, 3]).unwrap();
     assert_eq!(e.dims(), &[2, 0, 3]);
     assert_eq!(e.numel(), 0);
@@ -84,7 +84,7 @@ fn zeros_ones_full_in_every_dtype() {
         assert_eq!((z.dtype(), z.dims()), (dt, &[2usize, 3][..]));
         assert!(z.to_vec_f64().iter().all(|&v| v == 0.0 && v.is_sign_positive()), "{dt}");
         assert_eq!(z.size_in_bytes(), 6 * dt.size_in_bytes());
-        assert!(z.as_bytes().iter().all(|&b| b == 0), "zeros are +0.0 bit patterns in {dt}");
+        assert!(z.as_bytes().unwrap().iter().all(|&b| b == 0), "zeros are +0.0 bit patterns in {dt}");
         let o = Tensor::ones([4], dt);
         assert_eq!(o.to_vec_f64(), vec![1.0; 4], "{dt}");
         let f = Tensor::full(-3.0, [2, 2], dt);
@@ -123,8 +123,8 @@ fn tensor_reshape_shares_the_buffer_and_checks_the_count() {
     let t = Tensor::arange(0.0, 1.0, 12, DType::F32);
     let r = t.reshape([3, 4]).unwrap();
     assert_eq!(r.dims(), &[3, 4]);
-    assert_eq!(r.as_bytes(), t.as_bytes());
-    assert_eq!(r.as_bytes().as_ptr(), t.as_bytes().as_ptr(), "reshape must not copy");
+    assert_eq!(r.as_bytes().unwrap(), t.as_bytes().unwrap());
+    assert_eq!(r.as_bytes().unwrap().as_ptr(), t.as_bytes().unwrap().as_ptr(), "reshape must not copy");
     assert_eq!(r.reshape([2, 2, 3]).unwrap().to_vec::<f32>().unwrap(), t.to_vec::<f32>().unwrap());
     assert!(t.reshape([5]).is_err());
     assert_eq!(Tensor::scalar(1.0, DType::F64).reshape([1, 1]).unwrap().dims(), &[1, 1]);
@@ -134,7 +134,7 @@ fn tensor_reshape_shares_the_buffer_and_checks_the_count() {
 fn clone_is_a_handle_copy_and_bit_eq_compares_bits() {
     let t = Tensor::randn([3, 5], DType::F32, 1);
     let c = t.clone();
-    assert_eq!(c.as_bytes().as_ptr(), t.as_bytes().as_ptr());
+    assert_eq!(c.as_bytes().unwrap().as_ptr(), t.as_bytes().unwrap().as_ptr());
     assert!(t.bit_eq(&c));
     // Same values, other dtype or shape: not bit-equal.
     assert!(!t.bit_eq(&t.to_dtype(DType::F64)));
@@ -340,8 +340,8 @@ fn widening_is_exact_for_every_bf16_and_f16() {
             assert_eq!(w64[i].to_bits(), want64.to_bits(), "{name} {:#06x} -> f64", bits[i]);
             assert_eq!(v64[i].to_bits(), want64.to_bits(), "{name} {:#06x} to_vec_f64", bits[i]);
             assert_eq!(w64[i].to_bits(), (w32[i] as f64).to_bits(), "{name} {:#06x}: f32 and f64 widenings agree", bits[i]);
-            assert_eq!(&back32.as_bytes()[2 * i..2 * i + 2], &bits[i].to_le_bytes(), "{name} {:#06x} via f32", bits[i]);
-            assert_eq!(&back64.as_bytes()[2 * i..2 * i + 2], &bits[i].to_le_bytes(), "{name} {:#06x} via f64", bits[i]);
+            assert_eq!(&back32.as_bytes().unwrap()[2 * i..2 * i + 2], &bits[i].to_le_bytes(), "{name} {:#06x} via f32", bits[i]);
+            assert_eq!(&back64.as_bytes().unwrap()[2 * i..2 * i + 2], &bits[i].to_le_bytes(), "{name} {:#06x} via f64", bits[i]);
         }
     }
 }
@@ -496,7 +496,7 @@ fn bytes_round_trip_in_every_dtype() {
     let src = Tensor::randn([3, 7], DType::F64, 11);
     for dt in ALL {
         let t = src.to_dtype(dt);
-        let bytes = t.as_bytes().to_vec();
+        let bytes = t.as_bytes().unwrap().to_vec();
         assert_eq!(bytes.len(), 21 * dt.size_in_bytes());
         let u = Tensor::from_bytes(&bytes, dt, [3, 7]).unwrap();
         assert!(u.bit_eq(&t), "{dt}");
@@ -504,14 +504,14 @@ fn bytes_round_trip_in_every_dtype() {
         let mut shifted = vec![0u8; bytes.len() + 1];
         shifted[1..].copy_from_slice(&bytes);
         let w = Tensor::from_bytes(&shifted[1..], dt, [21]).unwrap();
-        assert_eq!(w.as_bytes(), &bytes[..], "{dt} unaligned");
+        assert_eq!(w.as_bytes().unwrap(), &bytes[..], "{dt} unaligned");
         assert_eq!(w.dims(), &[21]);
         // Empty.
         assert_eq!(Tensor::from_bytes(&[], dt, [0, 4]).unwrap().dims(), &[0, 4]);
     }
     // Little-endian layout.
     let one = Tensor::from_vec(vec![1.0f32], [1]).unwrap();
-    assert_eq!(one.as_bytes(), &1.0f32.to_le_bytes());
+    assert_eq!(one.as_bytes().unwrap(), &1.0f32.to_le_bytes());
     assert_eq!(Tensor::from_bytes(&2.5f64.to_le_bytes(), DType::F64, ()).unwrap().to_scalar().unwrap(), 2.5);
     assert_eq!(Tensor::from_bytes(&bf16::from_f32(-3.0).to_le_bytes(), DType::BF16, [1]).unwrap().to_scalar().unwrap(), -3.0);
     // Wrong lengths are errors.

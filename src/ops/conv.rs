@@ -112,7 +112,22 @@ impl Geometry {
     /// The `Geom` struct of kernels/index.cu.
     fn cuda_geom(&self) -> [usize; 14] {
         let o = self.o;
-        [self.n, self.c, self.h, self.w, self.kh, self.kw, self.ho, self.wo, o.stride.0, o.stride.1, o.padding.0, o.padding.1, o.dilation.0, o.dilation.1]
+        [
+            self.n,
+            self.c,
+            self.h,
+            self.w,
+            self.kh,
+            self.kw,
+            self.ho,
+            self.wo,
+            o.stride.0,
+            o.stride.1,
+            o.padding.0,
+            o.padding.1,
+            o.dilation.0,
+            o.dilation.1,
+        ]
     }
     /// The input pixel (row, column) read by tap (ki, kj) of output (oh, ow), if inside the image.
     #[inline(always)]
@@ -225,7 +240,14 @@ impl LinearMap for AvgPool {
         let g = self.0;
         let inv = 1.0 / (g.kh * g.kw) as f64;
         if gt.is_cuda() {
-            return cuda::window_op("avg_pool2d_adjoint", "avg_pool_adjoint", gt, g.cuda_geom(), Some(inv), Shape::new([g.n, g.c, g.h, g.w]));
+            return cuda::window_op(
+                "avg_pool2d_adjoint",
+                "avg_pool_adjoint",
+                gt,
+                g.cuda_geom(),
+                Some(inv),
+                Shape::new([g.n, g.c, g.h, g.w]),
+            );
         }
         with_float!("avg_pool2d_adjoint", gt.dtype(), T => {
             let src = gt.as_slice::<T>()?;

@@ -80,9 +80,14 @@ impl Arena {
             op: "Arena::new",
             msg: format!("{slots} slots of {off} bytes overflow the address space"),
         })?;
-        let oom = || Error::OutOfMemory { op: "Arena::new", msg: format!("cannot allocate {slots} slots of {off} bytes ({} bytes) on {device}", words * 8) };
+        let oom = || Error::OutOfMemory {
+            op: "Arena::new",
+            msg: format!("cannot allocate {slots} slots of {off} bytes ({} bytes) on {device}", words * 8),
+        };
         let buf = match device {
-            Device::Cuda(n) => Backing::Cuda(cuda::alloc_raw(n, words * 8).map_err(|e| Error::OutOfMemory { op: "Arena::new", msg: format!("{}: {e}", oom()) })?),
+            Device::Cuda(n) => Backing::Cuda(
+                cuda::alloc_raw(n, words * 8).map_err(|e| Error::OutOfMemory { op: "Arena::new", msg: format!("{}: {e}", oom()) })?,
+            ),
             Device::Cpu => {
                 let mut buf = Vec::new();
                 buf.try_reserve_exact(words).map_err(|_| oom())?;
@@ -148,7 +153,11 @@ impl Arena {
         for (shape, dtype, off) in &self.layout {
             let n = shape.numel() * dtype.size_in_bytes();
             out.push(match &self.buf {
-                Backing::Host(words) => Tensor::from_bytes(&bytemuck::cast_slice::<u64, u8>(words)[range.start + off..range.start + off + n], *dtype, shape.clone())?,
+                Backing::Host(words) => Tensor::from_bytes(
+                    &bytemuck::cast_slice::<u64, u8>(words)[range.start + off..range.start + off + n],
+                    *dtype,
+                    shape.clone(),
+                )?,
                 Backing::Cuda(buf) => cuda::tensor_from_buf(buf, range.start + off, *dtype, shape.clone())?,
             });
             self.stats.bytes_copied += n as u64;

@@ -106,7 +106,7 @@ impl Training for ReferenceProblem {
     }
 
     fn initial_state(&self) -> Result<Vec<Tensor>> {
-        let params = vec![
+        let params = [
             matrix(8, 16, |a, b| 0.5 * (1.3 * a as f64 + 0.7 * b as f64 + 0.1).sin() / 8f64.sqrt(), self.dtype),
             Tensor::zeros([16], self.dtype),
             matrix(16, 4, |a, b| 0.5 * (0.9 * a as f64 + 1.1 * b as f64).cos() / 4.0, self.dtype),

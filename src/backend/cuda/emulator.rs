@@ -9,8 +9,8 @@
 //! about the real hardware (warp-level behaviour, memory ordering beyond `__syncthreads`).
 //!
 //! **How.** `emu/emu.h` maps the CUDA C subset the kernels use onto C++ (`__shared__` becomes `static`,
-//! `threadIdx` a global); `emu/runtime.cpp` runs one block at a time, its threads as fibers (`ucontext`)
-//! on one OS thread, switching at `__syncthreads` and reporting a barrier that not every thread reaches.
+//! `threadIdx` a global); `emu/runtime.cpp` runs one block at a time, its threads as fibers on one OS thread
+//! (x86-64 only: the fiber switch is a few lines of assembly), switching at `__syncthreads` and reporting a barrier that not every thread reaches.
 //! The library is built once per set of kernel sources with `g++` (or `$CXX`) into the temp directory
 //! and loaded with `dlopen`; "device memory" is host memory.
 
@@ -57,7 +57,10 @@ fn run(cmd: &mut Command) -> Result<()> {
 /// The names of the `extern "C"` kernels in preprocessed C++ (`__global__` expands to nothing).
 fn kernel_names(preprocessed: &str) -> Vec<String> {
     let toks: Vec<&str> = preprocessed.split(|c: char| c.is_whitespace() || c == '(').filter(|t| !t.is_empty()).collect();
-    toks.windows(4).filter(|w| w[0] == "extern" && w[1] == "\"C\"" && w[2] == "void" && !w[3].starts_with('_')).map(|w| w[3].to_string()).collect()
+    toks.windows(4)
+        .filter(|w| w[0] == "extern" && w[1] == "\"C\"" && w[2] == "void" && !w[3].starts_with('_'))
+        .map(|w| w[3].to_string())
+        .collect()
 }
 
 /// Builds (or finds, cached by a hash of every source) the emulator library.
@@ -78,7 +81,8 @@ fn build() -> Result<PathBuf> {
     let write = |name: &str, text: &str| std::fs::write(work.join(name), text).map_err(|e| err(format!("{name}: {e}")));
     write("emu.h", HEADER)?;
     write("runtime.cpp", RUNTIME)?;
-    let cc = |args: &[&str]| -> Result<()> { run(Command::new(&cxx).current_dir(&work).args(["-std=c++17", "-O2", "-fPIC", "-w"]).args(args)) };
+    let cc =
+        |args: &[&str]| -> Result<()> { run(Command::new(&cxx).current_dir(&work).args(["-std=c++17", "-O2", "-fPIC", "-w"]).args(args)) };
     let mut objects = vec!["runtime.o".to_string()];
     cc(&["-c", "runtime.cpp", "-o", "runtime.o"])?;
     for (file, src) in super::kernels::SOURCES {
@@ -170,7 +174,18 @@ impl Driver for EmuDriver {
         let mut msg = vec![0u8; 512];
         // SAFETY: params point to the kernel's arguments (as for cuLaunchKernel); msg is writable.
         let rc = unsafe {
-            (self.launch)(cname.as_ptr(), grid[0], grid[1], grid[2], block[0], block[1], block[2], params.as_mut_ptr(), msg.as_mut_ptr().cast(), msg.len())
+            (self.launch)(
+                cname.as_ptr(),
+                grid[0],
+                grid[1],
+                grid[2],
+                block[0],
+                block[1],
+                block[2],
+                params.as_mut_ptr(),
+                msg.as_mut_ptr().cast(),
+                msg.len(),
+            )
         };
         if rc != 0 {
             let end = msg.iter().position(|&b| b == 0).unwrap_or(msg.len());

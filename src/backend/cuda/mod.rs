@@ -92,7 +92,10 @@ pub(crate) fn gpu(ordinal: usize) -> Result<Arc<Gpu>> {
     }
     let driver: Box<dyn Driver> = if emulated() {
         if ordinal != 0 {
-            return Err(Error::Device { op: "Device::cuda", msg: format!("cannot use cuda:{ordinal}: the kernel emulator is cuda:0 only") });
+            return Err(Error::Device {
+                op: "Device::cuda",
+                msg: format!("cannot use cuda:{ordinal}: the kernel emulator is cuda:0 only"),
+            });
         }
         Box::new(emulator::EmuDriver::new()?)
     } else {

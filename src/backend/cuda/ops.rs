@@ -152,7 +152,12 @@ pub(crate) fn cast(x: &Tensor, to: DType) -> Result<Tensor> {
 pub(crate) fn count_nonfinite(x: &Tensor) -> Result<u64> {
     let g = gpu_of(x)?;
     let b = g.alloc(8)?;
-    launch(&g, &kname("all_finite", "count_nonfinite", x.dtype())?, 1, vec![Arg::U(b.ptr), ptr("all_finite", x)?, Arg::U(x.numel() as u64)])?;
+    launch(
+        &g,
+        &kname("all_finite", "count_nonfinite", x.dtype())?,
+        1,
+        vec![Arg::U(b.ptr), ptr("all_finite", x)?, Arg::U(x.numel() as u64)],
+    )?;
     let mut out = [0u8; 8];
     g.driver.dtoh(&mut out, b.ptr)?;
     Ok(u64::from_le_bytes(out))
@@ -197,7 +202,12 @@ pub(crate) fn binary(op: &'static str, a: &Tensor, b: &Tensor, out: &Shape, code
             let sb = crate::backend::cpu::broadcast_strides(b.dims(), out.dims());
             strides(op, out.dims(), &sa, &sb)?
         };
-        launch(&g, &kname(op, "binary", a.dtype())?, blocks_for(n), vec![Arg::U(o), ptr(op, a)?, ptr(op, b)?, Arg::U(n as u64), Arg::I(code), s])?;
+        launch(
+            &g,
+            &kname(op, "binary", a.dtype())?,
+            blocks_for(n),
+            vec![Arg::U(o), ptr(op, a)?, ptr(op, b)?, Arg::U(n as u64), Arg::I(code), s],
+        )?;
     }
     Ok(t)
 }
@@ -213,13 +223,23 @@ fn row_major(dims: &[usize]) -> Vec<usize> {
 
 /// For every index k of `dims`: dst[off_dst + k·dst_strides] = src[off_src + k·src_strides].
 #[allow(clippy::too_many_arguments)]
-fn copy_into(op: &'static str, dst: u64, off_dst: usize, src: &Tensor, off_src: usize, dims: &[usize], sd: &[usize], ss: &[usize]) -> Result<()> {
+fn copy_into(
+    op: &'static str,
+    dst: u64,
+    off_dst: usize,
+    src: &Tensor,
+    off_src: usize,
+    dims: &[usize],
+    sd: &[usize],
+    ss: &[usize],
+) -> Result<()> {
     let n: usize = dims.iter().product();
     if n == 0 {
         return Ok(());
     }
     let g = gpu_of(src)?;
-    let args = vec![Arg::U(dst), Arg::U(off_dst as u64), ptr(op, src)?, Arg::U(off_src as u64), Arg::U(n as u64), strides(op, dims, sd, ss)?];
+    let args =
+        vec![Arg::U(dst), Arg::U(off_dst as u64), ptr(op, src)?, Arg::U(off_src as u64), Arg::U(n as u64), strides(op, dims, sd, ss)?];
     launch(&g, &kname(op, "copy", src.dtype())?, blocks_for(n), args)
 }
 
@@ -242,7 +262,17 @@ pub(crate) fn broadcast_to(x: &Tensor, to: &Shape) -> Result<Tensor> {
 
 /// Copies the (outer, len, inner) block of `x` starting at `start` of its middle axis (size n) when
 /// `to_narrow`, or writes `x` (outer, len, inner) into a zeroed (outer, n, inner) at `start` otherwise.
-pub(crate) fn narrow_or_pad(x: &Tensor, outer: usize, n: usize, inner: usize, start: usize, len: usize, to_narrow: bool, od: Vec<usize>) -> Result<Tensor> {
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn narrow_or_pad(
+    x: &Tensor,
+    outer: usize,
+    n: usize,
+    inner: usize,
+    start: usize,
+    len: usize,
+    to_narrow: bool,
+    od: Vec<usize>,
+) -> Result<Tensor> {
     let g = gpu_of(x)?;
     let (t, o) = empty(&g, od, x.dtype())?;
     let dims = [outer, len, inner];
@@ -261,10 +291,11 @@ pub(crate) fn narrow_or_pad(x: &Tensor, outer: usize, n: usize, inner: usize, st
 /// Concatenates `parts` along the middle axis of (outer, ·, inner) views into `out`.
 pub(crate) fn concat(parts: &[&Tensor], outer: usize, inner: usize, out: Shape) -> Result<Tensor> {
     let (t, o) = empty(&gpu_of(parts[0])?, out.clone(), parts[0].dtype())?;
-    let n: usize = parts.iter().map(|p| p.numel() / (outer * inner).max(1)).sum();
+    let len = |p: &Tensor| p.numel().checked_div(outer * inner).unwrap_or(0);
+    let n: usize = parts.iter().map(|p| len(p)).sum();
     let mut off = 0;
     for p in parts {
-        let l = if outer * inner == 0 { 0 } else { p.numel() / (outer * inner) };
+        let l = len(p);
         let dims = [outer, l, inner];
         copy_into("concat", o, off * inner, p, 0, &dims, &[n * inner, inner, 1], &row_major(&dims))?;
         off += l;
@@ -310,7 +341,17 @@ pub(crate) fn softmax_axis(op: &'static str, x: &Tensor, outer: usize, n: usize,
 
 /// `batches` products op(a)·op(b) of m×k by k×n (see kernels/matmul.cu), output dims `od`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul(a: &Tensor, b: &Tensor, batches: usize, m: usize, k: usize, n: usize, ta: bool, tb: bool, od: Vec<usize>) -> Result<Tensor> {
+pub(crate) fn matmul(
+    a: &Tensor,
+    b: &Tensor,
+    batches: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: bool,
+    tb: bool,
+    od: Vec<usize>,
+) -> Result<Tensor> {
     let g = gpu_of(a)?;
     let (t, o) = empty(&g, od, a.dtype())?;
     if batches * m * n == 0 {
@@ -324,8 +365,16 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor, batches: usize, m: usize, k: usize,
         return shape_err("matmul", format!("the CUDA kernel handles at most 65535 batched products, got {batches}"));
     }
     let grid = [n.div_ceil(64) as u32, m.div_ceil(64) as u32, batches as u32];
-    let mut args =
-        vec![Arg::U(o), ptr("matmul", a)?, ptr("matmul", b)?, Arg::U(m as u64), Arg::U(k as u64), Arg::U(n as u64), Arg::I(ta as i32), Arg::I(tb as i32)];
+    let mut args = vec![
+        Arg::U(o),
+        ptr("matmul", a)?,
+        ptr("matmul", b)?,
+        Arg::U(m as u64),
+        Arg::U(k as u64),
+        Arg::U(n as u64),
+        Arg::I(ta as i32),
+        Arg::I(tb as i32),
+    ];
     launch3(&g, &kname("matmul", "matmul", a.dtype())?, grid, &mut args)?;
     Ok(t)
 }
@@ -343,12 +392,23 @@ fn upload_index(g: &Arc<Gpu>, idx: &[usize]) -> Result<Buf> {
 /// The index kernels: `index_select`, `gather` (forward) and `scatter_add` over (outer, ·, inner) views;
 /// `x` is (outer, n_in, inner), the result (outer, n_out, inner) with dims `od`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn index_op(op: &'static str, kernel: &str, x: &Tensor, idx: &[usize], outer: usize, n: usize, m: usize, inner: usize, od: Shape) -> Result<Tensor> {
+pub(crate) fn index_op(
+    op: &'static str,
+    kernel: &str,
+    x: &Tensor,
+    idx: &[usize],
+    outer: usize,
+    n: usize,
+    m: usize,
+    inner: usize,
+    od: Shape,
+) -> Result<Tensor> {
     let g = gpu_of(x)?;
     let (t, o) = empty(&g, od, x.dtype())?;
     if t.numel() > 0 {
         let ib = upload_index(&g, idx)?;
-        let args = vec![Arg::U(o), ptr(op, x)?, Arg::U(ib.ptr), Arg::U(outer as u64), Arg::U(n as u64), Arg::U(m as u64), Arg::U(inner as u64)];
+        let args =
+            vec![Arg::U(o), ptr(op, x)?, Arg::U(ib.ptr), Arg::U(outer as u64), Arg::U(n as u64), Arg::U(m as u64), Arg::U(inner as u64)];
         launch(&g, &kname(op, kernel, x.dtype())?, blocks_for(t.numel()), args)?;
     }
     Ok(t)

@@ -1,6 +1,6 @@
 // Host emulation of the CUDA C subset the kernels in kernels/ use, so that those same sources compile
 // with g++ and run on the CPU (see src/backend/cuda/emulator.rs). One block runs at a time; its threads
-// are fibers (ucontext) on one OS thread, switched at __syncthreads, so shared memory is plain static
+// are fibers on one OS thread, switched at __syncthreads, so shared memory is plain static
 // storage and every run is deterministic. Slow, and exact about nothing but the kernels' logic.
 #pragma once
 #include <cmath>

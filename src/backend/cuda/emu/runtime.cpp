@@ -1,10 +1,11 @@
 // The kernel emulator's runtime: the kernel registry and the block scheduler (see emu.h).
+#include <cstdint>
 #include "emu.h"
 #include <map>
 #include <string>
 #include <vector>
 #include <cstdio>
-#include <ucontext.h>
+#include <cstdlib>
 
 uint3 threadIdx, blockIdx, blockDim, gridDim;
 
@@ -18,27 +19,69 @@ int emu_register(const char* name, EmuThunk thunk) {
 }
 
 enum State { Runnable, AtBarrier, Done, Trapped };
+
+// Fibers switch by saving the callee-saved registers on their own stack and swapping stack pointers:
+// no system call per switch (ucontext's swapcontext makes one, and that dominated run time).
+#if !defined(__x86_64__)
+#error "the metagrad kernel emulator's fiber switch is written for x86-64"
+#endif
+extern "C" void emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+.text
+.globl emu_switch
+.type emu_switch,@function
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+.size emu_switch, .-emu_switch
+)");
+
 static const size_t kStack = 128 * 1024;
-static std::vector<ucontext_t> fibers;
+static std::vector<void*> fiber_sp;
 static std::vector<State> state;
 static std::vector<char> stacks;
-static ucontext_t scheduler;
+static void* scheduler_sp;
 static int current;
 static EmuThunk run_thunk;
 static void** run_args;
 
 void __syncthreads() {
     state[current] = AtBarrier;
-    swapcontext(&fibers[current], &scheduler);
+    emu_switch(&fiber_sp[current], scheduler_sp);
 }
 void __trap() {
     state[current] = Trapped;
-    swapcontext(&fibers[current], &scheduler);
-    for (;;) {}  // never resumed
+    emu_switch(&fiber_sp[current], scheduler_sp);
+    abort();  // never resumed
 }
 static void fiber_main() {
     run_thunk(run_args);
-    state[current] = Done;  // returns to `scheduler` through uc_link
+    state[current] = Done;
+    emu_switch(&fiber_sp[current], scheduler_sp);
+    abort();  // never resumed: each block starts its fibers afresh
+}
+// A fresh fiber on stack t whose first switch-in enters fiber_main with the ABI's stack alignment.
+static void start_fiber(unsigned t) {
+    uintptr_t top = (uintptr_t)&stacks[(t + 1) * kStack] & ~(uintptr_t)15;
+    void** sp = (void**)top;
+    *--sp = nullptr;                    // fiber_main's (unused) return address slot
+    *--sp = (void*)&fiber_main;         // popped by emu_switch's ret
+    for (int r = 0; r < 6; r++) *--sp = nullptr;  // r15, r14, r13, r12, rbx, rbp
+    fiber_sp[t] = sp;
+    state[t] = Runnable;
 }
 
 // Runs kernel `name` on a gx·gy·gz grid of bx·by·bz blocks with `args` laid out as for cuLaunchKernel.
@@ -55,7 +98,7 @@ extern "C" int emu_launch(const char* name, unsigned gx, unsigned gy, unsigned g
         snprintf(err, errlen, "%s: block of %u threads (1..=1024 allowed)", name, threads);
         return 1;
     }
-    fibers.resize(threads);
+    fiber_sp.resize(threads);
     state.resize(threads);
     if (stacks.size() < threads * kStack) stacks.resize(threads * kStack);
     run_thunk = it->second;
@@ -66,20 +109,13 @@ extern "C" int emu_launch(const char* name, unsigned gx, unsigned gy, unsigned g
         for (unsigned y = 0; y < gy; y++)
             for (unsigned x = 0; x < gx; x++) {
                 blockIdx = {x, y, z};
-                for (unsigned t = 0; t < threads; t++) {
-                    getcontext(&fibers[t]);
-                    fibers[t].uc_stack.ss_sp = &stacks[t * kStack];
-                    fibers[t].uc_stack.ss_size = kStack;
-                    fibers[t].uc_link = &scheduler;
-                    makecontext(&fibers[t], fiber_main, 0);
-                    state[t] = Runnable;
-                }
+                for (unsigned t = 0; t < threads; t++) start_fiber(t);
                 for (;;) {
                     for (unsigned t = 0; t < threads; t++) {
                         if (state[t] != Runnable) continue;
                         current = (int)t;
                         threadIdx = {t % bx, t / bx % by, t / (bx * by)};
-                        swapcontext(&scheduler, &fibers[t]);
+                        emu_switch(&scheduler_sp, fiber_sp[t]);
                     }
                     unsigned done = 0, barrier = 0, trapped = 0;
                     for (unsigned t = 0; t < threads; t++) {
