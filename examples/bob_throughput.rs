@@ -4,6 +4,7 @@
 //! cargo run --release --example bob_throughput                 # a table
 //! cargo run --release --example bob_throughput -- --json       # one JSON object keyed by workload
 //! cargo run --release --example bob_throughput -- --reps 20 --workload mlp_784_512_512_10_b512 --device cpu
+//! cargo run --release --example bob_throughput -- --device cuda --json   # on CUDA device 0
 //! ```
 //!
 //! Definitions (every time is the median over `reps` repetitions, after one untimed warm-up; the JSON
@@ -19,10 +20,13 @@
 //! overhead), `conv_b32_c3_32_32_hw32_k3` (a two-layer conv net on the fused convolution kernels; bob is
 //! the HVP w.r.t. both weight tensors) and its `_composite` twin (im2col + matmul),
 //! `attention_b1_h4_n512_d64` (softmax attention on the fused kernels; bob is the HVP w.r.t. Q, K and V)
-//! and its `_composite` twin (matmul + softmax). Each is a name and a function building its parameters
-//! and its loss; add new ones to [`workloads`].
+//! and its `_composite` twin (matmul + softmax). With `--device cuda` every workload runs on CUDA device 0
+//! (where conv2d and attention run their composite paths), plus the GPU-sized `mlp_784_4096_4096_10_b4096`
+//! and `conv_b128_c64_64_hw32_k3`; each timed region ends with a device synchronize. Each workload is a
+//! name and a function building its parameters and its loss on a device; add new ones to [`workloads`].
 
-use metagrad::{grad, hvp, no_grad, DType, Result, Tape, Tensor, Var};
+use metagrad::backend::cuda;
+use metagrad::{grad, hvp, no_grad, DType, Device, Result, Tape, Tensor, Var};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -39,7 +43,9 @@ struct Problem {
 struct Workload {
     name: &'static str,
     about: &'static str,
-    build: fn() -> Result<Problem>,
+    build: fn(Device) -> Result<Problem>,
+    /// Only with `--device cuda` (too big for the CPU's routine runs).
+    gpu_only: bool,
 }
 
 fn workloads() -> Vec<Workload> {
@@ -47,42 +53,60 @@ fn workloads() -> Vec<Workload> {
         Workload {
             name: "mlp_784_512_512_10_b512",
             about: "MLP 784-512-512-10, tanh, batch 512, mean cross-entropy, f32",
-            build: || mlp(&[784, 512, 512, 10], 512, DType::F32, 0),
+            build: |d| mlp(&[784, 512, 512, 10], 512, DType::F32, 0, d),
+            gpu_only: false,
+        },
+        Workload {
+            name: "mlp_784_4096_4096_10_b4096",
+            about: "MLP 784-4096-4096-10, tanh, batch 4096, mean cross-entropy, f32 (GPU size)",
+            build: |d| mlp(&[784, 4096, 4096, 10], 4096, DType::F32, 0, d),
+            gpu_only: true,
         },
         Workload {
             name: "mlp_64_128_128_10_b64",
             about: "MLP 64-128-128-10, tanh, batch 64, mean cross-entropy, f32 (per-op overhead)",
-            build: || mlp(&[64, 128, 128, 10], 64, DType::F32, 0),
+            build: |d| mlp(&[64, 128, 128, 10], 64, DType::F32, 0, d),
+            gpu_only: false,
         },
         Workload {
             name: "conv_b32_c3_32_32_hw32_k3",
             about: "conv(tanh(conv(x, w1)), w2) ∘ R / numel, x 32x3x32x32, w1 32x3x3x3, w2 32x32x3x3, pad 1, f32; fused conv",
-            build: || conv_net(true),
+            build: |d| conv_net(true, [32, 3, 32, 32], 32, d),
+            gpu_only: false,
         },
         Workload {
             name: "conv_b32_c3_32_32_hw32_k3_composite",
             about: "the same conv net through the im2col + matmul composite path",
-            build: || conv_net(false),
+            build: |d| conv_net(false, [32, 3, 32, 32], 32, d),
+            gpu_only: false,
+        },
+        Workload {
+            name: "conv_b128_c64_64_hw32_k3",
+            about: "the same conv net with x 128x64x32x32, w1 64x64x3x3, w2 64x64x3x3 (GPU size)",
+            build: |d| conv_net(true, [128, 64, 32, 32], 64, d),
+            gpu_only: true,
         },
         Workload {
             name: "attention_b1_h4_n512_d64",
             about: "Σ attention(Q, K, V) ∘ R, Q, K, V 1x4x512x64, non-causal, scale 1/8, f32; fused attention",
-            build: || attention(true),
+            build: |d| attention(true, d),
+            gpu_only: false,
         },
         Workload {
             name: "attention_b1_h4_n512_d64_composite",
             about: "the same attention through the matmul + softmax composite path",
-            build: || attention(false),
+            build: |d| attention(false, d),
+            gpu_only: false,
         },
     ]
 }
 
 /// loss = Σ attention(Q, K, V) ∘ R over [1, 4, 512, 64] inputs (batch 1, 4 heads), non-causal, scale
 /// 1/√64; parameters (Q, K, V).
-fn attention(fused: bool) -> Result<Problem> {
+fn attention(fused: bool, d: Device) -> Result<Problem> {
     let shape = [1, 4, 512, 64];
-    let params = vec![Tensor::randn(shape, DType::F32, 1), Tensor::randn(shape, DType::F32, 2), Tensor::randn(shape, DType::F32, 3)];
-    let r = Var::constant(Tensor::randn(shape, DType::F32, 4));
+    let params = (1..=3).map(|s| Tensor::randn(shape, DType::F32, s).to_device(d)).collect::<Result<Vec<_>>>()?;
+    let r = Var::constant(Tensor::randn(shape, DType::F32, 4).to_device(d)?);
     let loss = move |p: &[Var]| -> Result<Var> {
         let o = if fused { p[0].attention(&p[1], &p[2], 0.125, false)? } else { p[0].attention_composite(&p[1], &p[2], 0.125, false)? };
         o.mul(&r)?.sum_all()
@@ -90,16 +114,17 @@ fn attention(fused: bool) -> Result<Problem> {
     Ok(Problem { params, loss: Box::new(loss) })
 }
 
-/// loss = Σ(conv(tanh(conv(x, w1)), w2) ∘ R)/numel with padding 1; parameters (w1, w2) scaled by 1/√fan_in.
-fn conv_net(fused: bool) -> Result<Problem> {
+/// loss = Σ(conv(tanh(conv(x, w1)), w2) ∘ R)/numel with padding 1 for x of shape `xs` and `o` output
+/// channels per layer; parameters (w1, w2) scaled by 1/√fan_in.
+fn conv_net(fused: bool, xs: [usize; 4], o: usize, d: Device) -> Result<Problem> {
     let scaled = |shape: [usize; 4], seed: u64| -> Result<Tensor> {
         let fan_in = (shape[1] * shape[2] * shape[3]) as f64;
         let t = Tensor::randn(shape, DType::F64, seed);
-        Ok(Tensor::from_vec(t.to_vec_f64().iter().map(|v| v / fan_in.sqrt()).collect::<Vec<_>>(), shape)?.to_dtype(DType::F32))
+        Tensor::from_vec(t.to_vec_f64().iter().map(|v| v / fan_in.sqrt()).collect::<Vec<_>>(), shape)?.to_dtype(DType::F32).to_device(d)
     };
-    let params = vec![scaled([32, 3, 3, 3], 3)?, scaled([32, 32, 3, 3], 4)?];
-    let x = Var::constant(Tensor::randn([32, 3, 32, 32], DType::F32, 1));
-    let r = Var::constant(Tensor::randn([32, 32, 32, 32], DType::F32, 2));
+    let params = vec![scaled([o, xs[1], 3, 3], 3)?, scaled([o, o, 3, 3], 4)?];
+    let x = Var::constant(Tensor::randn(xs, DType::F32, 1).to_device(d)?);
+    let r = Var::constant(Tensor::randn([xs[0], o, xs[2], xs[3]], DType::F32, 2).to_device(d)?);
     let loss = move |p: &[Var]| -> Result<Var> {
         let o = metagrad::Conv2dOpts::new(1, 1);
         let conv = |x: &Var, w: &Var| if fused { x.conv2d(w, None, o) } else { x.conv2d_composite(w, None, o) };
@@ -112,16 +137,16 @@ fn conv_net(fused: bool) -> Result<Problem> {
 
 /// An MLP with tanh between layers and mean cross-entropy on top. Weights are randn/√fan_in, biases
 /// zero, inputs randn, labels uniform over the classes; everything seeded from `seed`.
-fn mlp(widths: &[usize], batch: usize, dtype: DType, seed: u64) -> Result<Problem> {
+fn mlp(widths: &[usize], batch: usize, dtype: DType, seed: u64, d: Device) -> Result<Problem> {
     let mut params = Vec::new();
     for (l, w) in widths.windows(2).enumerate() {
         let scale = 1.0 / (w[0] as f64).sqrt();
         let weight = Tensor::randn([w[0], w[1]], DType::F64, seed + 2 * l as u64 + 1);
         let weight = Tensor::from_vec(weight.to_vec_f64().iter().map(|x| x * scale).collect::<Vec<_>>(), [w[0], w[1]])?;
-        params.push(weight.to_dtype(dtype));
-        params.push(Tensor::zeros([w[1]], dtype));
+        params.push(weight.to_dtype(dtype).to_device(d)?);
+        params.push(Tensor::full_on(0.0, [w[1]], dtype, d)?);
     }
-    let x = Var::constant(Tensor::randn([batch, widths[0]], dtype, seed + 1000));
+    let x = Var::constant(Tensor::randn([batch, widths[0]], dtype, seed + 1000).to_device(d)?);
     let classes = *widths.last().unwrap();
     let labels: Vec<usize> = Tensor::rand_uniform([batch], 0.0, classes as f64, DType::F64, seed + 1001)
         .to_vec_f64()
@@ -169,34 +194,42 @@ fn min(v: &[f64]) -> f64 {
     v.iter().copied().fold(f64::INFINITY, f64::min)
 }
 
-fn ms(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1e3
+/// Milliseconds since `t`, after the device's queued work has finished.
+fn ms(t: Instant, d: Device) -> Result<f64> {
+    if d != Device::Cpu {
+        cuda::synchronize(d)?;
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
-fn measure(w: &Workload, reps: usize) -> Result<Timing> {
-    let p = (w.build)()?;
-    let dirs: Vec<Tensor> =
-        p.params.iter().enumerate().map(|(i, t)| Tensor::randn(t.shape().clone(), t.dtype(), 7000 + i as u64)).collect();
+fn measure(w: &Workload, reps: usize, d: Device) -> Result<Timing> {
+    let p = (w.build)(d)?;
+    let dirs: Vec<Tensor> = p
+        .params
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Tensor::randn(t.shape().clone(), t.dtype(), 7000 + i as u64).to_device(d))
+        .collect::<Result<_>>()?;
     let taped = || -> Result<(Vec<Var>, Var, f64)> {
         let tape = Tape::new();
         let vars: Vec<Var> = p.params.iter().map(|t| tape.var(t.clone())).collect();
         let t0 = Instant::now();
         let loss = (p.loss)(&vars)?;
-        Ok((vars, loss, ms(t0)))
+        Ok((vars, loss, ms(t0, d)?))
     };
     let (mut fwd, mut fwd_ng, mut bwd, mut bob) = (vec![], vec![], vec![], vec![]);
     for rep in 0..=reps {
         let consts: Vec<Var> = p.params.iter().map(|t| Var::constant(t.clone())).collect();
         let t0 = Instant::now();
         let l = no_grad(|| (p.loss)(&consts))?;
-        let t_ng = ms(t0);
+        let t_ng = ms(t0, d)?;
         std::hint::black_box(l.value());
 
         let (vars, loss, t_f) = taped()?;
         let refs: Vec<&Var> = vars.iter().collect();
         let t0 = Instant::now();
         let g = grad(&loss, &refs, false)?;
-        let t_b = ms(t0);
+        let t_b = ms(t0, d)?;
         std::hint::black_box(&g);
         drop((g, loss, refs));
         drop(vars);
@@ -205,7 +238,7 @@ fn measure(w: &Workload, reps: usize) -> Result<Timing> {
         let refs: Vec<&Var> = vars.iter().collect();
         let t0 = Instant::now();
         let hv = hvp(&loss, &refs, &dirs)?;
-        let t_h = ms(t0);
+        let t_h = ms(t0, d)?;
         std::hint::black_box(&hv);
 
         if rep > 0 {
@@ -232,10 +265,11 @@ struct Args {
     json: bool,
     reps: usize,
     workload: Option<String>,
+    cuda: bool,
 }
 
 fn parse_args() -> std::result::Result<Args, String> {
-    let mut args = Args { json: false, reps: 10, workload: None };
+    let mut args = Args { json: false, reps: 10, workload: None, cuda: false };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -249,12 +283,14 @@ fn parse_args() -> std::result::Result<Args, String> {
             "--workload" => args.workload = Some(value("--workload")?),
             "--device" => {
                 let d = value("--device")?;
-                if d != "cpu" {
-                    return Err(format!("unknown device '{d}' (available: cpu)"));
-                }
+                args.cuda = match d.as_str() {
+                    "cpu" => false,
+                    "cuda" => true,
+                    _ => return Err(format!("unknown device '{d}' (available: cpu, cuda)")),
+                };
             }
             "-h" | "--help" => {
-                return Err("usage: bob_throughput [--json] [--reps N] [--workload NAME] [--device cpu]".into());
+                return Err("usage: bob_throughput [--json] [--reps N] [--workload NAME] [--device cpu|cuda]".into());
             }
             other => return Err(format!("unknown argument '{other}' (try --help)")),
         }
@@ -270,7 +306,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let all = workloads();
+    let device = if args.cuda {
+        match Device::cuda(0) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("bob_throughput: --device cuda: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        Device::Cpu
+    };
+    let device_name = if args.cuda { cuda::device_name(device).unwrap_or_else(|e| e.to_string()) } else { "cpu".to_string() };
+    let all: Vec<Workload> = workloads().into_iter().filter(|w| args.cuda || !w.gpu_only).collect();
     let chosen: Vec<&Workload> = all.iter().filter(|w| args.workload.as_deref().is_none_or(|n| n == w.name)).collect();
     if chosen.is_empty() {
         let names: Vec<&str> = all.iter().map(|w| w.name).collect();
@@ -280,7 +328,7 @@ fn main() -> ExitCode {
     let threads = rayon::current_num_threads();
     let mut results = Vec::new();
     for w in chosen {
-        match measure(w, args.reps) {
+        match measure(w, args.reps, device) {
             Ok(t) => results.push(t),
             Err(e) => {
                 eprintln!("bob_throughput: workload {} failed: {e}", w.name);
@@ -295,7 +343,7 @@ fn main() -> ExitCode {
                 format!(
                     "  \"{}\": {{\"forward_ms\": {:.3}, \"backward_ms\": {:.3}, \"bob_ms\": {:.3}, \"forward_nograd_ms\": {:.3}, \
                      \"bob_over_backward\": {:.3}, \"forward_min_ms\": {:.3}, \"backward_min_ms\": {:.3}, \"bob_min_ms\": {:.3}, \"forward_taped\": true, \"reps\": {}, \"threads\": {threads}, \"dtype\": \"{}\", \
-                     \"device\": \"cpu\", \"params\": {}}}",
+                     \"device\": \"{device}\", \"device_name\": \"{device_name}\", \"params\": {}}}",
                     t.name,
                     t.forward_ms,
                     t.backward_ms,
@@ -313,7 +361,7 @@ fn main() -> ExitCode {
             .collect();
         println!("{{\n{}\n}}", entries.join(",\n"));
     } else {
-        println!("device cpu, {threads} threads, medians over {} reps (ms)\n", args.reps);
+        println!("device {device} ({device_name}), {threads} CPU threads, medians over {} reps (ms)\n", args.reps);
         println!("{:<28} {:>10} {:>10} {:>10} {:>10} {:>8}   min fwd/bwd/bob", "workload", "fwd", "fwd(nograd)", "bwd", "bob", "bob/bwd");
         for t in &results {
             println!(

@@ -29,6 +29,10 @@ __device__ __forceinline__ float mg_pow(float x, float p) { return powf(x, p); }
 __device__ __forceinline__ double mg_pow(double x, double p) { return pow(x, p); }
 __device__ __forceinline__ float mg_fma(float a, float b, float c) { return fmaf(a, b, c); }
 __device__ __forceinline__ double mg_fma(double a, double b, double c) { return fma(a, b, c); }
+// +infinity (NVRTC defines no INFINITY macro without headers).
+template <typename T> __device__ __forceinline__ T mg_inf();
+template <> __device__ __forceinline__ float mg_inf<float>() { return __int_as_float(0x7f800000); }
+template <> __device__ __forceinline__ double mg_inf<double>() { return __longlong_as_double(0x7ff0000000000000LL); }
 template <typename T> __device__ __forceinline__ bool mg_isnan(T x) { return x != x; }
 template <typename T> __device__ __forceinline__ bool mg_isfinite(T x) { return x - x == T(0); }
 

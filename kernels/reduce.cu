@@ -99,7 +99,7 @@ __device__ void softmax_axis(T* __restrict__ out, const T* __restrict__ x, u64 o
     for (u64 k = blockIdx.x; k < outer * inner; k += gridDim.x) {
         const u64 o = k / inner, i = k % inner;
         const T* row = x + o * n * inner + i;
-        T m = -INFINITY;
+        T m = -mg_inf<T>();
         for (u64 j = t; j < n; j += MG_RB) m = row[j * inner] > m ? row[j * inner] : m;
         s[t] = m;
         MG_TREE(s, t, a, b, b > a ? b : a)
