@@ -5,7 +5,9 @@
 //! ```sh
 //! cargo run --release --example metagradient_descent             # ~2 minutes on 2 CPU cores
 //! cargo run --release --example metagradient_descent -- --iters 4 --steps 60 --out /tmp/mgd
+//! cargo run --release --example metagradient_descent -- --device cpu   # or cuda; default: the best
 //! ```
+//! The device defaults to `Device::best()`: CUDA device 0 when one can be opened, else the CPU.
 //! The network follows the paper's metasmooth recipe (section 3, appendix E.2): batch norm *before* the
 //! activation, average pooling, and a scaled-down output. Training: T steps of SGD with momentum on
 //! 512 digits, 15% of them with a wrong label. Metaparameters: 6 learning-rate keypoints (interpolated
@@ -18,7 +20,7 @@ use metagrad::data::{default_path, Mnist};
 use metagrad::optim::{scalar, Sgd};
 use metagrad::replay::reference::keypoint_lr;
 use metagrad::replay::{evaluate, metagradient, ScheduleKind, StepCtx, Training};
-use metagrad::{Conv2dOpts, DType, Result, Tensor, Var};
+use metagrad::{Conv2dOpts, DType, Device, Result, Tensor, Var};
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
@@ -35,6 +37,7 @@ struct Mgd {
     x_val: Tensor,
     y_val: Vec<usize>,
     corrupted: Vec<bool>,
+    device: Device,
 }
 
 /// The metasmooth CNN: pool 28→14, conv 3×3 (1→8), batch norm, GELU, pool 14→7, linear 392→10, ×0.2.
@@ -54,16 +57,16 @@ impl Training for Mgd {
         let f = |shape: &[usize], seed: u64, fan_in: usize| -> Result<Tensor> {
             let t = Tensor::randn(shape.to_vec(), DType::F32, seed);
             let v: Vec<f32> = t.to_vec::<f32>()?.iter().map(|x| x / (fan_in as f32).sqrt()).collect();
-            Tensor::from_vec(v, shape.to_vec())
+            Tensor::from_vec(v, shape.to_vec())?.to_device(self.device)
         };
         let params = vec![
             f(&[CHANNELS, 1, 3, 3], 1, 9)?,
-            Tensor::ones([CHANNELS], DType::F32),
-            Tensor::zeros([CHANNELS], DType::F32),
+            Tensor::full_on(1.0, [CHANNELS], DType::F32, self.device)?,
+            Tensor::full_on(0.0, [CHANNELS], DType::F32, self.device)?,
             f(&[CHANNELS * 49, 10], 2, CHANNELS * 49)?,
-            Tensor::zeros([10], DType::F32),
+            Tensor::full_on(0.0, [10], DType::F32, self.device)?,
         ];
-        let bufs: Vec<Tensor> = params.iter().map(|p| Tensor::zeros(p.shape().clone(), DType::F32)).collect();
+        let bufs = params.iter().map(|p| Tensor::full_on(0.0, p.shape().clone(), DType::F32, self.device)).collect::<Result<Vec<_>>>()?;
         Ok(params.into_iter().chain(bufs).collect())
     }
     fn step(&self, ctx: &StepCtx, t: usize, s: &[Var], z: &[Var]) -> Result<Vec<Var>> {
@@ -71,7 +74,7 @@ impl Training for Mgd {
         let idx: Vec<usize> = (0..BATCH).map(|j| (t * BATCH + j) % N_TRAIN).collect();
         let labels: Vec<usize> = idx.iter().map(|&i| self.y_train[i]).collect();
         let x = Var::constant(self.x_train.clone()).index_select(0, &idx)?;
-        let w = z[1].index_select(0, &idx)?;
+        let w = z[1].to_device(self.device)?.index_select(0, &idx)?;
         let (params, bufs) = s.split_at(5);
         let loss = logits(&x, params)?.cross_entropy(&labels, Some(&w))?;
         let g = ctx.grad(&loss, &params.iter().collect::<Vec<_>>())?;
@@ -149,9 +152,15 @@ fn main() -> Result<()> {
     let corrupted: Vec<bool> = (0..N_TRAIN).map(|i| (i * 7919) % 100 < 15).collect();
     let y_train: Vec<usize> =
         data.labels_of(tr)?.iter().enumerate().map(|(i, &l)| if corrupted[i] { (l + 1 + i % 9) % 10 } else { l }).collect();
-    let problem = Mgd { steps, x_train: images(&data, tr)?, y_train, x_val: images(&data, va)?, y_val: data.labels_of(va)?, corrupted };
+    let device = match arg(&args, "--device", "auto".to_string()).as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::cuda(0)?,
+        _ => Device::best(),
+    };
+    let (x_train, x_val) = (images(&data, tr)?.to_device(device)?, images(&data, va)?.to_device(device)?);
+    let problem = Mgd { steps, x_train, y_train, x_val, y_val: data.labels_of(va)?, corrupted, device };
     println!(
-        "MGD on MNIST: {N_TRAIN} training digits ({} mislabelled), {N_VAL} validation digits, T = {steps} SGD steps of batch {BATCH}, REPLAY k = {k}, device cpu",
+        "MGD on MNIST: {N_TRAIN} training digits ({} mislabelled), {N_VAL} validation digits, T = {steps} SGD steps of batch {BATCH}, REPLAY k = {k}, device {device}",
         problem.corrupted.iter().filter(|&&c| c).count()
     );
 

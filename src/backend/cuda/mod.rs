@@ -1,10 +1,21 @@
-//! The CUDA backend, first slice: device detection, kernel sources and their NVRTC compilation.
+//! The CUDA backend: device tensors, a caching allocator, NVRTC-compiled kernels, and the dispatch of
+//! every op to them.
 //!
-//! **What exists today.** [`available`] tells whether a CUDA driver and device 0 can be used,
-//! [`Device::cuda`] opens a device and names the reason when it cannot, [`kernels::SOURCES`] holds the
-//! CUDA C kernels from `kernels/*.cu`, and [`compile_ptx`] compiles them to PTX with NVRTC. CI compiles
-//! every kernel for sm_80 and sm_90 with NVRTC installed from PyPI wheels. **No op runs on the GPU yet**:
-//! tensors live on the CPU, and [`Device::best`] returns the CPU until they do.
+//! **What runs on the GPU.** A tensor placed with [`crate::Tensor::to_device`] lives in device memory
+//! from the device's caching allocator ([`memory_stats`], [`empty_cache`]); every op on CUDA operands
+//! runs the kernels of `kernels/*.cu` (host side in `ops.rs`), so forward, backward and
+//! backward-over-backward all stay on the device. conv2d and attention run their composite paths there
+//! (im2col + matmul, matmul + softmax); the fused GPU kernels are not written yet. Optimizer updates run
+//! as ops. Matmul is our own tiled kernel rather than cuBLAS: one FMA per k in ascending order, so it
+//! is bitwise deterministic by construction, matches the CPU kernel's rounding sequence, and needs no
+//! library settings to pin down.
+//!
+//! **Kernels** are compiled with NVRTC at first use for the device's compute capability and cached for
+//! the process. CI compiles every kernel for sm_80 and sm_90 with NVRTC installed from PyPI wheels.
+//!
+//! **Without a GPU**, `METAGRAD_CUDA_EMULATOR=1` makes `cuda:0` an emulated device (`emulator.rs`): the
+//! same kernel sources built with the host C++ compiler and run on the CPU behind the same driver trait,
+//! so the allocator, the dispatch and the kernels' logic are tested on any machine (CI does).
 //!
 //! Everything goes through [cudarc](https://docs.rs/cudarc) with dynamic loading: `libcuda.so.1` and
 //! `libnvrtc.so.13` are opened at run time, so the crate builds and every CPU test runs on a machine
@@ -24,13 +35,6 @@
 //! | Calling a kernel | a function call on rayon's pool | a launch on a `CudaStream` |
 //! | Parallel worker | a rayon thread | a thread block |
 //!
-//! # Plan
-//!
-//! Later slices add device storage to [`crate::Tensor`] (with a caching allocator so that steady-state
-//! training steps make no driver allocations), compile [`kernels::SOURCES`] once per process for the
-//! device's compute capability, and dispatch every op to these kernels when its operands live on
-//! `Device::Cuda(n)`; only then will [`Device::best`] pick CUDA.
-//!
 //! # Determinism rules
 //!
 //! The GPU kernels keep the crate's promise of identical bits across runs:
@@ -38,7 +42,9 @@
 //! - every reduction has a fixed tree that depends only on the shapes: a fixed block size, fixed
 //!   per-thread strides and a fixed shared-memory halving tree (see `kernels/reduce.cu`), never on the
 //!   grid size or on scheduling;
-//! - element-wise kernels write each output from exactly one thread.
+//! - every other kernel writes each output from exactly one thread, and scatter-adds are computed by
+//!   their outputs (summing contributions in ascending index order);
+//! - all work is ordered on one stream.
 //!
 //! GPU and CPU results agree to rounding, not bitwise: their reduction trees differ.
 
@@ -152,8 +158,8 @@ impl Device {
     /// CUDA device `ordinal`, checked to exist: the driver is loaded and a context is created on it.
     ///
     /// Returns [`Error::Device`] naming the ordinal and the reason when there is no driver, no device
-    /// or no device with that ordinal; never panics. Tensors cannot be placed on the returned device yet
-    /// (no op runs on the GPU in this version).
+    /// or no device with that ordinal; never panics. With `METAGRAD_CUDA_EMULATOR=1`, `cuda:0` is the
+    /// kernel emulator (see the module docs).
     pub fn cuda(ordinal: usize) -> Result<Device> {
         gpu(ordinal).map(|_| Device::Cuda(ordinal))
     }
