@@ -60,6 +60,33 @@ __device__ __forceinline__ void mg_offsets(const Strides& s, u64 i, i64* oa, i64
     *ob = b;
 }
 
+// A 2-D window geometry (src/ops/conv.rs `Geometry`): input n×c×h×w, window kh×kw, output ho×wo,
+// stride (sh, sw), padding (ph, pw), dilation (dh, dw).
+struct Geom {
+    i64 n, c, h, w, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw;
+};
+
+// The input row read by tap ki of output row oh, or −1 outside the image (same for columns).
+__device__ __forceinline__ i64 geom_row(const Geom& g, i64 ki, i64 oh) {
+    const i64 r = oh * g.sh + ki * g.dh - g.ph;
+    return (r >= 0 && r < g.h) ? r : -1;
+}
+__device__ __forceinline__ i64 geom_col(const Geom& g, i64 kj, i64 ow) {
+    const i64 c = ow * g.sw + kj * g.dw - g.pw;
+    return (c >= 0 && c < g.w) ? c : -1;
+}
+// The output row whose tap ki reads input row r, or −1 (same for columns).
+__device__ __forceinline__ i64 geom_out_row(const Geom& g, i64 ki, i64 r) {
+    const i64 t = r + g.ph - ki * g.dh;
+    if (t < 0 || t % g.sh != 0 || t / g.sh >= g.ho) return -1;
+    return t / g.sh;
+}
+__device__ __forceinline__ i64 geom_out_col(const Geom& g, i64 kj, i64 c) {
+    const i64 t = c + g.pw - kj * g.dw;
+    if (t < 0 || t % g.sw != 0 || t / g.sw >= g.wo) return -1;
+    return t / g.sw;
+}
+
 // One thread per element, any grid (grid-stride loop).
 #define MG_FOR_EACH(i, n) \
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)gridDim.x * blockDim.x)

@@ -57,33 +57,6 @@ __device__ void scatter_add(T* __restrict__ out, const T* __restrict__ g, const 
 #define SCATTER_ADD_PARAMS(T) (T* out, const T* g, const u64* idx, u64 outer, u64 n, u64 m, u64 inner)
 MG_F32_F64(scatter_add, SCATTER_ADD_PARAMS, (out, g, idx, outer, n, m, inner))
 
-// A 2-D window geometry (src/ops/conv.rs `Geometry`): input n×c×h×w, window kh×kw, output ho×wo,
-// stride (sh, sw), padding (ph, pw), dilation (dh, dw).
-struct Geom {
-    i64 n, c, h, w, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw;
-};
-
-// The input row read by tap ki of output row oh, or −1 outside the image (same for columns).
-__device__ __forceinline__ i64 geom_row(const Geom& g, i64 ki, i64 oh) {
-    const i64 r = oh * g.sh + ki * g.dh - g.ph;
-    return (r >= 0 && r < g.h) ? r : -1;
-}
-__device__ __forceinline__ i64 geom_col(const Geom& g, i64 kj, i64 ow) {
-    const i64 c = ow * g.sw + kj * g.dw - g.pw;
-    return (c >= 0 && c < g.w) ? c : -1;
-}
-// The output row whose tap ki reads input row r, or −1 (same for columns).
-__device__ __forceinline__ i64 geom_out_row(const Geom& g, i64 ki, i64 r) {
-    const i64 t = r + g.ph - ki * g.dh;
-    if (t < 0 || t % g.sh != 0 || t / g.sh >= g.ho) return -1;
-    return t / g.sh;
-}
-__device__ __forceinline__ i64 geom_out_col(const Geom& g, i64 kj, i64 c) {
-    const i64 t = c + g.pw - kj * g.dw;
-    if (t < 0 || t % g.sw != 0 || t / g.sw >= g.wo) return -1;
-    return t / g.sw;
-}
-
 // cols[(c, ki, kj), (n, oh, ow)] = x[n, c, row, col] of that tap, or 0 in the padding.
 template <typename T> __device__ void im2col(T* __restrict__ cols, const T* __restrict__ x, Geom g) {
     const u64 ncols = (u64)(g.n * g.ho * g.wo);

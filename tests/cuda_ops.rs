@@ -205,6 +205,12 @@ fn norms_conv_pool_and_attention_match_the_cpu() {
             &move |x| x[0].conv2d(&x[1], Some(&x[2]), o)?.tanh(),
         );
     }
+    // More than one 64-row tile of output channels, and a weight gradient long enough (2·70·64 > 8192
+    // positions) to be split into chunks reduced in fixed order.
+    check("conv2d split-K", vec![randn(&[2, 3, 70, 64], 54), randn(&[65, 3, 3, 3], 55)], &|x| x[0].conv2d(&x[1], None, Conv2dOpts::new(1, 1)));
+    let o = Conv2dOpts { stride: (2, 1), padding: (1, 0), dilation: (1, 2) };
+    check("conv2d_backward_input", vec![randn(&[2, 4, 4, 5], 56), randn(&[4, 3, 3, 2], 57)], &move |x| Var::conv2d_backward_input(&x[0], &x[1], (7, 7), o));
+    check("conv2d_backward_weight", vec![randn(&[2, 3, 7, 7], 58), randn(&[2, 4, 4, 5], 59)], &move |x| Var::conv2d_backward_weight(&x[0], &x[1], (3, 2), o));
     check("avg_pool2d", vec![randn(&[2, 3, 7, 7], 50)], &|x| x[0].avg_pool2d((3, 3), Conv2dOpts::new(2, 1)));
     for causal in [false, true] {
         check(

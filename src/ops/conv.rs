@@ -331,7 +331,21 @@ fn vjp_name(name: &str) -> &'static str {
 /// Records a conv node: `inputs` with `roles`, one output per term (see the module docs). Returns the
 /// outputs in their own shapes.
 fn conv_node(name: &'static str, s: ConvShape, inputs: &[&Var], roles: Vec<Role>, terms: Vec<Term>) -> Result<Vec<Var>> {
-    let parts: Vec<Tensor> = with_float!(name, inputs[0].dtype(), T => {
+    let parts: Vec<Tensor> = if inputs[0].value().is_cuda() {
+        let vals: Vec<&Tensor> = inputs.iter().map(|v| v.value()).collect();
+        let mut parts = Vec::with_capacity(terms.len());
+        for t in &terms {
+            // The pairs of each role, in the order the kernels take them (as for the CPU kernels below).
+            let (mode, pairs): (_, Vec<(&Tensor, &Tensor)>) = match t.role {
+                Role::Y => (cuda::ConvMode::Forward, t.pairs.iter().map(|&(x, w)| (vals[x], vals[w])).collect()),
+                Role::X => (cuda::ConvMode::InputGrad, t.pairs.iter().map(|&(w, y)| (vals[y], vals[w])).collect()),
+                Role::W => (cuda::ConvMode::WeightGrad, t.pairs.iter().map(|&(x, y)| (vals[x], vals[y])).collect()),
+            };
+            parts.push(cuda::conv(mode, &s, &pairs, role_shape(&s, t.role))?);
+        }
+        parts
+    } else {
+        with_float!(name, inputs[0].dtype(), T => {
         let vals = inputs.iter().map(|v| v.value().as_slice::<T>()).collect::<Result<Vec<&[T]>>>()?;
         let mut parts = Vec::with_capacity(terms.len());
         for t in &terms {
@@ -343,7 +357,8 @@ fn conv_node(name: &'static str, s: ConvShape, inputs: &[&Var], roles: Vec<Role>
             parts.push(Tensor::from_vec(data, role_shape(&s, t.role))?);
         }
         parts
-    });
+        })
+    };
     // Outputs that share a tracked input go in one node, so that the next derivative sees all their
     // cotangents at once and fuses their contributions to that input; the others get nodes of their
     // own, which saves the packing copies (and all of them when nothing is recorded).
@@ -377,6 +392,11 @@ fn conv_node(name: &'static str, s: ConvShape, inputs: &[&Var], roles: Vec<Role>
 fn record_node(name: &'static str, s: ConvShape, inputs: &[&Var], roles: &[Role], terms: Vec<Term>, parts: &[Tensor]) -> Result<Vec<Var>> {
     let value = match parts {
         [one] => one.clone(),
+        _ if parts[0].is_cuda() => {
+            let flat = parts.iter().map(|p| p.reshape([p.numel()])).collect::<Result<Vec<_>>>()?;
+            let len = flat.iter().map(Tensor::numel).sum::<usize>();
+            cuda::concat(&flat.iter().collect::<Vec<_>>(), 1, 1, Shape::new([len]))?
+        }
         _ => with_float!(name, inputs[0].dtype(), T => {
             let mut flat: Vec<T> = Vec::with_capacity(parts.iter().map(|p| p.numel()).sum());
             for p in parts {
@@ -499,13 +519,9 @@ impl Var {
     /// (see the module docs); every derivative order is exact. [`Var::conv2d_composite`] is the same map
     /// through im2col + matmul.
     ///
-    /// On a CUDA device this runs the composite path (im2col + matmul, whose kernels are deterministic
-    /// too); the fused GPU kernels are not written yet.
+    /// On a CUDA device the same nodes run implicit-GEMM kernels (`kernels/gemm.cu`).
     pub fn conv2d(&self, weight: &Var, bias: Option<&Var>, opts: Conv2dOpts) -> Result<Var> {
         let g = check_conv("conv2d", self, weight, bias, opts)?;
-        if self.value().is_cuda() {
-            return self.conv2d_composite(weight, bias, opts);
-        }
         let o = weight.dims()[0];
         let y = conv_node("conv2d", g.conv(o), &[self, weight], vec![Role::X, Role::W], vec![Term { role: Role::Y, pairs: vec![(0, 1)] }])?;
         add_bias("conv2d", y.into_iter().next().expect("one output"), bias, o)

@@ -75,7 +75,7 @@ pub mod kernels {
     }
 
     /// `(file name, CUDA C source)` of every kernel file in `kernels/`, prelude included.
-    pub const SOURCES: &[(&str, &str)] = &[unit!("elementwise.cu"), unit!("reduce.cu"), unit!("matmul.cu"), unit!("index.cu")];
+    pub const SOURCES: &[(&str, &str)] = &[unit!("elementwise.cu"), unit!("reduce.cu"), unit!("gemm.cu"), unit!("index.cu")];
 }
 
 /// Whether a CUDA device (or, with `METAGRAD_CUDA_EMULATOR=1`, the kernel emulator) can be used as

@@ -480,3 +480,69 @@ pub(crate) fn tensor_from_buf(src: &Buf, off: usize, dtype: DType, shape: Shape)
     }
     Ok(t)
 }
+
+/// Which convolution a [`conv`] call computes (the `mode` of `conv_gemm` in kernels/gemm.cu).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConvMode {
+    /// y = Σ conv(x_p, w_p); pairs are (x, w).
+    Forward = 0,
+    /// x = Σ conv_transpose(y_p, w_p); pairs are (y, w).
+    InputGrad = 1,
+    /// w = Σ correlate(x_p, y_p); pairs are (x, y).
+    WeightGrad = 2,
+}
+
+/// Most operand pairs one `conv_gemm` launch sums (`MG_MAX_PAIRS`).
+const MAX_PAIRS: usize = 4;
+
+/// The implicit-GEMM convolutions of the fused conv nodes: the sum over `pairs` of one convolution of
+/// geometry `s`, with output shape `od`. More than four pairs run as several launches whose results
+/// are added in order.
+pub(crate) fn conv(mode: ConvMode, s: &crate::backend::cpu::conv::ConvShape, pairs: &[(&Tensor, &Tensor)], od: Shape) -> Result<Tensor> {
+    const OP: &str = "conv2d";
+    if pairs.len() > MAX_PAIRS {
+        let mut acc = conv(mode, s, &pairs[..MAX_PAIRS], od.clone())?;
+        for chunk in pairs[MAX_PAIRS..].chunks(MAX_PAIRS) {
+            acc = binary(OP, &acc, &conv(mode, s, chunk, od.clone())?, &od, 0)?;
+        }
+        return Ok(acc);
+    }
+    let first = pairs[0].0;
+    let g = gpu_of(first)?;
+    let (t, out) = empty(&g, od, first.dtype())?;
+    if t.numel() == 0 {
+        return Ok(t);
+    }
+    let geom = [s.n, s.c, s.h, s.w, s.kh, s.kw, s.ho, s.wo, s.stride.0, s.stride.1, s.padding.0, s.padding.1, s.dilation.0, s.dilation.1];
+    let mut words: Vec<i64> = geom.iter().map(|&v| v as i64).collect();
+    words.extend([s.o as i64, pairs.len() as i64]);
+    let mut ptrs = [[0i64; MAX_PAIRS]; 2];
+    for (p, (a, b)) in pairs.iter().enumerate() {
+        ptrs[0][p] = buf(OP, a)?.ptr as i64;
+        ptrs[1][p] = buf(OP, b)?.ptr as i64;
+    }
+    words.extend(ptrs.concat());
+    let name = kname(OP, "conv_gemm", first.dtype())?;
+    let tiles = |rows: usize, cols: usize| [cols.div_ceil(64) as u32, rows.div_ceil(64) as u32];
+    let (p, nhw, ckk) = (pairs.len(), s.n * s.ho * s.wo, s.c * s.kh * s.kw);
+    match mode {
+        ConvMode::Forward | ConvMode::InputGrad => {
+            let [x, y] = if mode == ConvMode::Forward { tiles(s.o, nhw) } else { tiles(s.c, s.n * s.h * s.w) };
+            launch3(&g, &name, [x, y, 1], &mut [Arg::U(out), Arg::S(words), Arg::I(mode as i32), Arg::U(0)])
+        }
+        ConvMode::WeightGrad => {
+            // Split-K over the long (n, oh, ow) range: the chunk count depends on the shape only, so the
+            // partial sums and their ascending-order reduction are the same on every run.
+            let k = p * nhw;
+            let splits = k.div_ceil(8192).clamp(1, 64);
+            let chunk = k.div_ceil(splits).div_ceil(16) * 16;
+            let splits = k.div_ceil(chunk);
+            let part = g.alloc(splits * s.o * ckk * first.dtype().size_in_bytes())?;
+            let [x, y] = tiles(s.o, ckk);
+            launch3(&g, &name, [x, y, splits as u32], &mut [Arg::U(part.ptr), Arg::S(words), Arg::I(2), Arg::U(chunk as u64)])?;
+            let args = vec![Arg::U(out), Arg::U(part.ptr), Arg::U(1), Arg::U(splits as u64), Arg::U((s.o * ckk) as u64)];
+            launch(&g, &kname(OP, "sum_axis", first.dtype())?, (s.o * ckk) as u64, args)
+        }
+    }?;
+    Ok(t)
+}
