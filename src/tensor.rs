@@ -344,6 +344,12 @@ impl Tensor {
         Ok(Tensor { storage: Arc::new(storage), shape: self.shape.clone(), device: self.device })
     }
 
+    /// Elements `start .. start + len` of the flattened tensor, as a new 1-D tensor on the same device.
+    pub(crate) fn narrow_flat(&self, start: usize, len: usize) -> Result<Tensor> {
+        let flat = crate::Var::constant(self.reshape([self.numel()])?);
+        Ok(flat.narrow(0, start, len)?.value().clone())
+    }
+
     /// The same buffer under a new shape with the same element count (no copy).
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();

@@ -207,18 +207,31 @@ fn norms_conv_pool_and_attention_match_the_cpu() {
     }
     // More than one 64-row tile of output channels, and a weight gradient long enough (2·70·64 > 8192
     // positions) to be split into chunks reduced in fixed order.
-    check("conv2d split-K", vec![randn(&[2, 3, 70, 64], 54), randn(&[65, 3, 3, 3], 55)], &|x| x[0].conv2d(&x[1], None, Conv2dOpts::new(1, 1)));
+    check("conv2d split-K", vec![randn(&[2, 3, 70, 64], 54), randn(&[65, 3, 3, 3], 55)], &|x| {
+        x[0].conv2d(&x[1], None, Conv2dOpts::new(1, 1))
+    });
     let o = Conv2dOpts { stride: (2, 1), padding: (1, 0), dilation: (1, 2) };
-    check("conv2d_backward_input", vec![randn(&[2, 4, 4, 5], 56), randn(&[4, 3, 3, 2], 57)], &move |x| Var::conv2d_backward_input(&x[0], &x[1], (7, 7), o));
-    check("conv2d_backward_weight", vec![randn(&[2, 3, 7, 7], 58), randn(&[2, 4, 4, 5], 59)], &move |x| Var::conv2d_backward_weight(&x[0], &x[1], (3, 2), o));
+    check("conv2d_backward_input", vec![randn(&[2, 4, 4, 5], 56), randn(&[4, 3, 3, 2], 57)], &move |x| {
+        Var::conv2d_backward_input(&x[0], &x[1], (7, 7), o)
+    });
+    check("conv2d_backward_weight", vec![randn(&[2, 3, 7, 7], 58), randn(&[2, 4, 4, 5], 59)], &move |x| {
+        Var::conv2d_backward_weight(&x[0], &x[1], (3, 2), o)
+    });
     check("avg_pool2d", vec![randn(&[2, 3, 7, 7], 50)], &|x| x[0].avg_pool2d((3, 3), Conv2dOpts::new(2, 1)));
+    // Fused attention kernels: tiles of 16, so N not a multiple of 16, Nq ≠ Nk both ways, d ≠ dv.
     for causal in [false, true] {
-        check(
-            &format!("attention causal={causal}"),
-            vec![randn(&[2, 2, 9, 8], 51), randn(&[2, 2, 11, 8], 52), randn(&[2, 2, 11, 8], 53)],
-            &move |x| x[0].attention(&x[1], &x[2], 0.35, causal),
-        );
+        for (nq, nk, d, dv) in [(9, 11, 8, 8), (37, 21, 20, 24), (18, 33, 64, 40)] {
+            check(
+                &format!("attention nq={nq} nk={nk} d={d} dv={dv} causal={causal}"),
+                vec![randn(&[2, nq, d], 51), randn(&[2, nk, d], 52), randn(&[2, nk, dv], 53)],
+                &move |x| x[0].attention(&x[1], &x[2], 0.35, causal),
+            );
+        }
     }
+    // Wider than the fused kernels take: the composite path, same results.
+    check("attention d=130", vec![randn(&[1, 5, 130], 60), randn(&[1, 6, 130], 61), randn(&[1, 6, 3], 62)], &|x| {
+        x[0].attention(&x[1], &x[2], 0.1, false)
+    });
 }
 
 #[test]

@@ -20,6 +20,7 @@
 
 use super::same_dtypes;
 use crate::backend::cpu::attention::{self as kernel, Geometry, Need};
+use crate::backend::cuda::ops as cuda;
 use crate::dtype::with_float;
 use crate::error::{invalid, shape_err, Error, Result};
 use crate::{Tensor, Var};
@@ -67,12 +68,16 @@ fn unpack(packed: &Var, like: &[Var]) -> Result<Vec<Option<Var>>> {
 fn attention_backward(x: &[Var], d_o: &Var, o: Tensor, lse: Tensor, g: Geometry) -> Result<Vec<Option<Var>>> {
     let (q, k, v) = (&x[0], &x[1], &x[2]);
     let need = Need { q: q.is_tracked(), kv: k.is_tracked() || v.is_tracked(), d_o: false };
-    let packed = with_float!("attention_backward", q.dtype(), T => {
+    let packed = if q.value().is_cuda() {
+        cuda::attention_backward(g, [q.value(), k.value(), v.value()], [&o, &lse], d_o.value(), need)?
+    } else {
+        with_float!("attention_backward", q.dtype(), T => {
         let s = Tensor::as_slice::<T>;
         let out = kernel::backward::<T>(g, [s(q.value())?, s(k.value())?, s(v.value())?], [s(&o)?, s(&lse)?], s(d_o.value())?, need);
         let n = out.len();
         Tensor::from_vec(out, [n])?
-    });
+        })
+    };
     let y = Var::record("attention_backward", packed, &[q, k, v, d_o], move |x, _, cot| attention_backward_backward(x, cot, &o, &lse, g))?;
     unpack(&y, x)
 }
@@ -82,7 +87,13 @@ fn attention_backward(x: &[Var], d_o: &Var, o: Tensor, lse: Tensor, g: Geometry)
 fn attention_backward_backward(x: &[Var], cot: &Var, o: &Tensor, lse: &Tensor, g: Geometry) -> Result<Vec<Option<Var>>> {
     let (q, k, v, d_o) = (&x[0], &x[1], &x[2], &x[3]);
     let need = Need { q: q.is_tracked(), kv: k.is_tracked() || v.is_tracked(), d_o: d_o.is_tracked() };
-    let packed = with_float!("attention_backward_backward", q.dtype(), T => {
+    let packed = if q.value().is_cuda() {
+        let (nq, nk) = (q.value().numel(), k.value().numel());
+        let c = cot.value();
+        let (a, b, e) = (c.narrow_flat(0, nq)?, c.narrow_flat(nq, nk)?, c.narrow_flat(nq + nk, v.value().numel())?);
+        cuda::attention_backward_backward(g, [q.value(), k.value(), v.value()], [o, lse], d_o.value(), [&a, &b, &e], need)?
+    } else {
+        with_float!("attention_backward_backward", q.dtype(), T => {
         let s = Tensor::as_slice::<T>;
         let c = s(cot.value())?;
         let (a, rest) = c.split_at(q.value().numel());
@@ -91,7 +102,8 @@ fn attention_backward_backward(x: &[Var], cot: &Var, o: &Tensor, lse: &Tensor, g
         let out = kernel::backward_backward::<T>(g, qkv, [s(o)?, s(lse)?], s(d_o.value())?, [a, b, e], need);
         let n = out.len();
         Tensor::from_vec(out, [n])?
-    });
+        })
+    };
     let y = Var::record("attention_backward_backward", packed, &[q, k, v, d_o, cot], |_, _, _| {
         Err(Error::Autodiff { msg: THIRD_ORDER.into() })
     })?;
@@ -107,19 +119,29 @@ impl Var {
     /// backward-over-backward (Hessian-vector products). A third derivative returns an
     /// [`Error::Autodiff`]; use [`Var::attention_composite`] for that.
     ///
-    /// On a CUDA device this runs [`Var::attention_composite`] (the fused GPU kernels are not written
-    /// yet).
+    /// On a CUDA device the three ops run the kernels of `kernels/attention.cu` for widths d, dv ≤ 128;
+    /// wider (or empty) problems run [`Var::attention_composite`] there.
     pub fn attention(&self, k: &Var, v: &Var, scale: f64, causal: bool) -> Result<Var> {
         let g = check(self, k, v, scale, causal)?;
         if self.value().is_cuda() {
-            return self.attention_composite(k, v, scale, causal);
+            let max = cuda::ATTENTION_MAX_WIDTH;
+            if g.d > max || g.dv > max || g.heads * g.nq * g.nk == 0 || g.d * g.dv == 0 {
+                return self.attention_composite(k, v, scale, causal);
+            }
         }
-        let (o, lse) = with_float!("attention", self.dtype(), T => {
+        let (o, lse) = if self.value().is_cuda() {
+            let (o, lse) = cuda::attention_forward(g, self.value(), k.value(), v.value())?;
+            let mut od = self.dims().to_vec();
+            *od.last_mut().expect("rank ≥ 2") = g.dv;
+            (o.reshape(od)?, lse.reshape(&self.dims()[..self.dims().len() - 1])?)
+        } else {
+            with_float!("attention", self.dtype(), T => {
             let (o, lse) = kernel::forward::<T>(g, self.value().as_slice::<T>()?, k.value().as_slice::<T>()?, v.value().as_slice::<T>()?);
             let mut od = self.dims().to_vec();
             *od.last_mut().expect("rank ≥ 2") = g.dv;
             (Tensor::from_vec(o, od)?, Tensor::from_vec(lse, &self.dims()[..self.dims().len() - 1])?)
-        });
+            })
+        };
         Var::record("attention", o, &[self, k, v], move |x, o, d_o| attention_backward(x, d_o, o.value().clone(), lse.clone(), g))
     }
 

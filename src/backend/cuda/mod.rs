@@ -75,7 +75,8 @@ pub mod kernels {
     }
 
     /// `(file name, CUDA C source)` of every kernel file in `kernels/`, prelude included.
-    pub const SOURCES: &[(&str, &str)] = &[unit!("elementwise.cu"), unit!("reduce.cu"), unit!("gemm.cu"), unit!("index.cu")];
+    pub const SOURCES: &[(&str, &str)] =
+        &[unit!("elementwise.cu"), unit!("reduce.cu"), unit!("gemm.cu"), unit!("index.cu"), unit!("attention.cu")];
 }
 
 /// Whether a CUDA device (or, with `METAGRAD_CUDA_EMULATOR=1`, the kernel emulator) can be used as

@@ -546,3 +546,119 @@ pub(crate) fn conv(mode: ConvMode, s: &crate::backend::cpu::conv::ConvShape, pai
     }?;
     Ok(t)
 }
+
+/// The fused attention kernels (kernels/attention.cu) handle widths up to this.
+pub(crate) const ATTENTION_MAX_WIDTH: usize = 128;
+
+/// The `Attn` struct of kernels/attention.cu.
+struct AttnArgs<'a> {
+    g: crate::backend::cpu::attention::Geometry,
+    need: crate::backend::cpu::attention::Need,
+    inputs: [Option<&'a Tensor>; 8], // q, k, v, lse, d_o, a, b, e
+    stats: [u64; 3],                 // D, D̄, ρ
+    outs: [u64; 4],                  // q, k, v, o
+}
+
+impl AttnArgs<'_> {
+    fn words(&self) -> Result<Arg> {
+        let g = &self.g;
+        let mut w = vec![g.heads, g.nq, g.nk, g.d, g.dv].into_iter().map(|v| v as i64).collect::<Vec<_>>();
+        w.extend([g.scale.to_bits() as i64, g.causal as i64, self.need.q as i64, self.need.kv as i64, self.need.d_o as i64]);
+        for t in self.inputs {
+            w.push(match t {
+                Some(t) => buf("attention", t)?.ptr as i64,
+                None => 0,
+            });
+        }
+        w.extend(self.stats.iter().chain(&self.outs).map(|&p| p as i64));
+        Ok(Arg::S(w))
+    }
+
+    fn launch(&self, gpu: &Gpu, kernel: &str, dtype: DType, rows: usize) -> Result<()> {
+        let grid = [rows.div_ceil(16) as u32, self.g.heads as u32, 1];
+        launch3(gpu, &kname("attention", kernel, dtype)?, grid, &mut [self.words()?])
+    }
+}
+
+/// D_i = dO_i · O_i for every query row (the backward's row statistic).
+fn row_dots(g: &Arc<Gpu>, d_o: &Tensor, o: &Tensor, rows: usize, width: usize) -> Result<Buf> {
+    let b = g.alloc(rows * d_o.dtype().size_in_bytes())?;
+    let args = vec![Arg::U(b.ptr), ptr("attention", d_o)?, ptr("attention", o)?, Arg::U(rows as u64), Arg::U(width as u64)];
+    launch(g, &kname("attention", "attn_rowdot", d_o.dtype())?, blocks_for(rows), args)?;
+    Ok(b)
+}
+
+/// Fused attention forward: (O [heads·nq·dv], ℓ [heads·nq]) as flat tensors.
+pub(crate) fn attention_forward(
+    g: crate::backend::cpu::attention::Geometry,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let gpu = gpu_of(q)?;
+    let (o, po) = empty(&gpu, [g.heads * g.nq * g.dv], q.dtype())?;
+    let (lse, _) = empty(&gpu, [g.heads * g.nq], q.dtype())?; // written through the ℓ slot
+    let need = crate::backend::cpu::attention::Need { q: false, kv: false, d_o: false };
+    let a =
+        AttnArgs { g, need, inputs: [Some(q), Some(k), Some(v), Some(&lse), None, None, None, None], stats: [0; 3], outs: [0, 0, 0, po] };
+    a.launch(&gpu, "attn_forward", q.dtype(), g.nq)?;
+    Ok((o, lse))
+}
+
+/// Fused attention backward: the packed [dQ | dK | dV] (unneeded parts zero).
+pub(crate) fn attention_backward(
+    g: crate::backend::cpu::attention::Geometry,
+    [q, k, v]: [&Tensor; 3],
+    [o, lse]: [&Tensor; 2],
+    d_o: &Tensor,
+    need: crate::backend::cpu::attention::Need,
+) -> Result<Tensor> {
+    let gpu = gpu_of(q)?;
+    let (nq, nk) = (g.heads * g.nq, g.heads * g.nk);
+    let sz = q.dtype().size_in_bytes() as u64;
+    let (t, base) = empty(&gpu, [nq * g.d + nk * (g.d + g.dv)], q.dtype())?;
+    gpu.driver.memset_zero(base, t.size_in_bytes())?;
+    let dd = row_dots(&gpu, d_o, o, nq, g.dv)?;
+    let outs = [base, base + (nq * g.d) as u64 * sz, base + ((nq + nk) * g.d) as u64 * sz, 0];
+    let a = AttnArgs { g, need, inputs: [Some(q), Some(k), Some(v), Some(lse), Some(d_o), None, None, None], stats: [dd.ptr, 0, 0], outs };
+    if need.q {
+        a.launch(&gpu, "attn_backward_rows", q.dtype(), g.nq)?;
+    }
+    if need.kv {
+        a.launch(&gpu, "attn_backward_cols", q.dtype(), g.nk)?;
+    }
+    Ok(t)
+}
+
+/// Fused attention backward-over-backward: the packed [Q̄ | K̄ | V̄ | dŌ] (unneeded parts zero), given
+/// the cotangents a, b, e of dQ, dK, dV.
+pub(crate) fn attention_backward_backward(
+    g: crate::backend::cpu::attention::Geometry,
+    [q, k, v]: [&Tensor; 3],
+    [o, lse]: [&Tensor; 2],
+    d_o: &Tensor,
+    [a, b, e]: [&Tensor; 3],
+    need: crate::backend::cpu::attention::Need,
+) -> Result<Tensor> {
+    let gpu = gpu_of(q)?;
+    let (nq, nk) = (g.heads * g.nq, g.heads * g.nk);
+    let sz = q.dtype().size_in_bytes() as u64;
+    let (t, base) = empty(&gpu, [nq * (g.d + g.dv) + nk * (g.d + g.dv)], q.dtype())?;
+    gpu.driver.memset_zero(base, t.size_in_bytes())?;
+    if !(need.q || need.kv || need.d_o) {
+        return Ok(t);
+    }
+    let dd = row_dots(&gpu, d_o, o, nq, g.dv)?;
+    let (dbar, rho) = (gpu.alloc(nq * sz as usize)?, gpu.alloc(nq * sz as usize)?);
+    let off_k = (nq * g.d) as u64 * sz;
+    let off_v = off_k + (nk * g.d) as u64 * sz;
+    let off_o = off_v + (nk * g.dv) as u64 * sz;
+    let outs = [base, base + off_k, base + off_v, base + off_o];
+    let inputs = [Some(q), Some(k), Some(v), Some(lse), Some(d_o), Some(a), Some(b), Some(e)];
+    let args = AttnArgs { g, need, inputs, stats: [dd.ptr, dbar.ptr, rho.ptr], outs };
+    args.launch(&gpu, "attn_bb_rows", q.dtype(), g.nq)?;
+    if need.kv {
+        args.launch(&gpu, "attn_bb_cols", q.dtype(), g.nk)?;
+    }
+    Ok(t)
+}
