@@ -21,8 +21,11 @@
 //! the HVP w.r.t. both weight tensors) and its `_composite` twin (im2col + matmul),
 //! `attention_b1_h4_n512_d64` (softmax attention on the fused kernels; bob is the HVP w.r.t. Q, K and V)
 //! and its `_composite` twin (matmul + softmax). With `--device cuda` every workload runs on CUDA device 0
-//! (where conv2d and attention run their composite paths), plus the GPU-sized `mlp_784_4096_4096_10_b4096`
-//! and `conv_b128_c64_64_hw32_k3`; each timed region ends with a device synchronize. Each workload is a
+//! (conv2d and attention on their fused CUDA kernels), plus the GPU-sized `mlp_784_4096_4096_10_b4096`,
+//! `conv_b128_c64_64_hw32_k3` and `attention_b4_h16_n{512,2048,8192}_d64` (fused and `_composite`); each
+//! timed region ends with a device synchronize, and the JSON adds the peak device memory and, for
+//! attention, the BoB's effective TFLOP/s (24·N²·d flops per head). A workload that fails (the N×N
+//! composite at N = 8192 may run out of memory) is reported with its error; the others still run. Each workload is a
 //! name and a function building its parameters and its loss on a device; add new ones to [`workloads`].
 
 use metagrad::backend::cuda;
@@ -89,22 +92,45 @@ fn workloads() -> Vec<Workload> {
         Workload {
             name: "attention_b1_h4_n512_d64",
             about: "Σ attention(Q, K, V) ∘ R, Q, K, V 1x4x512x64, non-causal, scale 1/8, f32; fused attention",
-            build: |d| attention(true, d),
+            build: |d| attention(true, [1, 4, 512, 64], d),
             gpu_only: false,
         },
         Workload {
             name: "attention_b1_h4_n512_d64_composite",
             about: "the same attention through the matmul + softmax composite path",
-            build: |d| attention(false, d),
+            build: |d| attention(false, [1, 4, 512, 64], d),
             gpu_only: false,
         },
+        gpu_attention("attention_b4_h16_n512_d64", 512, true),
+        gpu_attention("attention_b4_h16_n512_d64_composite", 512, false),
+        gpu_attention("attention_b4_h16_n2048_d64", 2048, true),
+        gpu_attention("attention_b4_h16_n2048_d64_composite", 2048, false),
+        gpu_attention("attention_b4_h16_n8192_d64", 8192, true),
+        gpu_attention("attention_b4_h16_n8192_d64_composite", 8192, false),
     ]
 }
 
-/// loss = Σ attention(Q, K, V) ∘ R over [1, 4, 512, 64] inputs (batch 1, 4 heads), non-causal, scale
+/// A GPU-sized attention workload, 4×16×n×64, f32 (fused or composite).
+fn gpu_attention(name: &'static str, n: usize, fused: bool) -> Workload {
+    let build: fn(Device) -> Result<Problem> = match (n, fused) {
+        (512, true) => |d| attention(true, [4, 16, 512, 64], d),
+        (512, false) => |d| attention(false, [4, 16, 512, 64], d),
+        (2048, true) => |d| attention(true, [4, 16, 2048, 64], d),
+        (2048, false) => |d| attention(false, [4, 16, 2048, 64], d),
+        (_, true) => |d| attention(true, [4, 16, 8192, 64], d),
+        (_, false) => |d| attention(false, [4, 16, 8192, 64], d),
+    };
+    let about = if fused {
+        "Σ attention(Q, K, V) ∘ R, 4 batches × 16 heads, d 64, non-causal, f32; fused"
+    } else {
+        "the same through the composite path (N×N scores)"
+    };
+    Workload { name, about, build, gpu_only: true }
+}
+
+/// loss = Σ attention(Q, K, V) ∘ R over inputs of `shape` (batch, heads, n, 64), non-causal, scale
 /// 1/√64; parameters (Q, K, V).
-fn attention(fused: bool, d: Device) -> Result<Problem> {
-    let shape = [1, 4, 512, 64];
+fn attention(fused: bool, shape: [usize; 4], d: Device) -> Result<Problem> {
     let params = (1..=3).map(|s| Tensor::randn(shape, DType::F32, s).to_device(d)).collect::<Result<Vec<_>>>()?;
     let r = Var::constant(Tensor::randn(shape, DType::F32, 4).to_device(d)?);
     let loss = move |p: &[Var]| -> Result<Var> {
@@ -178,6 +204,10 @@ struct Timing {
     bob_ms: f64,
     /// Fastest repetition of forward, backward and BoB: on a shared machine, the least disturbed.
     min_ms: [f64; 3],
+    /// Peak device memory during the workload (CUDA only).
+    peak_bytes: Option<usize>,
+    /// Effective TFLOP/s of the BoB for attention workloads, counting 24·N²·d flops per head.
+    bob_tflops: Option<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -203,6 +233,9 @@ fn ms(t: Instant, d: Device) -> Result<f64> {
 }
 
 fn measure(w: &Workload, reps: usize, d: Device) -> Result<Timing> {
+    if d != Device::Cpu {
+        cuda::reset_peak_memory(d)?;
+    }
     let p = (w.build)(d)?;
     let dirs: Vec<Tensor> = p
         .params
@@ -248,7 +281,16 @@ fn measure(w: &Workload, reps: usize, d: Device) -> Result<Timing> {
             bob.push(t_h);
         }
     }
+    let bob_ms = median(bob.clone());
+    let bob_tflops = w.name.starts_with("attention").then(|| {
+        let s = p.params[0].dims();
+        let (heads, n, dh) = (s[0] * s[1], s[2], s[3]);
+        24.0 * (n * n * dh * heads) as f64 / (bob_ms * 1e-3) / 1e12
+    });
+    let peak_bytes = if d != Device::Cpu { Some(cuda::memory_stats(d)?.peak_bytes_in_use) } else { None };
     Ok(Timing {
+        peak_bytes,
+        bob_tflops,
         name: w.name,
         about: w.about,
         dtype: p.params[0].dtype(),
@@ -257,7 +299,7 @@ fn measure(w: &Workload, reps: usize, d: Device) -> Result<Timing> {
         forward_ms: median(fwd),
         forward_nograd_ms: median(fwd_ng),
         backward_ms: median(bwd),
-        bob_ms: median(bob),
+        bob_ms,
     })
 }
 
@@ -326,24 +368,36 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let threads = rayon::current_num_threads();
-    let mut results = Vec::new();
+    // A workload that fails (e.g. the N×N composite attention running out of device memory) is
+    // reported as such, and the others still run; the exit status says whether any failed.
+    let (mut results, mut failed) = (Vec::new(), Vec::new());
     for w in chosen {
         match measure(w, args.reps, device) {
             Ok(t) => results.push(t),
             Err(e) => {
                 eprintln!("bob_throughput: workload {} failed: {e}", w.name);
-                return ExitCode::FAILURE;
+                failed.push((w.name, e.to_string().replace('"', "'")));
             }
         }
     }
+    let extra = |t: &Timing| {
+        let mut s = String::new();
+        if let Some(b) = t.peak_bytes {
+            s += &format!(", \"peak_device_mib\": {:.1}", b as f64 / (1 << 20) as f64);
+        }
+        if let Some(f) = t.bob_tflops {
+            s += &format!(", \"bob_tflops\": {f:.3}");
+        }
+        s
+    };
     if args.json {
-        let entries: Vec<String> = results
+        let mut entries: Vec<String> = results
             .iter()
             .map(|t| {
                 format!(
                     "  \"{}\": {{\"forward_ms\": {:.3}, \"backward_ms\": {:.3}, \"bob_ms\": {:.3}, \"forward_nograd_ms\": {:.3}, \
                      \"bob_over_backward\": {:.3}, \"forward_min_ms\": {:.3}, \"backward_min_ms\": {:.3}, \"bob_min_ms\": {:.3}, \"forward_taped\": true, \"reps\": {}, \"threads\": {threads}, \"dtype\": \"{}\", \
-                     \"device\": \"{device}\", \"device_name\": \"{device_name}\", \"params\": {}}}",
+                     \"device\": \"{device}\", \"device_name\": \"{device_name}\", \"params\": {}{}}}",
                     t.name,
                     t.forward_ms,
                     t.backward_ms,
@@ -355,10 +409,12 @@ fn main() -> ExitCode {
                     t.min_ms[2],
                     args.reps,
                     t.dtype,
-                    t.params
+                    t.params,
+                    extra(t)
                 )
             })
             .collect();
+        entries.extend(failed.iter().map(|(n, e)| format!("  \"{n}\": {{\"error\": \"{e}\"}}")));
         println!("{{\n{}\n}}", entries.join(",\n"));
     } else {
         println!("device {device} ({device_name}), {threads} CPU threads, medians over {} reps (ms)\n", args.reps);
@@ -377,9 +433,12 @@ fn main() -> ExitCode {
                 t.min_ms[2]
             );
         }
+        for (n, e) in &failed {
+            println!("{n:<28} failed: {e}");
+        }
         println!();
         for t in &results {
-            println!("{}: {} ({} params, {})", t.name, t.about, t.params, t.dtype);
+            println!("{}: {} ({} params, {}{})", t.name, t.about, t.params, t.dtype, extra(t));
         }
         println!(
             "\nfwd: the loss with recording on (the forward backward needs); fwd(nograd): the same under no_grad;\n\
@@ -387,5 +446,9 @@ fn main() -> ExitCode {
              (grad with create_graph, then the gradient of <g, v>), forward excluded. Medians; min: the fastest rep."
         );
     }
-    ExitCode::SUCCESS
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -95,6 +95,11 @@ impl Gpu {
         self.pool.lock().unwrap().stats
     }
 
+    pub(crate) fn reset_peak(&self) {
+        let mut pool = self.pool.lock().unwrap();
+        pool.stats.peak_bytes_in_use = pool.stats.bytes_in_use;
+    }
+
     pub(crate) fn empty_cache(&self) -> Result<()> {
         Self::release_cache(self.driver.as_ref(), &mut self.pool.lock().unwrap())
     }

@@ -118,6 +118,12 @@ pub fn memory_stats(device: Device) -> Result<MemoryStats> {
     Ok(gpu_of(device)?.stats())
 }
 
+/// Restarts `device`'s peak-memory counter from the bytes in use now (to measure one workload).
+pub fn reset_peak_memory(device: Device) -> Result<()> {
+    gpu_of(device)?.reset_peak();
+    Ok(())
+}
+
 /// Returns `device`'s cached free buffers to the driver (live tensors are untouched).
 pub fn empty_cache(device: Device) -> Result<()> {
     gpu_of(device)?.empty_cache()
