@@ -88,6 +88,12 @@ struct ConvPairs {
     u64 second[MG_MAX_PAIRS]; // per pair: w (forward, input grad) or y (weight grad)
 };
 
+// Entry p of a pair-pointer array, by selects rather than a dynamic index (which would copy the whole
+// parameter struct to local memory: ptxas reported a 600-byte stack frame before this).
+__device__ __forceinline__ u64 pick(const u64 (&a)[MG_MAX_PAIRS], i64 p) {
+    return p == 0 ? a[0] : p == 1 ? a[1] : p == 2 ? a[2] : a[3];
+}
+
 // y[n, o, oh, ow] = Σ_p Σ_{c, ki, kj} w_p[o, c, ki, kj] · x_p[n, c, row, col]:
 // rows o, columns (n, oh, ow), k = (p, c, ki, kj).
 template <typename T> struct ConvForward {
@@ -95,7 +101,7 @@ template <typename T> struct ConvForward {
     T* y;
     __device__ T a(u64 o, u64 k) const {
         const i64 ckk = s.g.c * s.g.kh * s.g.kw, p = (i64)k / ckk, r = (i64)k % ckk;
-        return ((const T*)s.second[p])[o * ckk + r];
+        return ((const T*)pick(s.second, p))[o * ckk + r];
     }
     __device__ T b(u64 k, u64 q) const {
         const Geom& g = s.g;
@@ -103,7 +109,7 @@ template <typename T> struct ConvForward {
         const i64 c = r / (g.kh * g.kw), ki = r / g.kw % g.kh, kj = r % g.kw;
         const i64 n = (i64)q / (g.ho * g.wo), oh = (i64)q / g.wo % g.ho, ow = (i64)q % g.wo;
         const i64 row = geom_row(g, ki, oh), col = geom_col(g, kj, ow);
-        return (row >= 0 && col >= 0) ? ((const T*)s.first[p])[((n * g.c + c) * g.h + row) * g.w + col] : T(0);
+        return (row >= 0 && col >= 0) ? ((const T*)pick(s.first, p))[((n * g.c + c) * g.h + row) * g.w + col] : T(0);
     }
     __device__ void store(u64 o, u64 q, T v) const {
         const Geom& g = s.g;
@@ -121,7 +127,7 @@ template <typename T> struct ConvInputGrad {
         const Geom& g = s.g;
         const i64 okk = s.o * g.kh * g.kw, p = (i64)k / okk, r = (i64)k % okk;
         const i64 o = r / (g.kh * g.kw), tap = r % (g.kh * g.kw);
-        return ((const T*)s.second[p])[(o * g.c + (i64)c) * g.kh * g.kw + tap];
+        return ((const T*)pick(s.second, p))[(o * g.c + (i64)c) * g.kh * g.kw + tap];
     }
     __device__ T b(u64 k, u64 q) const {
         const Geom& g = s.g;
@@ -129,7 +135,7 @@ template <typename T> struct ConvInputGrad {
         const i64 o = r / (g.kh * g.kw), ki = r / g.kw % g.kh, kj = r % g.kw;
         const i64 n = (i64)q / (g.h * g.w), h = (i64)q / g.w % g.h, w = (i64)q % g.w;
         const i64 oh = geom_out_row(g, ki, h), ow = geom_out_col(g, kj, w);
-        return (oh >= 0 && ow >= 0) ? ((const T*)s.first[p])[((n * s.o + o) * g.ho + oh) * g.wo + ow] : T(0);
+        return (oh >= 0 && ow >= 0) ? ((const T*)pick(s.first, p))[((n * s.o + o) * g.ho + oh) * g.wo + ow] : T(0);
     }
     __device__ void store(u64 c, u64 q, T v) const {
         const Geom& g = s.g;
@@ -147,7 +153,7 @@ template <typename T> struct ConvWeightGrad {
         const Geom& g = s.g;
         const i64 nhw = g.n * g.ho * g.wo, p = (i64)k / nhw, r = (i64)k % nhw;
         const i64 n = r / (g.ho * g.wo), pix = r % (g.ho * g.wo);
-        return ((const T*)s.second[p])[(n * s.o + (i64)o) * g.ho * g.wo + pix];
+        return ((const T*)pick(s.second, p))[(n * s.o + (i64)o) * g.ho * g.wo + pix];
     }
     __device__ T b(u64 k, u64 j) const {
         const Geom& g = s.g;
@@ -155,7 +161,7 @@ template <typename T> struct ConvWeightGrad {
         const i64 n = r / (g.ho * g.wo), oh = r / g.wo % g.ho, ow = r % g.wo;
         const i64 c = (i64)j / (g.kh * g.kw), ki = (i64)j / g.kw % g.kh, kj = (i64)j % g.kw;
         const i64 row = geom_row(g, ki, oh), col = geom_col(g, kj, ow);
-        return (row >= 0 && col >= 0) ? ((const T*)s.first[p])[((n * g.c + c) * g.h + row) * g.w + col] : T(0);
+        return (row >= 0 && col >= 0) ? ((const T*)pick(s.first, p))[((n * g.c + c) * g.h + row) * g.w + col] : T(0);
     }
     __device__ void store(u64 o, u64 j, T v) const {
         const i64 ckk = s.g.c * s.g.kh * s.g.kw;

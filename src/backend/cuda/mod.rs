@@ -4,8 +4,9 @@
 //! **What runs on the GPU.** A tensor placed with [`crate::Tensor::to_device`] lives in device memory
 //! from the device's caching allocator ([`memory_stats`], [`empty_cache`]); every op on CUDA operands
 //! runs the kernels of `kernels/*.cu` (host side in `ops.rs`), so forward, backward and
-//! backward-over-backward all stay on the device. conv2d and attention run their composite paths there
-//! (im2col + matmul, matmul + softmax); the fused GPU kernels are not written yet. Optimizer updates run
+//! backward-over-backward all stay on the device. The fused conv nodes run implicit-GEMM kernels
+//! (`kernels/gemm.cu`) and the three fused attention ops run `kernels/attention.cu` (widths up to 128;
+//! wider ones take the composite path). Optimizer updates run
 //! as ops. Matmul is our own tiled kernel rather than cuBLAS: one FMA per k in ascending order, so it
 //! is bitwise deterministic by construction, matches the CPU kernel's rounding sequence, and needs no
 //! library settings to pin down.
