@@ -40,6 +40,32 @@ template <typename T> struct AttnView {
     __device__ T stat(u64 base, i64 i) const { return ((const T*)base)[h * p.nq + i]; }
 };
 
+// The vectors rows(start + q) (or columns: keys) of `base`, width w, for q < 16; null past the end.
+template <typename T> struct Tile {
+    const AttnView<T>& a;
+    i64 start;
+    bool rows;
+    u64 base;
+    i64 w;
+    __device__ const T* operator()(unsigned q) const {
+        const i64 x = start + q;
+        if (rows) return x < a.p.nq ? a.row(base, x, w) : (const T*)0;
+        return x < a.p.nk ? a.col(base, x, w) : (const T*)0;
+    }
+};
+
+// Writes key j's outputs of a column pass: c·ak to out_k (width d) and av to out_v (width dv).
+template <typename T> __device__ void store_kv(const AttnView<T>& a, i64 j, unsigned lane, const T* ak, const T* av) {
+    const Attn& p = a.p;
+    if (j >= p.nk || !p.need_kv) return;
+    T* k = (T*)p.out_k + (a.h * p.nk + j) * p.d;
+    T* v = (T*)p.out_v + (a.h * p.nk + j) * p.dv;
+    for (int m = 0; m < AT_W; m++) {
+        if (lane + 16 * m < p.d) k[lane + 16 * m] = a.c() * ak[m];
+        if (lane + 16 * m < p.dv) v[lane + 16 * m] = av[m];
+    }
+}
+
 template <typename T> __device__ __forceinline__ T dot(const T* x, const T* y, i64 n) {
     T s = T(0);
     for (i64 k = 0; k < n; k++) s = mg_fma(x[k], y[k], s);
@@ -96,7 +122,7 @@ template <typename T> __device__ void attn_forward(Attn p) {
         }
         __syncthreads();
         for (int m = 0; m < AT_W; m++) acc[m] *= salpha[r];
-        accumulate<T>(acc, sp, r, jj, p.dv, [&](unsigned q) { return j0 + q < p.nk ? a.col(p.v, j0 + q, p.dv) : (const T*)0; });
+        accumulate<T>(acc, sp, r, jj, p.dv, Tile<T>{a, j0, false, p.v, p.dv});
         __syncthreads();
     }
     if (i < p.nq) {
@@ -142,7 +168,7 @@ template <typename T> __device__ void attn_backward_rows(Attn p) {
     for (i64 j0 = 0; j0 < p.nk; j0 += AT_C) {
         sds[r][jj] = pair(a, i, j0 + jj).ds;
         __syncthreads();
-        accumulate<T>(acc, sds, r, jj, p.d, [&](unsigned q) { return j0 + q < p.nk ? a.col(p.k, j0 + q, p.d) : (const T*)0; });
+        accumulate<T>(acc, sds, r, jj, p.d, Tile<T>{a, j0, false, p.k, p.d});
         __syncthreads();
     }
     if (i < p.nq && p.need_q) {
@@ -166,19 +192,11 @@ template <typename T> __device__ void attn_backward_cols(Attn p) {
         sp[r][ii] = x.p;
         sds[r][ii] = x.ds;
         __syncthreads();
-        auto rows = [&](u64 base, i64 w) { return [&, base, w](unsigned q) { return i0 + q < p.nq ? a.row(base, i0 + q, w) : (const T*)0; }; };
-        accumulate<T>(av, sp, r, ii, p.dv, rows(p.d_o, p.dv));
-        accumulate<T>(ak, sds, r, ii, p.d, rows(p.q, p.d));
+        accumulate<T>(av, sp, r, ii, p.dv, Tile<T>{a, i0, true, p.d_o, p.dv});
+        accumulate<T>(ak, sds, r, ii, p.d, Tile<T>{a, i0, true, p.q, p.d});
         __syncthreads();
     }
-    if (j < p.nk && p.need_kv) {
-        T* dk = (T*)p.out_k + (a.h * p.nk + j) * p.d;
-        T* dv = (T*)p.out_v + (a.h * p.nk + j) * p.dv;
-        for (int m = 0; m < AT_W; m++) {
-            if (ii + 16 * m < p.d) dk[ii + 16 * m] = a.c() * ak[m];
-            if (ii + 16 * m < p.dv) dv[ii + 16 * m] = av[m];
-        }
-    }
+    store_kv(a, j, ii, ak, av);
 }
 
 // The per-pair quantities of backward-over-backward (given cotangents a, b, e of dQ, dK, dV):
@@ -228,12 +246,11 @@ template <typename T> __device__ void attn_bb_rows(Attn p) {
         __syncthreads();
         if (t < AT_R)
             for (unsigned q = 0; q < AT_C; q++) srho[t] += s2[t][q];
-        auto cols = [&](u64 base, i64 wd) { return [&, base, wd](unsigned q) { return j0 + q < p.nk ? a.col(base, j0 + q, wd) : (const T*)0; }; };
-        accumulate<T>(u, s1, r, jj, p.d, cols(p.b, p.d));
-        accumulate<T>(u, s2, r, jj, p.d, cols(p.k, p.d));
-        accumulate<T>(w, s3, r, jj, p.d, cols(p.k, p.d));
-        accumulate<T>(od, s3, r, jj, p.dv, cols(p.e, p.dv));
-        accumulate<T>(od, s4, r, jj, p.dv, cols(p.v, p.dv));
+        accumulate<T>(u, s1, r, jj, p.d, Tile<T>{a, j0, false, p.b, p.d});
+        accumulate<T>(u, s2, r, jj, p.d, Tile<T>{a, j0, false, p.k, p.d});
+        accumulate<T>(w, s3, r, jj, p.d, Tile<T>{a, j0, false, p.k, p.d});
+        accumulate<T>(od, s3, r, jj, p.dv, Tile<T>{a, j0, false, p.e, p.dv});
+        accumulate<T>(od, s4, r, jj, p.dv, Tile<T>{a, j0, false, p.v, p.dv});
         __syncthreads();
     }
     if (i < p.nq) {
@@ -269,20 +286,12 @@ template <typename T> __device__ void attn_bb_cols(Attn p) {
         s2[r][ii] = x.b.ds;
         s3[r][ii] = x.b.p * (x.pb - (in ? a.stat(p.rho, i) : T(0)));
         __syncthreads();
-        auto rows = [&](u64 base, i64 wd) { return [&, base, wd](unsigned q) { return i0 + q < p.nq ? a.row(base, i0 + q, wd) : (const T*)0; }; };
-        accumulate<T>(av, s1, r, ii, p.dv, rows(p.d_o, p.dv));
-        accumulate<T>(ak, s2, r, ii, p.d, rows(p.a, p.d));
-        accumulate<T>(ak, s3, r, ii, p.d, rows(p.q, p.d));
+        accumulate<T>(av, s1, r, ii, p.dv, Tile<T>{a, i0, true, p.d_o, p.dv});
+        accumulate<T>(ak, s2, r, ii, p.d, Tile<T>{a, i0, true, p.a, p.d});
+        accumulate<T>(ak, s3, r, ii, p.d, Tile<T>{a, i0, true, p.q, p.d});
         __syncthreads();
     }
-    if (j < p.nk && p.need_kv) {
-        T* kb = (T*)p.out_k + (a.h * p.nk + j) * p.d;
-        T* vb = (T*)p.out_v + (a.h * p.nk + j) * p.dv;
-        for (int m = 0; m < AT_W; m++) {
-            if (ii + 16 * m < p.d) kb[ii + 16 * m] = a.c() * ak[m];
-            if (ii + 16 * m < p.dv) vb[ii + 16 * m] = av[m];
-        }
-    }
+    store_kv(a, j, ii, ak, av);
 }
 
 #define ATTN_PARAMS(T) (Attn p)

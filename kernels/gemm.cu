@@ -88,6 +88,13 @@ struct ConvPairs {
     u64 second[MG_MAX_PAIRS]; // per pair: w (forward, input grad) or y (weight grad)
 };
 
+// x[n, c, row, col] read by tap (ki, kj) of output pixel (oh, ow), or 0 in the padding.
+template <typename T>
+__device__ __forceinline__ T conv_x(const Geom& g, const T* x, i64 n, i64 c, i64 ki, i64 kj, i64 oh, i64 ow) {
+    const i64 row = geom_row(g, ki, oh), col = geom_col(g, kj, ow);
+    return (row >= 0 && col >= 0) ? x[((n * g.c + c) * g.h + row) * g.w + col] : T(0);
+}
+
 // Entry p of a pair-pointer array, by selects rather than a dynamic index (which would copy the whole
 // parameter struct to local memory: ptxas reported a 600-byte stack frame before this).
 __device__ __forceinline__ u64 pick(const u64 (&a)[MG_MAX_PAIRS], i64 p) {
@@ -108,8 +115,7 @@ template <typename T> struct ConvForward {
         const i64 ckk = g.c * g.kh * g.kw, p = (i64)k / ckk, r = (i64)k % ckk;
         const i64 c = r / (g.kh * g.kw), ki = r / g.kw % g.kh, kj = r % g.kw;
         const i64 n = (i64)q / (g.ho * g.wo), oh = (i64)q / g.wo % g.ho, ow = (i64)q % g.wo;
-        const i64 row = geom_row(g, ki, oh), col = geom_col(g, kj, ow);
-        return (row >= 0 && col >= 0) ? ((const T*)pick(s.first, p))[((n * g.c + c) * g.h + row) * g.w + col] : T(0);
+        return conv_x(g, (const T*)pick(s.first, p), n, c, ki, kj, oh, ow);
     }
     __device__ void store(u64 o, u64 q, T v) const {
         const Geom& g = s.g;
@@ -160,8 +166,7 @@ template <typename T> struct ConvWeightGrad {
         const i64 nhw = g.n * g.ho * g.wo, p = (i64)k / nhw, r = (i64)k % nhw;
         const i64 n = r / (g.ho * g.wo), oh = r / g.wo % g.ho, ow = r % g.wo;
         const i64 c = (i64)j / (g.kh * g.kw), ki = (i64)j / g.kw % g.kh, kj = (i64)j % g.kw;
-        const i64 row = geom_row(g, ki, oh), col = geom_col(g, kj, ow);
-        return (row >= 0 && col >= 0) ? ((const T*)pick(s.first, p))[((n * g.c + c) * g.h + row) * g.w + col] : T(0);
+        return conv_x(g, (const T*)pick(s.first, p), n, c, ki, kj, oh, ow);
     }
     __device__ void store(u64 o, u64 j, T v) const {
         const i64 ckk = s.g.c * s.g.kh * s.g.kw;
