@@ -50,7 +50,13 @@ const OP: &str = "mnist";
 
 /// Where the bundled `mnist10k.bin` lives: `data/mnist/mnist10k.bin` under the crate root
 /// (`CARGO_MANIFEST_DIR` at compile time), so it works from tests, examples and benches.
+///
+/// `METAGRAD_MNIST=/path/to/mnist10k.bin` overrides it (for binaries run away from their source tree,
+/// e.g. staged on a GPU machine).
 pub fn default_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("METAGRAD_MNIST") {
+        return PathBuf::from(p);
+    }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data").join("mnist").join("mnist10k.bin")
 }
 

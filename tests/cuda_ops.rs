@@ -15,10 +15,15 @@ use metagrad::backend::cuda;
 use metagrad::replay::reference::{Reference, ReferenceProblem};
 use metagrad::replay::{metagradient, train, ScheduleKind};
 use metagrad::{hvp, Conv2dOpts, DType, Device, Result, Tape, Tensor, Var};
+use std::sync::{Mutex, MutexGuard};
 
-fn gpu() -> Option<Device> {
+/// The device and exclusive use of it: the tests share one device and its allocator, and the
+/// allocator test counts driver allocations, so GPU work in this file runs one test at a time.
+fn gpu() -> Option<(Device, MutexGuard<'static, ()>)> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     match Device::cuda(0) {
-        Ok(d) => Some(d),
+        Ok(d) => Some((d, guard)),
         Err(e) => {
             let require = std::env::var("METAGRAD_REQUIRE_CUDA").is_ok_and(|v| v == "1");
             assert!(!require, "METAGRAD_REQUIRE_CUDA=1 but {e}");
@@ -74,7 +79,7 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
 
 /// Compares f on the GPU (f64 and f32) with the CPU in f64, for inputs drawn by `make` (f64, CPU).
 fn check(name: &str, xs: Vec<Tensor>, f: &F) {
-    let Some(dev) = gpu() else { return };
+    let Some((dev, _exclusive)) = gpu() else { return };
     let reference = run(f, &xs, 7);
     for (dt, tol) in [(DType::F64, 1e-10), (DType::F32, 1e-4)] {
         let on: Vec<Tensor> = xs.iter().map(|x| x.to_dtype(dt).to_device(dev).unwrap()).collect();
@@ -236,7 +241,7 @@ fn norms_conv_pool_and_attention_match_the_cpu() {
 
 #[test]
 fn casts_fill_and_the_finite_check_on_the_gpu() {
-    let Some(dev) = gpu() else { return };
+    let Some((dev, _exclusive)) = gpu() else { return };
     let x = Tensor::randn([1000], DType::F64, 61).to_dtype(DType::F32);
     let on = x.to_device(dev).unwrap();
     assert!(on.is_cuda() && on.device() == dev);
@@ -260,7 +265,7 @@ fn casts_fill_and_the_finite_check_on_the_gpu() {
 
 #[test]
 fn steady_state_training_steps_make_no_driver_allocations() {
-    let Some(dev) = gpu() else { return };
+    let Some((dev, _exclusive)) = gpu() else { return };
     let step = || {
         let tape = Tape::new();
         let w = tape.var(Tensor::randn([64, 32], DType::F32, 71).to_device(dev).unwrap());
@@ -282,7 +287,7 @@ fn steady_state_training_steps_make_no_driver_allocations() {
 
 #[test]
 fn reference_problems_r1_and_r2_on_the_gpu_match_the_cpu() {
-    let Some(dev) = gpu() else { return };
+    let Some((dev, _exclusive)) = gpu() else { return };
     for kind in [Reference::R1, Reference::R2] {
         let cpu = ReferenceProblem::new(kind, DType::F64);
         let meta = cpu.initial_meta();
