@@ -283,3 +283,22 @@ fn bad_shapes_are_clear_errors() {
     let f32w = Var::constant(Tensor::zeros([3, 2, 3, 3], DType::F32));
     assert!(msg(v(&[1, 2, 5, 5]).conv2d(&f32w, None, o)).contains("dtype"));
 }
+
+/// Regression (found by the no-panic proptest in tests/errors.rs): an input of width 0 with padding has
+/// a non-empty output (all padding, so zeros); the fused kernels used to panic on a zero-size chunk.
+#[test]
+fn zero_width_input_with_padding_is_all_zeros() {
+    let o = Conv2dOpts::new(2, 2);
+    let tape = Tape::new();
+    let x = tape.var(Tensor::zeros([2, 3, 4, 0], DType::F32));
+    let w = tape.var(randn(&[1, 3, 1, 1], DType::F32, 1));
+    let y = x.conv2d(&w, None, o).unwrap();
+    assert_eq!(y.dims(), &[2, 1, 4, 2]);
+    assert!(y.value().to_vec_f64().iter().all(|&v| v == 0.0));
+    let yc = x.conv2d_composite(&w, None, o).unwrap();
+    assert_eq!(yc.value().to_vec_f64(), y.value().to_vec_f64());
+    let loss = y.square().unwrap().sum_all().unwrap();
+    let g = grad(&loss, &[&x, &w], true).unwrap();
+    assert_eq!(g[0].dims(), &[2, 3, 4, 0]);
+    assert!(g[1].value().to_vec_f64().iter().all(|&v| v == 0.0));
+}

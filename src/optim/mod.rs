@@ -54,11 +54,6 @@ fn device_of(params: &[Var]) -> Device {
     params.first().map_or(Device::Cpu, |p| p.value().device())
 }
 
-/// `h` on `device` (a differentiable copy when it lives elsewhere).
-fn on(h: &Var, device: Device) -> Result<Var> {
-    h.to_device(device)
-}
-
 fn s<T: Float>(v: &Var) -> Result<T> {
     Ok(v.value().as_slice::<T>()?[0])
 }
@@ -96,8 +91,9 @@ impl Sgd {
         let dev = device_of(params);
         // On a GPU the update runs as ops (same formula and roundings as the fused CPU loop below).
         if dev != Device::Cpu || taped(&[params, grads, bufs], &hypers) {
-            let (lr, wd) = (on(&self.lr, dev)?, on(&self.weight_decay, dev)?);
-            let mu = mu.map(|m| on(m, dev)).transpose()?;
+            // Hyperparameters move to the parameters' device (a differentiable copy; none on the CPU).
+            let (lr, wd) = (self.lr.to_device(dev)?, self.weight_decay.to_device(dev)?);
+            let mu = mu.map(|m| m.to_device(dev)).transpose()?;
             let mu = mu.as_ref();
             for (i, (p, g)) in params.iter().zip(grads).enumerate() {
                 let g1 = g.add(&p.mul(&wd)?)?;
@@ -177,7 +173,8 @@ impl Adam {
         let dev = device_of(params);
         // On a GPU the update runs as ops (same formula and roundings as the fused CPU loop below).
         if dev != Device::Cpu || taped(&[params, grads, m, v], &hypers) {
-            let (lr, b1, b2, wd) = (on(&self.lr, dev)?, on(&self.beta1, dev)?, on(&self.beta2, dev)?, on(&self.weight_decay, dev)?);
+            let [lr, b1, b2, wd] = [&self.lr, &self.beta1, &self.beta2, &self.weight_decay].map(|h| h.to_device(dev));
+            let (lr, b1, b2, wd) = (lr?, b1?, b2?, wd?);
             let (b1, b2, wd) = (&b1, &b2, &wd);
             let (c1, c2) = (b1.affine(-1.0, 1.0)?, b2.affine(-1.0, 1.0)?);
             let (bc1, bc2) = (b1.powf(p1)?.affine(-1.0, 1.0)?, b2.powf(p1)?.affine(-1.0, 1.0)?);

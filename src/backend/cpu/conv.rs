@@ -148,7 +148,8 @@ impl<T: Float> Planes<T> {
         };
         let mut data = vec![T::ZERO; blocks * block];
         let plane = rows * src_w;
-        if plane > 0 {
+        // block is 0 when the destination rows are empty (wp = 0): nothing to copy then.
+        if plane > 0 && block > 0 {
             for (kj, blk) in data.chunks_mut(block).enumerate() {
                 blk[..count * rows * wp].par_chunks_mut(rows * wp).enumerate().for_each(|(pl, dst)| {
                     let src = &srcs[pl / per][(pl % per) * plane..(pl % per + 1) * plane];
