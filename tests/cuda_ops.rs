@@ -15,6 +15,7 @@ use metagrad::backend::cuda;
 use metagrad::replay::reference::{Reference, ReferenceProblem};
 use metagrad::replay::{metagradient, train, ScheduleKind};
 use metagrad::{hvp, Conv2dOpts, DType, Device, Result, Tape, Tensor, Var};
+use proptest::prelude::*;
 use std::sync::{Mutex, MutexGuard};
 
 /// The device and exclusive use of it: the tests share one device and its allocator, and the
@@ -77,11 +78,17 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     }) / scale
 }
 
-/// Compares f on the GPU (f64 and f32) with the CPU in f64, for inputs drawn by `make` (f64, CPU).
+/// Compares f on the GPU (f64 and f32) with the CPU in f64, for inputs `xs` (f64, CPU), and checks that
+/// a second GPU run gives the same bits.
 fn check(name: &str, xs: Vec<Tensor>, f: &F) {
+    check_with(name, xs, f, &[(DType::F64, 1e-10), (DType::F32, 1e-4)], true)
+}
+
+/// [`check`] for the given (dtype, tolerance) pairs, with or without the repeatability check.
+fn check_with(name: &str, xs: Vec<Tensor>, f: &F, dtypes: &[(DType, f64)], repeat: bool) {
     let Some((dev, _exclusive)) = gpu() else { return };
     let reference = run(f, &xs, 7);
-    for (dt, tol) in [(DType::F64, 1e-10), (DType::F32, 1e-4)] {
+    for &(dt, tol) in dtypes {
         let on: Vec<Tensor> = xs.iter().map(|x| x.to_dtype(dt).to_device(dev).unwrap()).collect();
         let got = run(f, &on, 7);
         let e = rel_err(&got.0, &reference.0);
@@ -93,6 +100,9 @@ fn check(name: &str, xs: Vec<Tensor>, f: &F) {
         for (i, (a, b)) in got.2.iter().zip(&reference.2).enumerate() {
             let e = rel_err(a, b);
             assert!(e <= tol, "{name} {dt}: HVP {i} error {e:e}");
+        }
+        if !repeat {
+            continue;
         }
         // Repeatability: the same op twice on the GPU gives the same bits.
         let again = run(f, &on, 7);
@@ -307,6 +317,40 @@ fn reference_problems_r1_and_r2_on_the_gpu_match_the_cpu() {
             assert!(again.grads.iter().zip(&got.grads).all(|(a, b)| a.bit_eq(b)), "{kind:?} {dt}: two GPU metagradients differ");
             let s = train(&p, &m).unwrap();
             assert!(s.iter().all(|t| t.device() == dev));
+        }
+    }
+}
+
+/// Whether the GPU tests run here (a GPU, or the emulator); prints the skip notice once otherwise.
+fn have_gpu() -> bool {
+    gpu().is_some()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(8))]
+
+    /// Fused attention on the GPU against the CPU (f64: value, gradient, HVP): shapes not multiples of
+    /// the 16-wide tiles, Nq ≠ Nk, d ≠ dv, causal or not.
+    #[test]
+    fn fused_attention_on_random_shapes(heads in 1usize..3, nq in 1usize..40, nk in 1usize..40, d in 1usize..70,
+                                        dv in 1usize..40, causal in any::<bool>(), seed in 0u64..1000) {
+        if have_gpu() {
+            let xs = vec![randn(&[heads, nq, d], seed), randn(&[heads, nk, d], seed + 1), randn(&[heads, nk, dv], seed + 2)];
+            let scale = 1.0 / (d as f64).sqrt();
+            check_with("attention", xs, &move |x| x[0].attention(&x[1], &x[2], scale, causal), &[(DType::F64, 1e-10)], false);
+        }
+    }
+
+    /// Fused convolution on the GPU against the CPU (f64: value, gradient, HVP w.r.t. x and w): odd
+    /// sizes, strides, paddings, dilations.
+    #[test]
+    fn fused_conv_on_random_shapes(n in 1usize..3, c in 1usize..5, o in 1usize..6, h in 1usize..12, w in 1usize..12,
+                                   k in 1usize..4, s in 1usize..3, p in 0usize..3, dil in 1usize..3, seed in 0u64..1000) {
+        let span = dil * (k - 1) + 1;
+        if have_gpu() && h + 2 * p >= span && w + 2 * p >= span {
+            let opts = Conv2dOpts { stride: (s, s), padding: (p, p), dilation: (dil, dil) };
+            let xs = vec![randn(&[n, c, h, w], seed), randn(&[o, c, k, k], seed + 1)];
+            check_with("conv2d", xs, &move |x| x[0].conv2d(&x[1], None, opts)?.tanh(), &[(DType::F64, 1e-10)], false);
         }
     }
 }
