@@ -15,6 +15,7 @@ export METAGRAD_REQUIRE_CUDA=1
 # The staged binaries run away from this machine's source tree: point them at the bundled digits.
 export METAGRAD_MNIST=${METAGRAD_MNIST:-$(cd .. && pwd)/data/mnist/mnist10k.bin}
 { header "every test binary with METAGRAD_REQUIRE_CUDA=1" "bash run.sh"; bash run.sh; } 2>&1 | tee "$out/gpu-tests.log"
+{ header "CUDA quickstart (GPU vs CPU, repeatability, allocator)" "run.sh example-cuda_quickstart"; bash run.sh example-cuda_quickstart; } 2>&1 | tee "$out/gpu-quickstart.log"
 { header "bob_throughput on cuda:0" "run.sh example-bob_throughput --device cuda --json --reps 10"; bash run.sh example-bob_throughput --device cuda --json --reps 10; } 2>&1 | tee "$out/gpu-bob.log"
 { header "bob_throughput on the CPU of the GPU machine" "run.sh example-bob_throughput --json --reps 5"; bash run.sh example-bob_throughput --json --reps 5; } 2>&1 | tee "$out/gpu-machine-cpu-bob.log"
 { header "the MGD demo on cuda:0" "run.sh example-metagradient_descent --device cuda --out /tmp/mgd"; bash run.sh example-metagradient_descent --device cuda --out /tmp/mgd; } 2>&1 | tee "$out/gpu-demo.log"

@@ -215,6 +215,15 @@ template <typename T> __device__ __forceinline__ Pair2<T> pair2(const AttnView<T
     return r;
 }
 
+// −D̄_i's term for pair (i, j): dS̄_ij P_ij, without the other per-pair quantities (sweep 1 needs no more).
+template <typename T> __device__ __forceinline__ T dbar_term(const AttnView<T>& a, i64 i, i64 j) {
+    if (!a.visible(i, j)) return T(0);
+    const Attn& p = a.p;
+    const T pij = mg_exp(a.c() * dot(a.row(p.q, i, p.d), a.col(p.k, j, p.d), p.d) - a.stat(p.lse, i));
+    const T dsb = a.c() * (dot(a.row(p.a, i, p.d), a.col(p.k, j, p.d), p.d) + dot(a.row(p.q, i, p.d), a.col(p.b, j, p.d), p.d));
+    return dsb * pij;
+}
+
 // ---- Backward-over-backward, row pass. Sweep 1: D̄_i = −Σ_j dS̄_ij P_ij. Sweep 2: ρ_i = Σ_j P̄_ij P_ij,
 // and with S̄ = P∘(P̄ − ρ): Q̄_i = c·Σ_j (dS_ij b_j + S̄_ij k_j) = c·(u_i − ρ_i w_i) where
 // u_i = Σ_j (dS_ij b_j + P_ij P̄_ij k_j) and w_i = Σ_j P_ij k_j; dŌ_i = Σ_j (P_ij e_j + dP̄_ij v_j).
@@ -227,8 +236,7 @@ template <typename T> __device__ void attn_bb_rows(Attn p) {
     if (t < AT_R) sdbar[t] = srho[t] = T(0);
     __syncthreads();
     for (i64 j0 = 0; j0 < p.nk; j0 += AT_C) {
-        const Pair2<T> x = pair2(a, i, j0 + jj, T(0)); // dS̄ does not depend on D̄
-        s1[r][jj] = -(x.dsb * x.b.p);
+        s1[r][jj] = -dbar_term(a, i, j0 + jj);
         __syncthreads();
         if (t < AT_R)
             for (unsigned q = 0; q < AT_C; q++) sdbar[t] += s1[t][q];

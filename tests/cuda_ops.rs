@@ -4,7 +4,8 @@
 //!
 //! Each check builds loss = Σ f(inputs) ∘ R for a fixed random R and compares, on the GPU against the
 //! CPU in f64: the value of f, ∂loss/∂inputs, and the HVP of loss with random directions. Errors are
-//! measured norm-wise: max |gpu − cpu| / max |cpu| ≤ tol, with tol 1e-10 for f64 and 1e-4 for f32.
+//! measured norm-wise: max |gpu − cpu| / max(max |cpu|, 0.01) ≤ tol, with tol 1e-10 for f64 and 1e-4
+//! for f32.
 //!
 //! Without a GPU these tests print that they skipped and pass, unless `METAGRAD_REQUIRE_CUDA=1` is
 //! set, when they fail instead (that is how they run on the GPU machine). With
@@ -66,7 +67,10 @@ fn run(f: &F, xs: &[Tensor], r_seed: u64) -> (Tensor, Vec<Tensor>, Vec<Tensor>) 
 fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     let (a, b) = (a.to_vec_f64(), b.to_vec_f64());
     assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-300);
+    // A floor of 0.01 on the scale: outputs that are zero in exact arithmetic (e.g. dQ when a query sees
+    // one key) come out as rounding noise of the O(1) terms that cancel, which only an absolute
+    // tolerance can judge.
+    let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-2);
     a.iter().zip(&b).fold(0.0f64, |m, (x, y)| {
         if x.is_nan() != y.is_nan() {
             f64::INFINITY
@@ -326,8 +330,16 @@ fn have_gpu() -> bool {
     gpu().is_some()
 }
 
+/// Cases per property: 16 (fast on the emulator), or `PROPTEST_CASES` when set.
+fn config() -> ProptestConfig {
+    match std::env::var("PROPTEST_CASES") {
+        Ok(_) => ProptestConfig::default(), // reads PROPTEST_CASES
+        Err(_) => ProptestConfig::with_cases(16),
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(8))]
+    #![proptest_config(config())]
 
     /// Fused attention on the GPU against the CPU (f64: value, gradient, HVP): shapes not multiples of
     /// the 16-wide tiles, Nq ≠ Nk, d ≠ dv, causal or not.
