@@ -265,8 +265,7 @@ impl Tensor {
     }
 
     /// The raw bytes, downloaded from a GPU when the tensor lives there.
-    pub(crate) fn host_bytes(&self, op: &'static str) -> Result<std::borrow::Cow<'_, [u8]>> {
-        let _ = op;
+    pub(crate) fn host_bytes(&self) -> Result<std::borrow::Cow<'_, [u8]>> {
         match &*self.storage {
             Storage::Cuda(..) => Ok(std::borrow::Cow::Owned(cuda::ops::download(self)?)),
             _ => Ok(std::borrow::Cow::Borrowed(self.as_bytes()?)),

@@ -129,7 +129,7 @@ impl Arena {
         for (t, (_, _, off)) in state.iter().zip(&self.layout) {
             match &mut self.buf {
                 Backing::Host(words) => {
-                    let b = t.host_bytes("Arena::store")?;
+                    let b = t.host_bytes()?;
                     let dst = &mut bytemuck::cast_slice_mut::<u64, u8>(words)[range.clone()];
                     dst[*off..*off + b.len()].copy_from_slice(&b);
                 }

@@ -63,7 +63,7 @@ impl CudaDriver {
             super::kernels::SOURCES
                 .iter()
                 .map(|(file, src)| {
-                    let ptx = super::compile_ptx(file, src, &self.arch).map_err(|e| e.to_string())?;
+                    let ptx = cached_ptx(file, src, &self.arch)?;
                     self.ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| format!("loading {file}: {e}"))
                 })
                 .collect()
@@ -76,6 +76,37 @@ impl CudaDriver {
         self.functions.lock().unwrap().insert(name.to_string(), f.clone());
         Ok(f)
     }
+}
+
+/// NVRTC's version, e.g. "13.0" (None without NVRTC).
+fn nvrtc_version() -> Option<String> {
+    if !super::nvrtc_available() {
+        return None;
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: NVRTC is loadable (checked above); the call only writes the two integers.
+    let ok = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) } == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS;
+    ok.then(|| format!("{major}.{minor}"))
+}
+
+/// The PTX of one kernel file for `arch`, compiled with NVRTC or read from the on-disk cache (the temp
+/// directory, keyed by a hash of the source, the architecture and the NVRTC version), so that every
+/// process after the first skips the compile.
+fn cached_ptx(file: &str, src: &str, arch: &str) -> std::result::Result<String, String> {
+    let version = nvrtc_version().unwrap_or_default();
+    let key = super::fnv(&[src, arch, &version]);
+    let path = std::env::temp_dir().join(format!("metagrad-ptx-{}-{arch}-{key:016x}.ptx", file.trim_end_matches(".cu")));
+    if let Ok(ptx) = std::fs::read_to_string(&path) {
+        return Ok(ptx);
+    }
+    let ptx = super::compile_ptx(file, src, arch).map_err(|e| e.to_string())?;
+    // Write-then-rename: a concurrent reader sees the whole file or none. A failed write only costs
+    // the next process a compile.
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    if std::fs::write(&tmp, &ptx).is_ok() {
+        let _ = std::fs::rename(&tmp, &path);
+    }
+    Ok(ptx)
 }
 
 impl Driver for CudaDriver {
@@ -133,5 +164,24 @@ impl Driver for CudaDriver {
     }
     fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(|e| dev_err("cuda synchronize (a kernel failed)", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The on-disk PTX cache returns what NVRTC compiled, from the file the second time.
+    #[test]
+    fn ptx_cache_round_trips() {
+        if !super::super::nvrtc_available() {
+            println!("skipped: NVRTC not found");
+            return;
+        }
+        let src = "extern \"C\" __global__ void cache_probe(float* x) { x[threadIdx.x] = 1.0f; }";
+        let first = super::cached_ptx("cache_probe.cu", src, "sm_90").unwrap();
+        let key = super::super::fnv(&[src, "sm_90", &super::nvrtc_version().unwrap()]);
+        let path = std::env::temp_dir().join(format!("metagrad-ptx-cache_probe-sm_90-{key:016x}.ptx"));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), first);
+        assert_eq!(super::cached_ptx("cache_probe.cu", src, "sm_90").unwrap(), first);
+        assert!(first.contains(".entry cache_probe"));
     }
 }

@@ -37,15 +37,6 @@ fn err(msg: impl Into<String>) -> Error {
     Error::Device { op: "cuda emulator", msg: msg.into() }
 }
 
-/// A stable 64-bit FNV-1a hash (the build cache key).
-fn fnv(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in parts.iter().flat_map(|p| p.bytes().chain([0])) {
-        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
-    }
-    h
-}
-
 fn run(cmd: &mut Command) -> Result<()> {
     let out = cmd.output().map_err(|e| err(format!("cannot run {cmd:?}: {e} (is a C++ compiler installed? set CXX)")))?;
     if !out.status.success() {
@@ -70,7 +61,7 @@ fn build() -> Result<PathBuf> {
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
     let mut parts = vec![HEADER, RUNTIME, cxx.as_str()];
     parts.extend(super::kernels::SOURCES.iter().map(|(_, s)| *s));
-    let dir = std::env::temp_dir().join(format!("metagrad-emu-{:016x}", fnv(&parts)));
+    let dir = std::env::temp_dir().join(format!("metagrad-emu-{:016x}", super::fnv(&parts)));
     let lib = dir.join("libmetagrad_emu.so");
     if lib.exists() {
         return Ok(lib);

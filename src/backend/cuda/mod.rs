@@ -12,7 +12,8 @@
 //! library settings to pin down.
 //!
 //! **Kernels** are compiled with NVRTC at first use for the device's compute capability and cached for
-//! the process. CI compiles every kernel for sm_80 and sm_90 with NVRTC installed from PyPI wheels.
+//! the process, and on disk (the temp directory, keyed by source, architecture and NVRTC version) for
+//! later processes. CI compiles every kernel for sm_80 and sm_90 with NVRTC installed from PyPI wheels.
 //!
 //! **Without a GPU**, `METAGRAD_CUDA_EMULATOR=1` makes `cuda:0` an emulated device (`emulator.rs`): the
 //! same kernel sources built with the host C++ compiler and run on the CPU behind the same driver trait,
@@ -112,6 +113,15 @@ pub(crate) fn gpu(ordinal: usize) -> Result<Arc<Gpu>> {
     let g = Arc::new(Gpu::new(ordinal, driver));
     open.push((ordinal, g.clone()));
     Ok(g)
+}
+
+/// A stable 64-bit FNV-1a hash of `parts` (the key of the on-disk PTX and emulator caches).
+pub(crate) fn fnv(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in parts.iter().flat_map(|p| p.bytes().chain([0])) {
+        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+    }
+    h
 }
 
 /// The allocator counters of `device` (a CUDA device already in use).
