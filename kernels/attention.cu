@@ -91,6 +91,7 @@ __device__ __forceinline__ void accumulate(T* acc, const T (*w)[AT_C + 1], unsig
 template <typename T> __device__ void attn_forward(Attn p) {
     __shared__ T sp[AT_R][AT_C + 1];
     __shared__ T sm[AT_R], sl[AT_R], salpha[AT_R];
+    if (blockDim.x != AT_R * AT_C) __trap();
     const AttnView<T> a = {p, (i64)blockIdx.y};
     const unsigned t = threadIdx.x, r = t / AT_C, jj = t % AT_C;
     const i64 i = (i64)blockIdx.x * AT_R + r;
@@ -160,6 +161,7 @@ template <typename T> __device__ __forceinline__ Pair<T> pair(const AttnView<T>&
 // ---- Backward, row pass: dQ_i = c·Σ_j dS_ij k_j.
 template <typename T> __device__ void attn_backward_rows(Attn p) {
     __shared__ T sds[AT_R][AT_C + 1];
+    if (blockDim.x != AT_R * AT_C) __trap();
     const AttnView<T> a = {p, (i64)blockIdx.y};
     const unsigned t = threadIdx.x, r = t / AT_C, jj = t % AT_C;
     const i64 i = (i64)blockIdx.x * AT_R + r;
@@ -182,6 +184,7 @@ template <typename T> __device__ void attn_backward_rows(Attn p) {
 template <typename T> __device__ void attn_backward_cols(Attn p) {
     __shared__ T sp[AT_R][AT_C + 1];
     __shared__ T sds[AT_R][AT_C + 1];
+    if (blockDim.x != AT_R * AT_C) __trap();
     const AttnView<T> a = {p, (i64)blockIdx.y};
     const unsigned t = threadIdx.x, r = t / AT_C, ii = t % AT_C;
     const i64 j = (i64)blockIdx.x * AT_R + r;
@@ -230,6 +233,7 @@ template <typename T> __device__ __forceinline__ T dbar_term(const AttnView<T>& 
 template <typename T> __device__ void attn_bb_rows(Attn p) {
     __shared__ T s1[AT_R][AT_C + 1], s2[AT_R][AT_C + 1], s3[AT_R][AT_C + 1], s4[AT_R][AT_C + 1];
     __shared__ T sdbar[AT_R], srho[AT_R];
+    if (blockDim.x != AT_R * AT_C) __trap();
     const AttnView<T> a = {p, (i64)blockIdx.y};
     const unsigned t = threadIdx.x, r = t / AT_C, jj = t % AT_C;
     const i64 i = (i64)blockIdx.x * AT_R + r;
@@ -281,6 +285,7 @@ template <typename T> __device__ void attn_bb_rows(Attn p) {
 // V̄_j = Σ_i dP̄_ij dO_i; K̄_j = c·Σ_i (dS_ij a_i + S̄_ij q_i) with S̄_ij = P_ij (P̄_ij − ρ_i).
 template <typename T> __device__ void attn_bb_cols(Attn p) {
     __shared__ T s1[AT_R][AT_C + 1], s2[AT_R][AT_C + 1], s3[AT_R][AT_C + 1];
+    if (blockDim.x != AT_R * AT_C) __trap();
     const AttnView<T> a = {p, (i64)blockIdx.y};
     const unsigned t = threadIdx.x, r = t / AT_C, ii = t % AT_C;
     const i64 j = (i64)blockIdx.x * AT_R + r;

@@ -366,3 +366,52 @@ proptest! {
         }
     }
 }
+
+/// x_{t+1} = x_t·z + √(x_t·z − c) with c = x_t·z at step 5 only, on the GPU: the derivative of √ at 0
+/// is infinite there, and the metagradient must say so, naming step 5 (as on the CPU).
+struct BlowupOn(Device);
+impl metagrad::replay::Training for BlowupOn {
+    fn steps(&self) -> usize {
+        8
+    }
+    fn initial_state(&self) -> Result<Vec<Tensor>> {
+        Ok(vec![Tensor::from_vec(vec![1.0f64, 2.0], [2])?.to_device(self.0)?])
+    }
+    fn step(&self, _: &metagrad::replay::StepCtx, t: usize, s: &[Var], z: &[Var]) -> Result<Vec<Var>> {
+        let x = s[0].mul(&z[0].to_device(self.0)?)?;
+        let kink = if t == 5 { x.sub(&x.detach())?.sqrt()? } else { x.mul_scalar(0.0)? };
+        Ok(vec![x.add(&kink)?])
+    }
+    fn output(&self, s: &[Var]) -> Result<Var> {
+        s[0].sum_all()
+    }
+}
+
+#[test]
+fn a_non_finite_metagradient_on_the_gpu_names_the_step() {
+    let Some((dev, _exclusive)) = gpu() else { return };
+    let z = vec![Tensor::scalar(1.01, DType::F64)];
+    match metagradient(&BlowupOn(dev), &z, ScheduleKind::KAry { k: 2 }) {
+        Err(metagrad::Error::NonFinite { step, msg }) => assert_eq!(step, 5, "{msg}"),
+        other => panic!("expected NonFinite at step 5, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_checkpoint_arena_lives_in_device_memory() {
+    use metagrad::replay::arena::Arena;
+    let Some((dev, _exclusive)) = gpu() else { return };
+    let state =
+        vec![Tensor::randn([3, 5], DType::F32, 81).to_device(dev).unwrap(), Tensor::randn([7], DType::F64, 82).to_device(dev).unwrap()];
+    let before = cuda::memory_stats(dev).unwrap();
+    let mut arena = Arena::new(2, &state).unwrap();
+    let after = cuda::memory_stats(dev).unwrap();
+    assert!(after.bytes_in_use >= before.bytes_in_use + 2 * (3 * 5 * 4 + 7 * 8), "the slots are device memory");
+    arena.store(1, 4, &state).unwrap();
+    let back = arena.load(1).unwrap();
+    assert!(back.iter().zip(&state).all(|(a, b)| a.device() == dev && a.bit_eq(b)));
+    assert!(matches!(arena.store(2, 5, &state), Err(metagrad::Error::OutOfMemory { .. })));
+    let mixed = [state[0].clone(), state[1].to_device(Device::Cpu).unwrap()];
+    let e = Arena::new(1, &mixed).unwrap_err().to_string();
+    assert!(e.contains("cuda:0") && e.contains("cpu"), "{e}");
+}

@@ -100,6 +100,17 @@ pub struct MetaGradient {
     pub stats: ReplayStats,
 }
 
+/// The index of the first tensor holding a NaN or an infinity (on a GPU a kernel counts them, and
+/// only the count is downloaded).
+fn first_non_finite<'a>(ts: impl Iterator<Item = &'a Tensor>) -> Result<Option<usize>> {
+    for (i, t) in ts.enumerate() {
+        if !t.try_all_finite()? {
+            return Ok(Some(i));
+        }
+    }
+    Ok(None)
+}
+
 fn check_state(op: &'static str, t: usize, like: &[Tensor], got: &[Var]) -> Result<()> {
     let ok = like.len() == got.len() && like.iter().zip(got).all(|(a, b)| a.shape() == b.shape() && a.dtype() == b.dtype());
     if !ok {
@@ -175,7 +186,7 @@ pub fn metagradient(tr: &impl Training, meta: &[Tensor], kind: ScheduleKind) -> 
                 for t in from..to {
                     s = advance(tr, t, s, &zc)?;
                     // A diverged run would surface as NaN adjoints at step T − 1; name the step instead.
-                    if let Some(i) = s.iter().position(|x| !x.all_finite()) {
+                    if let Some(i) = first_non_finite(s.iter())? {
                         return Err(Error::NonFinite {
                             step: t,
                             msg: format!("training produced a non-finite state tensor {i} (shape {})", s[i].shape()),
@@ -213,18 +224,14 @@ pub fn metagradient(tr: &impl Training, meta: &[Tensor], kind: ScheduleKind) -> 
                 let wrt: Vec<&Var> = sv.iter().chain(&zv).collect();
                 let mut g = grad(&objective, &wrt, false)?;
                 let gz = g.split_off(sv.len());
-                for (i, x) in g.iter().enumerate() {
-                    if !x.value().all_finite() {
-                        return Err(Error::NonFinite { step: t, msg: format!("the adjoint of state tensor {i} (shape {})", x.shape()) });
-                    }
+                if let Some(i) = first_non_finite(g.iter().map(Var::value))? {
+                    return Err(Error::NonFinite { step: t, msg: format!("the adjoint of state tensor {i} (shape {})", g[i].shape()) });
                 }
-                for (j, x) in gz.iter().enumerate() {
-                    if !x.value().all_finite() {
-                        return Err(Error::NonFinite {
-                            step: t,
-                            msg: format!("the metagradient contribution to meta tensor {j} (shape {})", x.shape()),
-                        });
-                    }
+                if let Some(j) = first_non_finite(gz.iter().map(Var::value))? {
+                    return Err(Error::NonFinite {
+                        step: t,
+                        msg: format!("the metagradient contribution to meta tensor {j} (shape {})", gz[j].shape()),
+                    });
                 }
                 sbar = g.into_iter().map(|v| v.value().clone()).collect();
                 zbar = Some(match zbar.take() {
