@@ -30,28 +30,23 @@ struct Attn {
     u64 out_q, out_k, out_v, out_o; // outputs
 };
 
+// Up to 16 consecutive vectors of one width (rows of Q, dO, a or of K, V, b, e): the first, and how
+// many exist (a tile can run past the end).
+template <typename T> struct Vecs {
+    const T* first;
+    unsigned count;
+};
+
 template <typename T> struct AttnView {
     const Attn& p;
     i64 h;
     __device__ T c() const { return (T)__longlong_as_double(p.scale_bits); }
     __device__ const T* row(u64 base, i64 i, i64 w) const { return (const T*)base + (h * p.nq + i) * w; }
     __device__ const T* col(u64 base, i64 j, i64 w) const { return (const T*)base + (h * p.nk + j) * w; }
+    __device__ Vecs<T> rows(u64 base, i64 start, i64 w) const { return {row(base, start, w), (unsigned)min((i64)AT_C, p.nq - start)}; }
+    __device__ Vecs<T> cols(u64 base, i64 start, i64 w) const { return {col(base, start, w), (unsigned)min((i64)AT_C, p.nk - start)}; }
     __device__ bool visible(i64 i, i64 j) const { return i < p.nq && j < p.nk && (!p.causal || j <= i); }
     __device__ T stat(u64 base, i64 i) const { return ((const T*)base)[h * p.nq + i]; }
-};
-
-// The vectors rows(start + q) (or columns: keys) of `base`, width w, for q < 16; null past the end.
-template <typename T> struct Tile {
-    const AttnView<T>& a;
-    i64 start;
-    bool rows;
-    u64 base;
-    i64 w;
-    __device__ const T* operator()(unsigned q) const {
-        const i64 x = start + q;
-        if (rows) return x < a.p.nq ? a.row(base, x, w) : (const T*)0;
-        return x < a.p.nk ? a.col(base, x, w) : (const T*)0;
-    }
 };
 
 // Writes key j's outputs of a column pass: c·ak to out_k (width d) and av to out_v (width dv).
@@ -72,17 +67,15 @@ template <typename T> __device__ __forceinline__ T dot(const T* x, const T* y, i
     return s;
 }
 
-// acc[m] (column t % 16 + 16m of `row`) += Σ_{jj < 16} w[row][jj] · vec(jj)[column], in jj order.
-template <typename T, typename F>
-__device__ __forceinline__ void accumulate(T* acc, const T (*w)[AT_C + 1], unsigned row, unsigned lane, i64 width, F vec) {
+// acc[m] += Σ_{jj < v.count} w[row][jj] · v_jj[c] for column c = lane + 16m of the vectors v (of
+// width `width`, consecutive in memory), in jj order.
+template <typename T>
+__device__ __forceinline__ void accumulate(T* acc, const T (*w)[AT_C + 1], unsigned row, unsigned lane, i64 width, Vecs<T> v) {
     for (int m = 0; m < AT_W; m++) {
         const i64 c = lane + 16 * m;
         if (c >= width) break;
         T s = acc[m];
-        for (unsigned jj = 0; jj < AT_C; jj++) {
-            const T* x = vec(jj);
-            if (x) s = mg_fma(w[row][jj], x[c], s);
-        }
+        for (unsigned jj = 0; jj < v.count; jj++) s = mg_fma(w[row][jj], v.first[jj * width + c], s);
         acc[m] = s;
     }
 }
@@ -123,7 +116,7 @@ template <typename T> __device__ void attn_forward(Attn p) {
         }
         __syncthreads();
         for (int m = 0; m < AT_W; m++) acc[m] *= salpha[r];
-        accumulate<T>(acc, sp, r, jj, p.dv, Tile<T>{a, j0, false, p.v, p.dv});
+        accumulate<T>(acc, sp, r, jj, p.dv, a.cols(p.v, j0, p.dv));
         __syncthreads();
     }
     if (i < p.nq) {
@@ -170,7 +163,7 @@ template <typename T> __device__ void attn_backward_rows(Attn p) {
     for (i64 j0 = 0; j0 < p.nk; j0 += AT_C) {
         sds[r][jj] = pair(a, i, j0 + jj).ds;
         __syncthreads();
-        accumulate<T>(acc, sds, r, jj, p.d, Tile<T>{a, j0, false, p.k, p.d});
+        accumulate<T>(acc, sds, r, jj, p.d, a.cols(p.k, j0, p.d));
         __syncthreads();
     }
     if (i < p.nq && p.need_q) {
@@ -195,8 +188,8 @@ template <typename T> __device__ void attn_backward_cols(Attn p) {
         sp[r][ii] = x.p;
         sds[r][ii] = x.ds;
         __syncthreads();
-        accumulate<T>(av, sp, r, ii, p.dv, Tile<T>{a, i0, true, p.d_o, p.dv});
-        accumulate<T>(ak, sds, r, ii, p.d, Tile<T>{a, i0, true, p.q, p.d});
+        accumulate<T>(av, sp, r, ii, p.dv, a.rows(p.d_o, i0, p.dv));
+        accumulate<T>(ak, sds, r, ii, p.d, a.rows(p.q, i0, p.d));
         __syncthreads();
     }
     store_kv(a, j, ii, ak, av);
@@ -258,11 +251,11 @@ template <typename T> __device__ void attn_bb_rows(Attn p) {
         __syncthreads();
         if (t < AT_R)
             for (unsigned q = 0; q < AT_C; q++) srho[t] += s2[t][q];
-        accumulate<T>(u, s1, r, jj, p.d, Tile<T>{a, j0, false, p.b, p.d});
-        accumulate<T>(u, s2, r, jj, p.d, Tile<T>{a, j0, false, p.k, p.d});
-        accumulate<T>(w, s3, r, jj, p.d, Tile<T>{a, j0, false, p.k, p.d});
-        accumulate<T>(od, s3, r, jj, p.dv, Tile<T>{a, j0, false, p.e, p.dv});
-        accumulate<T>(od, s4, r, jj, p.dv, Tile<T>{a, j0, false, p.v, p.dv});
+        accumulate<T>(u, s1, r, jj, p.d, a.cols(p.b, j0, p.d));
+        accumulate<T>(u, s2, r, jj, p.d, a.cols(p.k, j0, p.d));
+        accumulate<T>(w, s3, r, jj, p.d, a.cols(p.k, j0, p.d));
+        accumulate<T>(od, s3, r, jj, p.dv, a.cols(p.e, j0, p.dv));
+        accumulate<T>(od, s4, r, jj, p.dv, a.cols(p.v, j0, p.dv));
         __syncthreads();
     }
     if (i < p.nq) {
@@ -299,9 +292,9 @@ template <typename T> __device__ void attn_bb_cols(Attn p) {
         s2[r][ii] = x.b.ds;
         s3[r][ii] = x.b.p * (x.pb - (in ? a.stat(p.rho, i) : T(0)));
         __syncthreads();
-        accumulate<T>(av, s1, r, ii, p.dv, Tile<T>{a, i0, true, p.d_o, p.dv});
-        accumulate<T>(ak, s2, r, ii, p.d, Tile<T>{a, i0, true, p.a, p.d});
-        accumulate<T>(ak, s3, r, ii, p.d, Tile<T>{a, i0, true, p.q, p.d});
+        accumulate<T>(av, s1, r, ii, p.dv, a.rows(p.d_o, i0, p.dv));
+        accumulate<T>(ak, s2, r, ii, p.d, a.rows(p.a, i0, p.d));
+        accumulate<T>(ak, s3, r, ii, p.d, a.rows(p.q, i0, p.d));
         __syncthreads();
     }
     store_kv(a, j, ii, ak, av);
