@@ -212,15 +212,6 @@ pub(crate) fn binary(op: &'static str, a: &Tensor, b: &Tensor, out: &Shape, code
     Ok(t)
 }
 
-/// Row-major strides of `dims`.
-fn row_major(dims: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; dims.len()];
-    for i in (0..dims.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * dims[i + 1];
-    }
-    s
-}
-
 /// For every index k of `dims`: dst[off_dst + k·dst_strides] = src[off_src + k·src_strides].
 #[allow(clippy::too_many_arguments)]
 fn copy_into(
@@ -246,17 +237,17 @@ fn copy_into(
 /// Output axis i is input axis perm[i].
 pub(crate) fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
     let od: Vec<usize> = perm.iter().map(|&p| x.dims()[p]).collect();
-    let is = row_major(x.dims());
+    let is = x.shape().strides();
     let ps: Vec<usize> = perm.iter().map(|&p| is[p]).collect();
     let (t, o) = empty(&gpu_of(x)?, od.clone(), x.dtype())?;
-    copy_into("permute", o, 0, x, 0, &od, &row_major(&od), &ps)?;
+    copy_into("permute", o, 0, x, 0, &od, &Shape::new(od.clone()).strides(), &ps)?;
     Ok(t)
 }
 
 /// Broadcasts `x` to `to` (NumPy rules).
 pub(crate) fn broadcast_to(x: &Tensor, to: &Shape) -> Result<Tensor> {
     let (t, o) = empty(&gpu_of(x)?, to.clone(), x.dtype())?;
-    copy_into("broadcast_to", o, 0, x, 0, to.dims(), &row_major(to.dims()), &crate::backend::cpu::broadcast_strides(x.dims(), to.dims()))?;
+    copy_into("broadcast_to", o, 0, x, 0, to.dims(), &to.strides(), &crate::backend::cpu::broadcast_strides(x.dims(), to.dims()))?;
     Ok(t)
 }
 
@@ -276,7 +267,7 @@ pub(crate) fn narrow_or_pad(
     let g = gpu_of(x)?;
     let (t, o) = empty(&g, od, x.dtype())?;
     let dims = [outer, len, inner];
-    let (small, big) = (row_major(&dims), [n * inner, inner, 1]);
+    let (small, big) = (Shape::new(dims).strides(), [n * inner, inner, 1]);
     if to_narrow {
         copy_into("narrow", o, 0, x, start * inner, &dims, &small, &big)?;
     } else {
@@ -297,7 +288,7 @@ pub(crate) fn concat(parts: &[&Tensor], outer: usize, inner: usize, out: Shape) 
     for p in parts {
         let l = len(p);
         let dims = [outer, l, inner];
-        copy_into("concat", o, off * inner, p, 0, &dims, &[n * inner, inner, 1], &row_major(&dims))?;
+        copy_into("concat", o, off * inner, p, 0, &dims, &[n * inner, inner, 1], &Shape::new(dims).strides())?;
         off += l;
     }
     Ok(t)
