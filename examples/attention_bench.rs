@@ -15,13 +15,10 @@
 //! ```
 //! prints one JSON object. `benches/jax_attention_hvp.py` times the same workload in JAX.
 
+mod common;
+use common::median;
 use metagrad::{grad, hvp, no_grad, DType, Result, Tape, Tensor, Var};
 use std::time::Instant;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 /// The median of `reps` timings (ms) of `f`, after two warm-up runs.
 fn time(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {

@@ -28,6 +28,8 @@
 //! composite at N = 8192 may run out of memory) is reported with its error; the others still run. Each workload is a
 //! name and a function building its parameters and its loss on a device; add new ones to [`workloads`].
 
+mod common;
+use common::median;
 use metagrad::backend::cuda;
 use metagrad::{grad, hvp, no_grad, DType, Device, Result, Tape, Tensor, Var};
 use std::process::ExitCode;
@@ -208,16 +210,6 @@ struct Timing {
     peak_bytes: Option<usize>,
     /// Effective TFLOP/s of the BoB for attention workloads, counting 24·N²·d flops per head.
     bob_tflops: Option<f64>,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
 }
 
 fn min(v: &[f64]) -> f64 {

@@ -18,6 +18,8 @@
 //!
 //! `benches/jax_conv_hvp.py` times the same workload in JAX.
 
+mod common;
+use common::median;
 use metagrad::{grad, hvp, Conv2dOpts, DType, Result, Tape, Tensor, Var};
 use std::time::Instant;
 
@@ -26,16 +28,6 @@ const NAME: &str = "conv_b32_c3_32_32_hw32_k3";
 fn scaled_randn(shape: [usize; 4], scale: f64, seed: u64) -> Result<Tensor> {
     let t = Tensor::randn(shape, DType::F64, seed);
     Ok(Tensor::from_vec(t.to_vec_f64().iter().map(|v| v * scale).collect::<Vec<_>>(), shape)?.to_dtype(DType::F32))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
 }
 
 fn ms(t: Instant) -> f64 {

@@ -6,14 +6,11 @@
 //! RAYON_NUM_THREADS=1 cargo run --release --example matmul_gflops
 //! ```
 
+mod common;
+use common::median;
 use metagrad::backend::cpu;
 use rayon::prelude::*;
 use std::time::Instant;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 #[inline(always)]
 fn fma_loop<const L: usize>(iters: usize, seed: f32) -> [[f32; L]; 12] {

@@ -11,15 +11,12 @@
 //! that per-step cost in untaped steps, from the driver's clocks (`ReplayStats::taped_seconds` and
 //! `replay_seconds`).
 
+mod common;
+use common::median;
 use metagrad::replay::reference::{Reference, ReferenceProblem};
 use metagrad::replay::{metagradient, train, ScheduleKind, Training};
 use metagrad::DType;
 use std::time::Instant;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 fn main() -> metagrad::Result<()> {
     let args: Vec<String> = std::env::args().collect();
