@@ -68,6 +68,18 @@ fn workloads() -> Vec<Mlp> {
     vec![Mlp::new("mlp_64_128_128_10_b64", &[64, 128, 128, 10], 64), Mlp::new("mlp_784_512_512_10_b512", &[784, 512, 512, 10], 512)]
 }
 
+/// A group timing `f(workload, params, loss)` after a taped forward (set-up, not timed).
+fn after_forward<R>(c: &mut Criterion, name: &str, secs: u64, ws: &[Mlp], f: impl Fn(&Mlp, &[&Var], &Var) -> R) {
+    let mut g = c.benchmark_group(name);
+    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(secs));
+    for w in ws {
+        g.bench_function(w.name, |b| {
+            b.iter_batched(|| w.taped(), |(vars, loss)| f(w, &vars.iter().collect::<Vec<_>>(), &loss), BatchSize::PerIteration)
+        });
+    }
+    g.finish();
+}
+
 fn bench(c: &mut Criterion) {
     let ws = workloads();
     let mut g = c.benchmark_group("forward");
@@ -76,38 +88,8 @@ fn bench(c: &mut Criterion) {
         g.bench_function(w.name, |b| b.iter(|| w.taped()));
     }
     g.finish();
-
-    let mut g = c.benchmark_group("backward");
-    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    for w in &ws {
-        g.bench_function(w.name, |b| {
-            b.iter_batched(
-                || w.taped(),
-                |(vars, loss)| {
-                    let refs: Vec<&Var> = vars.iter().collect();
-                    grad(&loss, &refs, false).unwrap()
-                },
-                BatchSize::PerIteration,
-            )
-        });
-    }
-    g.finish();
-
-    let mut g = c.benchmark_group("bob");
-    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
-    for w in &ws {
-        g.bench_function(w.name, |b| {
-            b.iter_batched(
-                || w.taped(),
-                |(vars, loss)| {
-                    let refs: Vec<&Var> = vars.iter().collect();
-                    hvp(&loss, &refs, &w.dirs).unwrap()
-                },
-                BatchSize::PerIteration,
-            )
-        });
-    }
-    g.finish();
+    after_forward(c, "backward", 2, &ws, |_, vars, loss| grad(loss, vars, false).unwrap());
+    after_forward(c, "bob", 3, &ws, |w, vars, loss| hvp(loss, vars, &w.dirs).unwrap());
 }
 
 criterion_group!(benches, bench);
