@@ -30,7 +30,7 @@
 
 mod common;
 use common::median;
-use metagrad::backend::cuda;
+use metagrad::cuda;
 use metagrad::{grad, hvp, no_grad, DType, Device, Result, Tape, Tensor, Var};
 use std::process::ExitCode;
 use std::time::Instant;

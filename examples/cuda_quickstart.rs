@@ -13,7 +13,7 @@
 //! | `t.to_vec_f64()` | the same: downloads after the queued kernels finish |
 //! | `t.as_slice::<f32>()?` | an error naming the device: copy first with `to_device(Device::Cpu)` |
 
-use metagrad::backend::cuda;
+use metagrad::cuda;
 use metagrad::{grad, hvp, DType, Device, Result, Tape, Tensor, Var};
 
 /// loss(W1, W2) = mean cross-entropy of tanh(x·W1)·W2 on fixed data, on `dev`.

@@ -8,7 +8,7 @@
 
 mod common;
 use common::median;
-use metagrad::backend::cpu;
+use metagrad::Tensor;
 use rayon::prelude::*;
 use std::time::Instant;
 
@@ -103,10 +103,12 @@ fn main() {
     for (name, m, k, n, ta, tb) in shapes {
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1013) as f32) * 1e-3 - 0.5).collect();
         let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729 % 997) as f32) * 1e-3 - 0.5).collect();
+        let a = Tensor::from_vec(a, if ta { [k, m] } else { [m, k] }).expect("shape");
+        let b = Tensor::from_vec(b, if tb { [n, k] } else { [k, n] }).expect("shape");
         let mut times = Vec::new();
         for _ in 0..31 {
             let t0 = Instant::now();
-            std::hint::black_box(cpu::matmul_t(&a, &b, m, k, n, ta, tb));
+            std::hint::black_box(a.matmul_t(&b, ta, tb).expect("matmul"));
             times.push(t0.elapsed().as_secs_f64());
         }
         times.remove(0);

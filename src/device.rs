@@ -1,9 +1,9 @@
 //! Where a tensor lives.
 //!
 //! A tensor lives on the CPU or on a CUDA device ([`crate::Tensor::to_device`] copies between them), and
-//! every op runs where its operands live (see [`crate::backend::cuda`] for the GPU side). Ops check that
-//! their operands share a device and name both in the error when they do not; nothing moves implicitly,
-//! except that optimizers move scalar hyperparameters to their parameters' device (differentiably).
+//! every op runs where its operands live (see [`crate::cuda`] for the GPU side). The storage layer
+//! checks that an op's operands share a device and names both in the error when they do not; nothing
+//! moves implicitly, except that optimizers move scalar hyperparameters to their parameters' device.
 
 use std::fmt;
 
@@ -17,18 +17,6 @@ pub enum Device {
     /// CUDA device number `ordinal` (`cuda:N`). Obtain one checked with [`Device::cuda`]. Kernels are
     /// bitwise deterministic there too (no atomics, fixed reduction trees).
     Cuda(usize),
-}
-
-impl Device {
-    /// The best device to place tensors on: `cuda:0` when a CUDA device can be opened (or the kernel
-    /// emulator is asked for with `METAGRAD_CUDA_EMULATOR=1`), else the CPU. Never panics.
-    pub fn best() -> Device {
-        if crate::backend::cuda::available() {
-            Device::Cuda(0)
-        } else {
-            Device::Cpu
-        }
-    }
 }
 
 impl fmt::Display for Device {

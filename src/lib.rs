@@ -27,12 +27,14 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod autodiff;
-pub mod backend;
+mod backend;
+pub mod cuda;
 pub mod data;
 pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod gradcheck;
+mod mode;
 pub mod ops;
 pub mod optim;
 pub mod random;
@@ -40,10 +42,19 @@ pub mod replay;
 pub mod shape;
 pub mod tensor;
 
-pub use autodiff::{grad, grad_with, hvp, is_grad_enabled, jvp, no_grad, vjp, with_grad_mode, GradOptions, Tape, Var};
+pub use autodiff::{
+    grad, grad_with, hvp, is_grad_enabled, jvp, no_grad, vjp, with_grad_mode, BackwardFn, CustomOp, GradOptions, Tape, Var,
+};
 pub use device::Device;
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use ops::conv::Conv2dOpts;
 pub use shape::Shape;
 pub use tensor::Tensor;
+
+/// The instruction-set level the CPU kernels run at on this machine: `"avx512"` (AVX-512F and VL with
+/// AVX2 and FMA), `"avx2"` (AVX2 with FMA) or `"portable"`, capped by the environment variable
+/// `METAGRAD_MAX_ISA` (same names). Every level gives the same bits; this only says which code runs.
+pub fn cpu_isa() -> &'static str {
+    backend::cpu::best_isa().name()
+}

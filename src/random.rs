@@ -38,30 +38,53 @@ fn unit(hi: u32, lo: u32) -> f64 {
     (((hi as u64) << 21) ^ (lo as u64 >> 11)) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
+#[allow(clippy::panic)]
+fn out_of_memory(e: std::collections::TryReserveError) -> Vec<f64> {
+    panic!("random samples: {e}")
+}
+
+/// `n` values `f(i)`, computed in parallel; an allocation that fails is an error, not an abort.
+fn fill(n: usize, f: impl Fn(u64) -> f64 + Sync) -> Result<Vec<f64>, std::collections::TryReserveError> {
+    let _kernel = crate::mode::kernel_scope(); // see kernel_scope: stolen jobs keep their grad mode
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)?;
+    v.resize(n, 0.0);
+    v.par_iter_mut().enumerate().with_min_len(1 << 12).for_each(|(i, x)| *x = f(i as u64));
+    Ok(v)
+}
+
 /// `n` uniform samples in [0, 1); element i uses counter i.
+///
+/// # Panics
+/// If `n` values do not fit in memory ([`try_uniform_vec`] returns that as an error).
 pub fn uniform_vec(seed: u64, n: usize) -> Vec<f64> {
-    let _kernel = crate::autodiff::kernel_scope(); // see kernel_scope: stolen jobs keep their grad mode
-    (0..n as u64)
-        .into_par_iter()
-        .map(|i| {
-            let r = block(seed, i);
-            unit(r[0], r[1])
-        })
-        .collect()
+    try_uniform_vec(seed, n).unwrap_or_else(out_of_memory)
 }
 
 /// `n` standard normal samples (Box–Muller on the two uniforms of counter i).
+///
+/// # Panics
+/// If `n` values do not fit in memory ([`try_normal_vec`] returns that as an error).
 pub fn normal_vec(seed: u64, n: usize) -> Vec<f64> {
-    let _kernel = crate::autodiff::kernel_scope(); // see kernel_scope: stolen jobs keep their grad mode
-    (0..n as u64)
-        .into_par_iter()
-        .map(|i| {
-            let r = block(seed, i);
-            let u1 = 1.0 - unit(r[0], r[1]); // (0, 1]: log is finite
-            let u2 = unit(r[2], r[3]);
-            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-        })
-        .collect()
+    try_normal_vec(seed, n).unwrap_or_else(out_of_memory)
+}
+
+/// [`uniform_vec`], with an allocation failure as an error.
+pub fn try_uniform_vec(seed: u64, n: usize) -> Result<Vec<f64>, std::collections::TryReserveError> {
+    fill(n, |i| {
+        let r = block(seed, i);
+        unit(r[0], r[1])
+    })
+}
+
+/// [`normal_vec`], with an allocation failure as an error.
+pub fn try_normal_vec(seed: u64, n: usize) -> Result<Vec<f64>, std::collections::TryReserveError> {
+    fill(n, |i| {
+        let r = block(seed, i);
+        let u1 = 1.0 - unit(r[0], r[1]); // (0, 1]: log is finite
+        let u2 = unit(r[2], r[3]);
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    })
 }
 
 #[cfg(test)]

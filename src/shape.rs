@@ -31,11 +31,15 @@ impl Shape {
         }
         self.0.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX)
     }
-    /// Row-major strides in elements.
+    /// Number of elements, or `None` when the count overflows `usize`.
+    pub fn checked_numel(&self) -> Option<usize> {
+        self.0.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).or(if self.0.contains(&0) { Some(0) } else { None })
+    }
+    /// Row-major strides in elements (saturating at `usize::MAX` for shapes too large to allocate).
     pub fn strides(&self) -> Vec<usize> {
-        let mut s = vec![1; self.0.len()];
+        let mut s = vec![1usize; self.0.len()];
         for i in (0..self.0.len().saturating_sub(1)).rev() {
-            s[i] = s[i + 1] * self.0[i + 1];
+            s[i] = s[i + 1].saturating_mul(self.0[i + 1]);
         }
         s
     }
@@ -49,10 +53,14 @@ impl Shape {
         Ok(a as usize)
     }
     /// The product of the dimensions before `axis`, the size of `axis`, and the product after it: the
-    /// (outer, n, inner) view that every axis kernel uses.
+    /// (outer, n, inner) view that every axis kernel uses. An axis at or past the rank is a trailing
+    /// axis of size 1 (the shape read as if padded with ones): (numel, 1, 1).
     pub fn split_at_axis(&self, axis: usize) -> (usize, usize, usize) {
-        let d = &self.0;
-        (d[..axis].iter().product(), d[axis], d[axis + 1..].iter().product())
+        let prod = |d: &[usize]| d.iter().fold(1usize, |a, &b| a.saturating_mul(b));
+        match self.0.get(axis) {
+            Some(&n) => (prod(&self.0[..axis]), n, prod(&self.0[axis + 1..])),
+            None => (prod(&self.0), 1, 1),
+        }
     }
     /// The broadcast of two shapes (NumPy rules), or an error naming `op` and both shapes.
     pub fn broadcast(op: &'static str, a: &Shape, b: &Shape) -> Result<Shape> {

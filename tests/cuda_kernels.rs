@@ -4,7 +4,7 @@
 //! Without NVRTC or a GPU these tests print that they skipped and pass, unless
 //! `METAGRAD_REQUIRE_CUDA=1` is set, when they fail instead (that is how they run on the GPU machine).
 
-use metagrad::backend::cuda::{self, kernels::SOURCES};
+use metagrad::cuda;
 use metagrad::{Device, Error};
 
 fn require_cuda() -> bool {
@@ -18,11 +18,12 @@ fn every_kernel_compiles_to_ptx_for_sm80_and_sm90() {
         println!("skipped: NVRTC not found (set METAGRAD_REQUIRE_CUDA=1 to fail instead)");
         return;
     }
-    assert!(!SOURCES.is_empty());
+    let sources = cuda::kernel_sources();
+    assert!(!sources.is_empty());
     // METAGRAD_PTX_DIR=dir writes the PTX there, e.g. for `ptxas -arch=sm_90 -v dir/reduce.sm_90.ptx`.
     let dump = std::env::var_os("METAGRAD_PTX_DIR").map(std::path::PathBuf::from);
     let mut entries = 0;
-    for (name, src) in SOURCES {
+    for (name, src) in sources {
         for arch in ["sm_80", "sm_90"] {
             let ptx = cuda::compile_ptx(name, src, arch).unwrap_or_else(|e| panic!("{e}"));
             assert!(ptx.contains(&format!(".target {arch}")), "{name}: PTX is not for {arch}");
@@ -37,7 +38,7 @@ fn every_kernel_compiles_to_ptx_for_sm80_and_sm90() {
             }
         }
     }
-    println!("compiled {entries} kernels ({} files) for sm_80 and sm_90", SOURCES.len());
+    println!("compiled {entries} kernels ({} files) for sm_80 and sm_90", sources.len());
 }
 
 #[test]

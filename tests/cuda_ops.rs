@@ -12,7 +12,7 @@
 //! `METAGRAD_CUDA_EMULATOR=1` they run on the kernel emulator (src/backend/cuda/emulator.rs), which is
 //! how CI checks the CUDA path on a machine without a GPU.
 
-use metagrad::backend::cuda;
+use metagrad::cuda;
 use metagrad::replay::reference::{Reference, ReferenceProblem};
 use metagrad::replay::{metagradient, train, ScheduleKind};
 use metagrad::{hvp, Conv2dOpts, DType, Device, Result, Tape, Tensor, Var};

@@ -17,14 +17,17 @@
 mod functional;
 pub use functional::{hvp, jvp, vjp};
 
+mod custom;
+pub use custom::CustomOp;
+
 use crate::error::{Error, Result};
-use crate::{DType, Shape, Tensor};
-use std::cell::{Cell, RefCell};
+use crate::{mode, DType, Shape, Tensor};
+use std::cell::RefCell;
 use std::rc::Rc;
 
 /// The VJP of one node: (input values as vars, output as var, output cotangent) → input cotangents
-/// (`None` for inputs that are not differentiable, such as masks).
-pub(crate) type BackwardFn = dyn Fn(&[Var], &Var, &Var) -> Result<Vec<Option<Var>>>;
+/// (`None` for inputs that need none, such as masks or untracked inputs).
+pub type BackwardFn = dyn Fn(&[Var], &Var, &Var) -> Result<Vec<Option<Var>>>;
 
 struct Node {
     op: &'static str,
@@ -129,10 +132,19 @@ impl Var {
         Var::constant(self.value.clone())
     }
 
-    /// Records an op whose forward value is `value`, computed from `inputs`, with VJP `backward`.
-    /// Returns a constant when recording is off or no input is tracked. All tracked inputs must share
-    /// one tape.
-    pub(crate) fn record(
+    /// Records an op: `value` is its output, computed from the values of `inputs`, and `backward` its
+    /// vector-Jacobian product. This is how every op of the crate is defined, and the extension point for
+    /// new ones (see also [`CustomOp`]).
+    ///
+    /// `backward(inputs, output, cotangent)` receives the inputs and the output as variables on the tape
+    /// and the output's cotangent, and returns one cotangent per input, shaped like it (`None` where none
+    /// is needed: an input that is not tracked, or a mask). Write it with `Var` ops: when the backward
+    /// pass runs with `create_graph`, those ops are recorded too, so the op differentiates again to any
+    /// order (Hessian-vector products, REPLAY's metagradients) with no further code.
+    ///
+    /// Returns a constant when recording is off ([`no_grad`]) or no input is tracked. All tracked inputs
+    /// must share one tape ([`Error::Autodiff`] otherwise).
+    pub fn record(
         op: &'static str,
         value: Tensor,
         inputs: &[&Var],
@@ -175,44 +187,16 @@ impl std::fmt::Debug for Var {
     }
 }
 
-thread_local! {
-    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
-}
-
 /// Whether ops on tracked variables are being recorded on this thread.
 pub fn is_grad_enabled() -> bool {
-    GRAD_ENABLED.with(|g| g.get())
+    mode::enabled()
 }
 
 /// Runs `f` with recording switched on or off on this thread, restoring the previous mode afterwards
 /// (also when `f` panics).
 pub fn with_grad_mode<R>(enabled: bool, f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            GRAD_ENABLED.with(|g| g.set(self.0));
-        }
-    }
-    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(enabled)));
+    let _restore = mode::set(enabled);
     f()
-}
-
-/// Restores this thread's grad mode when dropped.
-pub(crate) struct KernelScope(bool);
-
-impl Drop for KernelScope {
-    fn drop(&mut self) {
-        GRAD_ENABLED.with(|g| g.set(self.0));
-    }
-}
-
-/// Puts this thread in the default grad mode (recording on) until the returned guard drops. Kernels
-/// hold it around their rayon sections: a worker waiting inside a parallel kernel may run an unrelated
-/// job (say, another tape's forward pass submitted to the same pool), and that job must see a fresh
-/// thread's mode, not the mode of the backward pass or `no_grad` section that launched the kernel.
-/// Kernels themselves record nothing, so this changes nothing for the code that calls them.
-pub(crate) fn kernel_scope() -> KernelScope {
-    KernelScope(GRAD_ENABLED.with(|g| g.replace(true)))
 }
 
 /// Runs `f` with no recording: ops compute their values and nothing else (REPLAY trains this way).
@@ -232,8 +216,10 @@ pub struct GradOptions {
 /// Gradients of the scalar `output` with respect to each of `wrt`.
 ///
 /// With `create_graph` the results are tracked variables on the same tape (differentiable again);
-/// otherwise they are constants and the nodes the backward pass walked are released. A variable that
-/// `output` does not depend on gets a zero gradient.
+/// otherwise they are constants and the nodes the backward pass walked are released. A tracked
+/// variable that `output` does not depend on gets a zero gradient; an untracked one (a constant, which
+/// has no gradient) is an [`Error::Autodiff`], since asking for it is almost always a mistake (check
+/// [`Var::is_tracked`] first where a constant may legitimately appear).
 pub fn grad(output: &Var, wrt: &[&Var], create_graph: bool) -> Result<Vec<Var>> {
     if output.value.numel() != 1 {
         return Err(Error::Autodiff {
@@ -259,6 +245,15 @@ pub fn grad_with(output: &Var, wrt: &[&Var], cotangent: &Var, opts: GradOptions)
         });
     }
     let zeros = |v: &Var| Tensor::full_on(0.0, v.shape().clone(), v.dtype(), v.value().device()).map(Var::constant);
+    if let Some(i) = wrt.iter().position(|v| !v.is_tracked()) {
+        return Err(Error::Autodiff {
+            msg: format!(
+                "grad with respect to variable {i} ({} {}), which is not tracked (a constant has no gradient): make it with Tape::var",
+                wrt[i].shape(),
+                wrt[i].dtype()
+            ),
+        });
+    }
     let Some((tape, out_id)) = output.node.clone() else {
         return wrt.iter().map(|v| zeros(v)).collect();
     };

@@ -19,9 +19,8 @@
 //! that dependence.
 
 use super::same_dtypes;
-use crate::backend::cpu::attention::{self as kernel, Geometry, Need};
-use crate::backend::cuda::ops as cuda;
-use crate::dtype::with_float;
+use crate::backend::spec::{AttnShape, Need};
+use crate::backend::Storage;
 use crate::error::{invalid, shape_err, Error, Result};
 use crate::{Tensor, Var};
 
@@ -31,7 +30,7 @@ const THIRD_ORDER: &str = "attention_backward_backward: a third derivative of fu
 
 /// Checks Q [.., Nq, d], K [.., Nk, d], V [.., Nk, dv] (equal leading dims, one compute dtype) and the
 /// scale; returns the kernel geometry.
-fn check(q: &Var, k: &Var, v: &Var, scale: f64, causal: bool) -> Result<Geometry> {
+fn check(q: &Var, k: &Var, v: &Var, scale: f64, causal: bool) -> Result<AttnShape> {
     let r = q.shape().rank();
     if r < 2 || k.shape().rank() != r || v.shape().rank() != r {
         return shape_err("attention", format!("q {}, k {}, v {} need equal rank ≥ 2", q.shape(), k.shape(), v.shape()));
@@ -47,7 +46,7 @@ fn check(q: &Var, k: &Var, v: &Var, scale: f64, causal: bool) -> Result<Geometry
     if !scale.is_finite() {
         return invalid("attention", format!("scale {scale} is not finite"));
     }
-    Ok(Geometry { heads: q.dims()[..r - 2].iter().product(), nq, nk, d, dv, scale, causal })
+    Ok(AttnShape { heads: q.dims()[..r - 2].iter().product(), nq, nk, d, dv, scale, causal })
 }
 
 /// Splits a packed 1-D variable into pieces shaped like `like` (differentiably: narrow, then
@@ -65,48 +64,33 @@ fn unpack(packed: &Var, like: &[Var]) -> Result<Vec<Option<Var>>> {
 
 /// The op `attention_backward`: (dQ, dK, dV) from Q, K, V = `x`, dO and the forward's O and ℓ, for
 /// the tracked ones of Q, K, V.
-fn attention_backward(x: &[Var], d_o: &Var, o: Tensor, lse: Tensor, g: Geometry) -> Result<Vec<Option<Var>>> {
+fn attention_backward(x: &[Var], d_o: &Var, o: Tensor, lse: Tensor, g: AttnShape) -> Result<Vec<Option<Var>>> {
+    const OP: &str = "attention_backward";
     let (q, k, v) = (&x[0], &x[1], &x[2]);
     let need = Need { q: q.is_tracked(), kv: k.is_tracked() || v.is_tracked(), d_o: false };
-    let packed = if q.value().is_cuda() {
-        cuda::attention_backward(g, [q.value(), k.value(), v.value()], [&o, &lse], d_o.value(), need)?
-    } else {
-        with_float!("attention_backward", q.dtype(), T => {
-        let s = Tensor::as_slice::<T>;
-        let out = kernel::backward::<T>(g, [s(q.value())?, s(k.value())?, s(v.value())?], [s(&o)?, s(&lse)?], s(d_o.value())?, need);
-        let n = out.len();
-        Tensor::from_vec(out, [n])?
-        })
-    };
-    let y = Var::record("attention_backward", packed, &[q, k, v, d_o], move |x, _, cot| attention_backward_backward(x, cot, &o, &lse, g))?;
+    fn s(t: &Var) -> &Storage {
+        t.value().storage()
+    }
+    let packed = Storage::attention_backward(OP, &g, [s(q), s(k), s(v)], [o.storage(), lse.storage()], s(d_o), need)?;
+    let n = packed.len();
+    let packed = Tensor::new(OP, packed, [n])?;
+    let y = Var::record(OP, packed, &[q, k, v, d_o], move |x, _, cot| attention_backward_backward(x, cot, &o, &lse, g))?;
     unpack(&y, x)
 }
 
 /// The op `attention_backward_backward`: the cotangents of the tracked ones of (Q, K, V, dO) = `x`,
 /// given the packed cotangent `cot` of (dQ, dK, dV).
-fn attention_backward_backward(x: &[Var], cot: &Var, o: &Tensor, lse: &Tensor, g: Geometry) -> Result<Vec<Option<Var>>> {
+fn attention_backward_backward(x: &[Var], cot: &Var, o: &Tensor, lse: &Tensor, g: AttnShape) -> Result<Vec<Option<Var>>> {
+    const OP: &str = "attention_backward_backward";
     let (q, k, v, d_o) = (&x[0], &x[1], &x[2], &x[3]);
     let need = Need { q: q.is_tracked(), kv: k.is_tracked() || v.is_tracked(), d_o: d_o.is_tracked() };
-    let packed = if q.value().is_cuda() {
-        let (nq, nk) = (q.value().numel(), k.value().numel());
-        let c = cot.value();
-        let (a, b, e) = (c.narrow_flat(0, nq)?, c.narrow_flat(nq, nk)?, c.narrow_flat(nq + nk, v.value().numel())?);
-        cuda::attention_backward_backward(g, [q.value(), k.value(), v.value()], [o, lse], d_o.value(), [&a, &b, &e], need)?
-    } else {
-        with_float!("attention_backward_backward", q.dtype(), T => {
-        let s = Tensor::as_slice::<T>;
-        let c = s(cot.value())?;
-        let (a, rest) = c.split_at(q.value().numel());
-        let (b, e) = rest.split_at(k.value().numel());
-        let qkv = [s(q.value())?, s(k.value())?, s(v.value())?];
-        let out = kernel::backward_backward::<T>(g, qkv, [s(o)?, s(lse)?], s(d_o.value())?, [a, b, e], need);
-        let n = out.len();
-        Tensor::from_vec(out, [n])?
-        })
-    };
-    let y = Var::record("attention_backward_backward", packed, &[q, k, v, d_o, cot], |_, _, _| {
-        Err(Error::Autodiff { msg: THIRD_ORDER.into() })
-    })?;
+    fn s(t: &Var) -> &Storage {
+        t.value().storage()
+    }
+    let packed = Storage::attention_backward_backward(OP, &g, [s(q), s(k), s(v)], [o.storage(), lse.storage()], s(d_o), s(cot), need)?;
+    let n = packed.len();
+    let packed = Tensor::new(OP, packed, [n])?;
+    let y = Var::record(OP, packed, &[q, k, v, d_o, cot], |_, _, _| Err(Error::Autodiff { msg: THIRD_ORDER.into() }))?;
     unpack(&y, x)
 }
 
@@ -119,29 +103,18 @@ impl Var {
     /// backward-over-backward (Hessian-vector products). A third derivative returns an
     /// [`Error::Autodiff`]; use [`Var::attention_composite`] for that.
     ///
-    /// On a CUDA device the three ops run the kernels of `kernels/attention.cu` for widths d, dv ≤ 128;
-    /// wider (or empty) problems run [`Var::attention_composite`] there.
+    /// Where the device's fused kernels do not handle the shapes (on CUDA: widths d, dv > 128, or an
+    /// empty problem), this runs [`Var::attention_composite`] instead.
     pub fn attention(&self, k: &Var, v: &Var, scale: f64, causal: bool) -> Result<Var> {
         let g = check(self, k, v, scale, causal)?;
-        if self.value().is_cuda() {
-            let max = cuda::ATTENTION_MAX_WIDTH;
-            if g.d > max || g.dv > max || g.heads * g.nq * g.nk == 0 || g.d * g.dv == 0 {
-                return self.attention_composite(k, v, scale, causal);
-            }
+        if !Storage::supports_attention(self.value().device(), &g) {
+            return self.attention_composite(k, v, scale, causal);
         }
-        let (o, lse) = if self.value().is_cuda() {
-            let (o, lse) = cuda::attention_forward(g, self.value(), k.value(), v.value())?;
-            let mut od = self.dims().to_vec();
-            *od.last_mut().expect("rank ≥ 2") = g.dv;
-            (o.reshape(od)?, lse.reshape(&self.dims()[..self.dims().len() - 1])?)
-        } else {
-            with_float!("attention", self.dtype(), T => {
-            let (o, lse) = kernel::forward::<T>(g, self.value().as_slice::<T>()?, k.value().as_slice::<T>()?, v.value().as_slice::<T>()?);
-            let mut od = self.dims().to_vec();
-            *od.last_mut().expect("rank ≥ 2") = g.dv;
-            (Tensor::from_vec(o, od)?, Tensor::from_vec(lse, &self.dims()[..self.dims().len() - 1])?)
-            })
-        };
+        let (o, lse) = Storage::attention_forward("attention", &g, self.value().storage(), k.value().storage(), v.value().storage())?;
+        let r = self.shape().rank();
+        let mut od = self.dims().to_vec();
+        od[r - 1] = g.dv;
+        let (o, lse) = (Tensor::new("attention", o, od)?, Tensor::new("attention", lse, &self.dims()[..r - 1])?);
         Var::record("attention", o, &[self, k, v], move |x, o, d_o| attention_backward(x, d_o, o.value().clone(), lse.clone(), g))
     }
 

@@ -1,73 +1,58 @@
-//! Element-wise binary ops with NumPy broadcasting.
+//! Element-wise binary ops with NumPy broadcasting, and the arithmetic operators.
 //!
 //! The VJP of a broadcast operand is the cotangent summed back to the operand's shape (`sum_to`).
+//!
+//! The operators `+ - * /` work on references to tensors and variables (`&a + &b`, `&a * 2.0`,
+//! `2.0 * &a`) and return a [`Result`], because an op can fail (shapes that do not broadcast, dtypes
+//! that differ): write `(&a + &b)?`. Scalars are f64 and rounded to the tensor's dtype once.
 
-use super::same_dtype;
-use super::unary::Unary;
-use crate::backend::cpu;
-use crate::backend::cuda::ops as cuda;
-use crate::dtype::{with_float, Float};
+use crate::backend::spec::BinaryOp;
 use crate::error::Result;
 use crate::{Shape, Tensor, Var};
 
-/// The element-wise binary functions (in the order of `BinaryOp` in kernels/elementwise.cu).
-#[derive(Clone, Copy)]
-enum Binary {
-    Add,
-    Sub,
-    Mul,
-    Div,
-}
-
-impl Binary {
-    #[inline(always)]
-    fn apply<T: Float>(self, a: T, b: T) -> T {
-        match self {
-            Binary::Add => a + b,
-            Binary::Sub => a - b,
-            Binary::Mul => a * b,
-            Binary::Div => a / b,
-        }
-    }
-}
-
-/// Forward kernel for a broadcast binary op.
-fn zip(op: &'static str, a: &Var, b: &Var, f: Binary) -> Result<Tensor> {
-    same_dtype(op, a, b)?;
+/// `f(a, b)` with broadcasting, as op `op`.
+fn zip(op: &'static str, a: &Tensor, b: &Tensor, f: BinaryOp) -> Result<Tensor> {
+    super::same_dtype_t(op, a, b)?;
     let out = Shape::broadcast(op, a.shape(), b.shape())?;
-    if a.value().is_cuda() {
-        return cuda::binary(op, a.value(), b.value(), &out, f as i32);
+    let s = a.storage().binary(op, a.dims(), b.storage(), b.dims(), out.dims(), f)?;
+    Tensor::new(op, s, out)
+}
+
+impl Tensor {
+    /// a + b, broadcasting.
+    pub fn add(&self, other: &Tensor) -> Result<Tensor> {
+        zip("add", self, other, BinaryOp::Add)
     }
-    with_float!(op, a.dtype(), T => {
-        let (x, y) = (a.value().as_slice::<T>()?, b.value().as_slice::<T>()?);
-        // One kernel per function, fixed at compile time, so the loops vectorize.
-        let (ad, bd, od) = (a.dims(), b.dims(), out.dims());
-        let v = match f {
-            Binary::Add => cpu::zip(x, ad, y, bd, od, |p: T, q: T| Binary::Add.apply(p, q)),
-            Binary::Sub => cpu::zip(x, ad, y, bd, od, |p: T, q: T| Binary::Sub.apply(p, q)),
-            Binary::Mul => cpu::zip(x, ad, y, bd, od, |p: T, q: T| Binary::Mul.apply(p, q)),
-            Binary::Div => cpu::zip(x, ad, y, bd, od, |p: T, q: T| Binary::Div.apply(p, q)),
-        };
-        Tensor::from_vec(v, out)
-    })
+    /// a − b, broadcasting.
+    pub fn sub(&self, other: &Tensor) -> Result<Tensor> {
+        zip("sub", self, other, BinaryOp::Sub)
+    }
+    /// a · b element-wise, broadcasting.
+    pub fn mul(&self, other: &Tensor) -> Result<Tensor> {
+        zip("mul", self, other, BinaryOp::Mul)
+    }
+    /// a / b element-wise, broadcasting.
+    pub fn div(&self, other: &Tensor) -> Result<Tensor> {
+        zip("div", self, other, BinaryOp::Div)
+    }
 }
 
 impl Var {
     /// a + b, broadcasting.
     pub fn add(&self, other: &Var) -> Result<Var> {
-        let y = zip("add", self, other, Binary::Add)?;
+        let y = self.value().add(other.value())?;
         Var::record("add", y, &[self, other], |x, _, g| Ok(vec![Some(g.sum_to(x[0].shape())?), Some(g.sum_to(x[1].shape())?)]))
     }
 
     /// a − b, broadcasting.
     pub fn sub(&self, other: &Var) -> Result<Var> {
-        let y = zip("sub", self, other, Binary::Sub)?;
+        let y = self.value().sub(other.value())?;
         Var::record("sub", y, &[self, other], |x, _, g| Ok(vec![Some(g.sum_to(x[0].shape())?), Some(g.neg()?.sum_to(x[1].shape())?)]))
     }
 
     /// a · b element-wise, broadcasting.
     pub fn mul(&self, other: &Var) -> Result<Var> {
-        let y = zip("mul", self, other, Binary::Mul)?;
+        let y = self.value().mul(other.value())?;
         Var::record("mul", y, &[self, other], |x, _, g| {
             Ok(vec![
                 if x[0].is_tracked() { Some(g.mul(&x[1])?.sum_to(x[0].shape())?) } else { None },
@@ -78,7 +63,7 @@ impl Var {
 
     /// a / b element-wise, broadcasting.
     pub fn div(&self, other: &Var) -> Result<Var> {
-        let y = zip("div", self, other, Binary::Div)?;
+        let y = self.value().div(other.value())?;
         Var::record("div", y, &[self, other], |x, _, g| {
             let ga = g.div(&x[1])?;
             Ok(vec![
@@ -88,25 +73,64 @@ impl Var {
             ])
         })
     }
+}
 
-    /// a + c for a scalar c.
-    pub fn add_scalar(&self, c: f64) -> Result<Var> {
-        self.affine_op("add_scalar", 1.0, c)
+/// The operators on references (`&a + &b`), and with an f64 scalar on either side.
+macro_rules! operators {
+    ($T:ty, $($Trait:ident $method:ident $op:ident, $scalar:expr, $rscalar:expr;)*) => {$(
+        impl std::ops::$Trait<&$T> for &$T {
+            type Output = Result<$T>;
+            fn $method(self, rhs: &$T) -> Result<$T> {
+                <$T>::$op(self, rhs)
+            }
+        }
+        impl std::ops::$Trait<f64> for &$T {
+            type Output = Result<$T>;
+            fn $method(self, c: f64) -> Result<$T> {
+                let f: fn(&$T, f64) -> Result<$T> = $scalar;
+                f(self, c)
+            }
+        }
+        impl std::ops::$Trait<&$T> for f64 {
+            type Output = Result<$T>;
+            fn $method(self, x: &$T) -> Result<$T> {
+                let f: fn(&$T, f64) -> Result<$T> = $rscalar;
+                f(x, self)
+            }
+        }
+    )*};
+}
+
+/// The scalar `c` as a tensor like `x` (dtype, device), for the exact divisions below.
+fn scalar_like(c: f64, x: &Tensor) -> Result<Tensor> {
+    Tensor::full_on(c, (), x.dtype(), x.device())
+}
+
+// Each is one correctly rounded operation per element: x ± c and c − x are fused multiply-adds with
+// ±1 (exact), x · c one multiply, and the divisions divide by (or into) the scalar rounded to the dtype.
+operators!(Tensor,
+    Add add add, |x, c| x.add_scalar(c), |x, c| x.add_scalar(c);
+    Sub sub sub, |x, c| x.add_scalar(-c), |x, c| x.affine(-1.0, c);
+    Mul mul mul, |x, c| x.mul_scalar(c), |x, c| x.mul_scalar(c);
+    Div div div, |x, c| x.div(&scalar_like(c, x)?), |x, c| scalar_like(c, x)?.div(x);
+);
+operators!(Var,
+    Add add add, |x, c| x.add_scalar(c), |x, c| x.add_scalar(c);
+    Sub sub sub, |x, c| x.add_scalar(-c), |x, c| x.affine(-1.0, c);
+    Mul mul mul, |x, c| x.mul_scalar(c), |x, c| x.mul_scalar(c);
+    Div div div, |x, c| x.div(&Var::constant(scalar_like(c, x.value())?)), |x, c| Var::constant(scalar_like(c, x.value())?).div(x);
+);
+
+impl std::ops::Neg for &Tensor {
+    type Output = Result<Tensor>;
+    fn neg(self) -> Result<Tensor> {
+        Tensor::neg(self)
     }
+}
 
-    /// a · c for a scalar c.
-    pub fn mul_scalar(&self, c: f64) -> Result<Var> {
-        self.affine_op("mul_scalar", c, 0.0)
-    }
-
-    /// a·x + b element-wise for scalars a, b (one pass).
-    pub fn affine(&self, a: f64, b: f64) -> Result<Var> {
-        self.affine_op("affine", a, b)
-    }
-
-    /// [`Var::affine`] under the name of the op the caller used (for errors and the tape).
-    fn affine_op(&self, op: &'static str, a: f64, b: f64) -> Result<Var> {
-        let y = super::unary::map(op, self, Unary::Affine(a, b))?;
-        Var::record(op, y, &[self], move |_, _, g| Ok(vec![Some(g.mul_scalar(a)?)]))
+impl std::ops::Neg for &Var {
+    type Output = Result<Var>;
+    fn neg(self) -> Result<Var> {
+        Var::neg(self)
     }
 }

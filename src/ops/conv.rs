@@ -32,12 +32,10 @@
 //! own, which saves the packing copies; a node with one output returns it in its own shape. Average pooling is a linear map.
 
 use super::linear::{linear, LinearMap};
-use crate::backend::cpu::conv::{self as kernels, ConvShape};
-use crate::backend::cuda::ops as cuda;
-use crate::dtype::with_float;
-use crate::error::{invalid, shape_err, Result};
+use crate::backend::spec::{ConvMode, ConvShape, WindowOp};
+use crate::backend::Storage;
+use crate::error::{invalid, shape_err, Error, Result};
 use crate::{is_grad_enabled, Shape, Tensor, Var};
-use rayon::prelude::*;
 use std::rc::Rc;
 
 /// Geometry of a 2-D window sweep (convolution or pooling) over [N, C, H, W].
@@ -109,33 +107,12 @@ impl Geometry {
         }
         Ok(Geometry { n: x[0], c: x[1], h: x[2], w: x[3], kh, kw, ho, wo, o })
     }
-    /// The `Geom` struct of kernels/index.cu.
-    fn cuda_geom(&self) -> [usize; 14] {
-        let o = self.o;
-        [
-            self.n,
-            self.c,
-            self.h,
-            self.w,
-            self.kh,
-            self.kw,
-            self.ho,
-            self.wo,
-            o.stride.0,
-            o.stride.1,
-            o.padding.0,
-            o.padding.1,
-            o.dilation.0,
-            o.dilation.1,
-        ]
-    }
-    /// The input pixel (row, column) read by tap (ki, kj) of output (oh, ow), if inside the image.
-    #[inline(always)]
-    fn src(&self, ki: usize, kj: usize, oh: usize, ow: usize) -> Option<(usize, usize)> {
-        let r = (oh * self.o.stride.0 + ki * self.o.dilation.0).checked_sub(self.o.padding.0)?;
-        let c = (ow * self.o.stride.1 + kj * self.o.dilation.1).checked_sub(self.o.padding.1)?;
-        (r < self.h && c < self.w).then_some((r, c))
-    }
+}
+
+/// A window map of the geometry, with output shape `out`.
+fn window(op: &'static str, x: &Tensor, w: WindowOp, g: &Geometry, out: &[usize]) -> Result<Tensor> {
+    super::compute(op, x)?;
+    Tensor::new(op, x.storage().window(op, w, &g.conv(0))?, out.to_vec())
 }
 
 /// x [N, C, H, W] → columns [C·kh·kw, N·Ho·Wo]: row (c, ki, kj), column (n, oh, ow).
@@ -147,55 +124,11 @@ impl LinearMap for Im2col {
     }
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let g = self.0;
-        let (l, cols) = (g.ho * g.wo, g.n * g.ho * g.wo);
-        if x.is_cuda() {
-            return cuda::window_op("im2col", "im2col", x, g.cuda_geom(), None, Shape::new([g.c * g.kh * g.kw, cols]));
-        }
-        with_float!("im2col", x.dtype(), T => {
-            let src = x.as_slice::<T>()?;
-            let mut out = vec![0.0 as T; g.c * g.kh * g.kw * cols];
-            if cols > 0 {
-                out.par_chunks_mut(cols).enumerate().for_each(|(row, dst)| {
-                    let (c, ki, kj) = (row / (g.kh * g.kw), row / g.kw % g.kh, row % g.kw);
-                    for q in 0..cols {
-                        let (n, oh, ow) = (q / l, q % l / g.wo, q % g.wo);
-                        if let Some((r, cc)) = g.src(ki, kj, oh, ow) {
-                            dst[q] = src[((n * g.c + c) * g.h + r) * g.w + cc];
-                        }
-                    }
-                });
-            }
-            Tensor::from_vec(out, [g.c * g.kh * g.kw, cols])
-        })
+        window("im2col", x, WindowOp::Im2col, &g, &[g.c * g.kh * g.kw, g.n * g.ho * g.wo])
     }
-    fn apply_adjoint(&self, cols_t: &Tensor) -> Result<Tensor> {
+    fn apply_adjoint(&self, cols: &Tensor) -> Result<Tensor> {
         let g = self.0;
-        let (l, cols) = (g.ho * g.wo, g.n * g.ho * g.wo);
-        if cols_t.is_cuda() {
-            return cuda::window_op("col2im", "col2im", cols_t, g.cuda_geom(), None, Shape::new([g.n, g.c, g.h, g.w]));
-        }
-        with_float!("col2im", cols_t.dtype(), T => {
-            let src = cols_t.as_slice::<T>()?;
-            let mut out = vec![0.0 as T; g.n * g.c * g.h * g.w];
-            if g.h * g.w > 0 {
-                out.par_chunks_mut(g.h * g.w).enumerate().for_each(|(plane, dst)| {
-                    let (n, c) = (plane / g.c, plane % g.c);
-                    for ki in 0..g.kh {
-                        for kj in 0..g.kw {
-                            let row = &src[((c * g.kh + ki) * g.kw + kj) * cols + n * l..][..l];
-                            for oh in 0..g.ho {
-                                for ow in 0..g.wo {
-                                    if let Some((r, cc)) = g.src(ki, kj, oh, ow) {
-                                        dst[r * g.w + cc] += row[oh * g.wo + ow];
-                                    }
-                                }
-                            }
-                        }
-                    }
-                });
-            }
-            Tensor::from_vec(out, [g.n, g.c, g.h, g.w])
-        })
+        window("col2im", cols, WindowOp::Col2im, &g, &[g.n, g.c, g.h, g.w])
     }
 }
 
@@ -208,69 +141,11 @@ impl LinearMap for AvgPool {
     }
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let g = self.0;
-        let inv = 1.0 / (g.kh * g.kw) as f64;
-        if x.is_cuda() {
-            return cuda::window_op("avg_pool2d", "avg_pool", x, g.cuda_geom(), Some(inv), Shape::new([g.n, g.c, g.ho, g.wo]));
-        }
-        with_float!("avg_pool2d", x.dtype(), T => {
-            let src = x.as_slice::<T>()?;
-            let mut out = vec![0.0 as T; g.n * g.c * g.ho * g.wo];
-            if g.ho * g.wo > 0 {
-                out.par_chunks_mut(g.ho * g.wo).enumerate().for_each(|(plane, dst)| {
-                    let s = &src[plane * g.h * g.w..(plane + 1) * g.h * g.w];
-                    for oh in 0..g.ho {
-                        for ow in 0..g.wo {
-                            let mut acc = 0.0 as T;
-                            for ki in 0..g.kh {
-                                for kj in 0..g.kw {
-                                    if let Some((r, c)) = g.src(ki, kj, oh, ow) {
-                                        acc += s[r * g.w + c];
-                                    }
-                                }
-                            }
-                            dst[oh * g.wo + ow] = acc * inv as T;
-                        }
-                    }
-                });
-            }
-            Tensor::from_vec(out, [g.n, g.c, g.ho, g.wo])
-        })
+        window("avg_pool2d", x, WindowOp::AvgPool, &g, &[g.n, g.c, g.ho, g.wo])
     }
     fn apply_adjoint(&self, gt: &Tensor) -> Result<Tensor> {
         let g = self.0;
-        let inv = 1.0 / (g.kh * g.kw) as f64;
-        if gt.is_cuda() {
-            return cuda::window_op(
-                "avg_pool2d_adjoint",
-                "avg_pool_adjoint",
-                gt,
-                g.cuda_geom(),
-                Some(inv),
-                Shape::new([g.n, g.c, g.h, g.w]),
-            );
-        }
-        with_float!("avg_pool2d_adjoint", gt.dtype(), T => {
-            let src = gt.as_slice::<T>()?;
-            let mut out = vec![0.0 as T; g.n * g.c * g.h * g.w];
-            if g.h * g.w > 0 {
-                out.par_chunks_mut(g.h * g.w).enumerate().for_each(|(plane, dst)| {
-                    let s = &src[plane * g.ho * g.wo..(plane + 1) * g.ho * g.wo];
-                    for oh in 0..g.ho {
-                        for ow in 0..g.wo {
-                            let v = s[oh * g.wo + ow] * inv as T;
-                            for ki in 0..g.kh {
-                                for kj in 0..g.kw {
-                                    if let Some((r, c)) = g.src(ki, kj, oh, ow) {
-                                        dst[r * g.w + c] += v;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                });
-            }
-            Tensor::from_vec(out, [g.n, g.c, g.h, g.w])
-        })
+        window("avg_pool2d_adjoint", gt, WindowOp::AvgPoolAdjoint, &g, &[g.n, g.c, g.h, g.w])
     }
 }
 
@@ -331,34 +206,20 @@ fn vjp_name(name: &str) -> &'static str {
 /// Records a conv node: `inputs` with `roles`, one output per term (see the module docs). Returns the
 /// outputs in their own shapes.
 fn conv_node(name: &'static str, s: ConvShape, inputs: &[&Var], roles: Vec<Role>, terms: Vec<Term>) -> Result<Vec<Var>> {
-    let parts: Vec<Tensor> = if inputs[0].value().is_cuda() {
-        let vals: Vec<&Tensor> = inputs.iter().map(|v| v.value()).collect();
-        let mut parts = Vec::with_capacity(terms.len());
-        for t in &terms {
-            // The pairs of each role, in the order the kernels take them (as for the CPU kernels below).
-            let (mode, pairs): (_, Vec<(&Tensor, &Tensor)>) = match t.role {
-                Role::Y => (cuda::ConvMode::Forward, t.pairs.iter().map(|&(x, w)| (vals[x], vals[w])).collect()),
-                Role::X => (cuda::ConvMode::InputGrad, t.pairs.iter().map(|&(w, y)| (vals[y], vals[w])).collect()),
-                Role::W => (cuda::ConvMode::WeightGrad, t.pairs.iter().map(|&(x, y)| (vals[x], vals[y])).collect()),
-            };
-            parts.push(cuda::conv(mode, &s, &pairs, role_shape(&s, t.role))?);
-        }
-        parts
-    } else {
-        with_float!(name, inputs[0].dtype(), T => {
-        let vals = inputs.iter().map(|v| v.value().as_slice::<T>()).collect::<Result<Vec<&[T]>>>()?;
-        let mut parts = Vec::with_capacity(terms.len());
-        for t in &terms {
-            let data = match t.role {
-                Role::Y => kernels::conv2d_forward(&s, &t.pairs.iter().map(|&(x, w)| (vals[x], vals[w])).collect::<Vec<_>>()),
-                Role::X => kernels::conv2d_backward_input(&s, &t.pairs.iter().map(|&(w, y)| (vals[y], vals[w])).collect::<Vec<_>>()),
-                Role::W => kernels::conv2d_backward_weight(&s, &t.pairs.iter().map(|&(x, y)| (vals[x], vals[y])).collect::<Vec<_>>()),
-            };
-            parts.push(Tensor::from_vec(data, role_shape(&s, t.role))?);
-        }
-        parts
-        })
-    };
+    for v in inputs {
+        super::same_dtype(name, inputs[0], v)?;
+    }
+    let vals: Vec<&Storage> = inputs.iter().map(|v| v.value().storage()).collect();
+    let mut parts = Vec::with_capacity(terms.len());
+    for t in &terms {
+        // The pairs of each role, in the order the kernels take them.
+        let (mode, pairs): (_, Vec<(&Storage, &Storage)>) = match t.role {
+            Role::Y => (ConvMode::Forward, t.pairs.iter().map(|&(x, w)| (vals[x], vals[w])).collect()),
+            Role::X => (ConvMode::InputGrad, t.pairs.iter().map(|&(w, y)| (vals[y], vals[w])).collect()),
+            Role::W => (ConvMode::WeightGrad, t.pairs.iter().map(|&(x, y)| (vals[x], vals[y])).collect()),
+        };
+        parts.push(Tensor::new(name, Storage::conv(name, mode, &s, &pairs)?, role_shape(&s, t.role))?);
+    }
     // Outputs that share a tracked input go in one node, so that the next derivative sees all their
     // cotangents at once and fuses their contributions to that input; the others get nodes of their
     // own, which saves the packing copies (and all of them when nothing is recorded).
@@ -384,7 +245,7 @@ fn conv_node(name: &'static str, s: ConvShape, inputs: &[&Var], roles: Vec<Role>
             outs[k] = Some(v);
         }
     }
-    Ok(outs.into_iter().map(|v| v.expect("every output is recorded")).collect())
+    outs.into_iter().collect::<Option<Vec<Var>>>().ok_or_else(|| Error::Autodiff { msg: format!("{name}: an output was not recorded") })
 }
 
 /// Records one node computing `terms` (already evaluated as `parts`) from `inputs`, with the conv-node
@@ -392,19 +253,10 @@ fn conv_node(name: &'static str, s: ConvShape, inputs: &[&Var], roles: Vec<Role>
 fn record_node(name: &'static str, s: ConvShape, inputs: &[&Var], roles: &[Role], terms: Vec<Term>, parts: &[Tensor]) -> Result<Vec<Var>> {
     let value = match parts {
         [one] => one.clone(),
-        _ if parts[0].is_cuda() => {
+        _ => {
             let flat = parts.iter().map(|p| p.reshape([p.numel()])).collect::<Result<Vec<_>>>()?;
-            let len = flat.iter().map(Tensor::numel).sum::<usize>();
-            cuda::concat(&flat.iter().collect::<Vec<_>>(), 1, 1, Shape::new([len]))?
+            Tensor::concat(&flat.iter().collect::<Vec<_>>(), 0)?
         }
-        _ => with_float!(name, inputs[0].dtype(), T => {
-            let mut flat: Vec<T> = Vec::with_capacity(parts.iter().map(|p| p.numel()).sum());
-            for p in parts {
-                flat.extend_from_slice(p.as_slice::<T>()?);
-            }
-            let len = flat.len();
-            Tensor::from_vec(flat, [len])?
-        }),
     };
     let shapes: Vec<Shape> = terms.iter().map(|t| role_shape(&s, t.role)).collect();
     let (roles_vjp, terms_vjp) = (roles.to_vec(), terms.clone());
@@ -462,6 +314,11 @@ fn unpack(v: &Var, shapes: &[Shape]) -> Result<Vec<Var>> {
         off += sh.numel();
     }
     Ok(out)
+}
+
+/// The single output of a one-term conv node.
+fn one(outs: Vec<Var>) -> Result<Var> {
+    outs.into_iter().next().ok_or_else(|| Error::Autodiff { msg: "a conv node returned no output".into() })
 }
 
 /// Checks x [N, C, H, W] against weights [O, C, kh, kw] (and the bias's dtype) and returns the geometry.
@@ -524,7 +381,7 @@ impl Var {
         let g = check_conv("conv2d", self, weight, bias, opts)?;
         let o = weight.dims()[0];
         let y = conv_node("conv2d", g.conv(o), &[self, weight], vec![Role::X, Role::W], vec![Term { role: Role::Y, pairs: vec![(0, 1)] }])?;
-        add_bias("conv2d", y.into_iter().next().expect("one output"), bias, o)
+        add_bias("conv2d", one(y)?, bias, o)
     }
 
     /// The reference convolution through im2col (a linear map) and matmul; same arguments and result as
@@ -554,7 +411,7 @@ impl Var {
         let g = Geometry::new(OP, &[d[0], wd[1], input_hw.0, input_hw.1], wd[2], wd[3], opts)?;
         check_dy(OP, dy, &g)?;
         let y = conv_node(OP, g.conv(wd[0]), &[weight, dy], vec![Role::W, Role::Y], vec![Term { role: Role::X, pairs: vec![(0, 1)] }])?;
-        Ok(y.into_iter().next().expect("one output"))
+        one(y)
     }
 
     /// The weight gradient of [`Var::conv2d`]: dw = correlate(x, dy) for an input x [N, C, H, W], an
@@ -568,7 +425,7 @@ impl Var {
         let g = Geometry::new(OP, x.dims(), kernel.0, kernel.1, opts)?;
         let o = check_dy(OP, dy, &g)?;
         let y = conv_node(OP, g.conv(o), &[x, dy], vec![Role::X, Role::Y], vec![Term { role: Role::W, pairs: vec![(0, 1)] }])?;
-        Ok(y.into_iter().next().expect("one output"))
+        one(y)
     }
 
     /// Average pooling over kernel×kernel windows of x [N, C, H, W]. Padding counts as zeros in the

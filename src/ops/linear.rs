@@ -1,19 +1,21 @@
 //! Linear data-movement ops through one mechanism.
 //!
 //! Every op here is a linear map A on the flattened input (reshape, permute, broadcast, narrow,
-//! index_select, gather, im2col, average pooling, ...). Its VJP is the adjoint Aᵀ applied to the
-//! cotangent, and the VJP of Aᵀ is A again. So each map states only `apply` and `apply_adjoint`, and
-//! `linear` records `A` with VJP `Aᵀ` (and `Aᵀ` with VJP `A`): derivatives of every order follow, with
-//! no per-op gradient code. Scatter-adds (the adjoints of index_select and gather) accumulate in index
-//! order within each output row, parallel only over rows: deterministic.
+//! index_select, gather, a dtype or device copy, im2col, average pooling, ...). Its VJP is the adjoint
+//! Aᵀ applied to the cotangent, and the VJP of Aᵀ is A again. So each map states only `apply` and
+//! `apply_adjoint`, and `linear` records `A` with VJP `Aᵀ` (and `Aᵀ` with VJP `A`): derivatives of every
+//! order follow, with no per-op gradient code. Scatter-adds (the adjoints of index_select and gather)
+//! accumulate in index order within each output row, parallel only over rows: deterministic.
+//!
+//! The maps themselves run on tensors (`Tensor::permute`, `Tensor::narrow`, ...), so library code can
+//! move data without a tape.
 
-use crate::backend::cpu;
-use crate::backend::cuda::ops as cuda;
-use crate::dtype::with_float;
+use super::view;
+use crate::backend::spec::{broadcast_strides, AxisView};
+use crate::backend::Storage;
 use crate::error::{invalid, shape_err, Error, Result};
 use crate::ops::reduce::sum_keepdim;
-use crate::{Device, Shape, Tensor, Var};
-use rayon::prelude::*;
+use crate::{DType, Device, Shape, Tensor, Var};
 use std::rc::Rc;
 
 /// A linear map and its adjoint on tensors.
@@ -49,16 +51,21 @@ impl LinearMap for Reshape {
     }
 }
 
+/// out[k] = x[Σ k_d·strides[d] + offset] over the row-major indices k of `dims`.
+fn strided(op: &'static str, x: &Tensor, dims: &[usize], strides: &[usize], offset: usize) -> Result<Tensor> {
+    super::compute(op, x)?;
+    Tensor::new(op, x.storage().copy_strided(op, dims, strides, offset)?, dims.to_vec())
+}
+
 struct Permute {
     perm: Vec<usize>,
     inverse: Vec<usize>,
 }
 fn permute_tensor(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
-    if x.is_cuda() {
-        return cuda::permute(x, perm);
-    }
+    let is = x.shape().strides();
     let od: Vec<usize> = perm.iter().map(|&p| x.dims()[p]).collect();
-    with_float!("permute", x.dtype(), T => Tensor::from_vec(cpu::permute(x.as_slice::<T>()?, x.dims(), perm), od))
+    let os: Vec<usize> = perm.iter().map(|&p| is[p]).collect();
+    strided("permute", x, &od, &os, 0)
 }
 impl LinearMap for Permute {
     fn names(&self) -> (&'static str, &'static str) {
@@ -82,13 +89,7 @@ impl LinearMap for Broadcast {
         ("broadcast_to", "sum_to")
     }
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        if x.is_cuda() {
-            return cuda::broadcast_to(x, &self.to);
-        }
-        with_float!("broadcast_to", x.dtype(), T => {
-            let v = x.as_slice::<T>()?;
-            Tensor::from_vec(cpu::zip(v, x.dims(), v, x.dims(), self.to.dims(), |a: T, _| a), self.to.clone())
-        })
+        strided("broadcast_to", x, self.to.dims(), &broadcast_strides(x.dims(), self.to.dims()), 0)
     }
     fn apply_adjoint(&self, g: &Tensor) -> Result<Tensor> {
         let (r, fr) = (self.to.rank(), self.from.rank());
@@ -104,48 +105,29 @@ struct Narrow {
     len: usize,
     full: Shape,
 }
-impl Narrow {
-    fn copy(&self, x: &Tensor, to_narrow: bool) -> Result<Tensor> {
-        let (o, n, i) = self.full.split_at_axis(self.axis);
-        let mut od = self.full.dims().to_vec();
-        if to_narrow {
-            od[self.axis] = self.len;
-        }
-        if x.is_cuda() {
-            return cuda::narrow_or_pad(x, o, n, i, self.start, self.len, to_narrow, od);
-        }
-        with_float!("narrow", x.dtype(), T => {
-            let src = x.as_slice::<T>()?;
-            let mut out = vec![0.0 as T; od.iter().product()];
-            let (s, l) = (self.start, self.len);
-            if i * l > 0 {
-                if to_narrow {
-                    out.par_chunks_mut(l * i).enumerate().for_each(|(oo, dst)| dst.copy_from_slice(&src[(oo * n + s) * i..(oo * n + s + l) * i]));
-                } else {
-                    out.par_chunks_mut(n * i).enumerate().for_each(|(oo, dst)| dst[s * i..(s + l) * i].copy_from_slice(&src[oo * l * i..(oo + 1) * l * i]));
-                }
-            }
-            let _ = o;
-            Tensor::from_vec(out, od)
-        })
-    }
-}
 impl LinearMap for Narrow {
     fn names(&self) -> (&'static str, &'static str) {
         ("narrow", "pad")
     }
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        self.copy(x, true)
+        let AxisView { outer, n, inner } = view(&self.full, self.axis);
+        let mut od = self.full.dims().to_vec();
+        od[self.axis] = self.len;
+        strided("narrow", x, &[outer, self.len, inner], &[n * inner, inner, 1], self.start * inner)?.reshape(od)
     }
     fn apply_adjoint(&self, g: &Tensor) -> Result<Tensor> {
-        self.copy(g, false)
+        super::compute("pad", g)?;
+        let AxisView { outer, n, inner } = view(&self.full, self.axis);
+        let s =
+            g.storage().place_strided("pad", outer * n * inner, &[outer, self.len, inner], &[n * inner, inner, 1], self.start * inner)?;
+        Tensor::new("pad", s, self.full.clone())
     }
 }
 
 /// Slices `idx` of `axis` (out[.., j, ..] = x[.., idx[j], ..]); the adjoint scatter-adds.
 struct IndexSelect {
     axis: usize,
-    idx: std::sync::Arc<[usize]>,
+    idx: Rc<[usize]>,
     full: Shape,
 }
 impl LinearMap for IndexSelect {
@@ -153,55 +135,21 @@ impl LinearMap for IndexSelect {
         ("index_select", "index_add")
     }
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, n, i) = self.full.split_at_axis(self.axis);
-        let m = self.idx.len();
+        super::compute("index_select", x)?;
         let mut od = self.full.dims().to_vec();
-        od[self.axis] = m;
-        if x.is_cuda() {
-            let o = self.full.numel() / (n * i).max(1);
-            return cuda::index_op("index_select", "index_select", x, &self.idx, o, n, m, i, Shape::new(od));
-        }
-        with_float!("index_select", x.dtype(), T => {
-            let src = x.as_slice::<T>()?;
-            let mut out = vec![0.0 as T; od.iter().product()];
-            if m * i > 0 {
-                out.par_chunks_mut(m * i).enumerate().for_each(|(o, dst)| {
-                    for (j, &k) in self.idx.iter().enumerate() {
-                        dst[j * i..(j + 1) * i].copy_from_slice(&src[(o * n + k) * i..(o * n + k + 1) * i]);
-                    }
-                });
-            }
-            Tensor::from_vec(out, od)
-        })
+        od[self.axis] = self.idx.len();
+        Tensor::new("index_select", x.storage().index_select("index_select", &self.idx, view(&self.full, self.axis))?, od)
     }
     fn apply_adjoint(&self, g: &Tensor) -> Result<Tensor> {
-        let (_, n, i) = self.full.split_at_axis(self.axis);
-        let m = self.idx.len();
-        if g.is_cuda() {
-            let o = self.full.numel() / (n * i).max(1);
-            return cuda::index_add(g, &self.idx, o, n, i, self.full.clone());
-        }
-        with_float!("index_add", g.dtype(), T => {
-            let src = g.as_slice::<T>()?;
-            let mut out = vec![0.0 as T; self.full.numel()];
-            if n * i > 0 {
-                out.par_chunks_mut(n * i).enumerate().for_each(|(o, dst)| {
-                    for (j, &k) in self.idx.iter().enumerate() {
-                        for (d, &s) in dst[k * i..(k + 1) * i].iter_mut().zip(&src[(o * m + j) * i..(o * m + j + 1) * i]) {
-                            *d += s;
-                        }
-                    }
-                });
-            }
-            Tensor::from_vec(out, self.full.clone())
-        })
+        super::compute("index_add", g)?;
+        Tensor::new("index_add", g.storage().index_add("index_add", &self.idx, view(&self.full, self.axis))?, self.full.clone())
     }
 }
 
 /// out[o, j, i] = x[o, idx[o, j, i], i] along `axis` (idx has the output's shape); the adjoint scatter-adds.
 struct Gather {
     axis: usize,
-    idx: std::sync::Arc<[usize]>,
+    idx: Rc<[usize]>,
     out: Shape,
     full: Shape,
 }
@@ -210,42 +158,14 @@ impl LinearMap for Gather {
         ("gather", "scatter_add")
     }
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, n, i) = self.full.split_at_axis(self.axis);
-        let (o, m, _) = self.out.split_at_axis(self.axis);
-        if x.is_cuda() {
-            return cuda::index_op("gather", "gather", x, &self.idx, o, n, m, i, self.out.clone());
-        }
-        with_float!("gather", x.dtype(), T => {
-            let src = x.as_slice::<T>()?;
-            let mut out = vec![0.0 as T; self.out.numel()];
-            if m * i > 0 {
-                cpu::for_chunks(&mut out, m * i, self.out.numel(), |o, dst| {
-                    for p in 0..m * i {
-                        dst[p] = src[(o * n + self.idx[o * m * i + p]) * i + p % i];
-                    }
-                });
-            }
-            Tensor::from_vec(out, self.out.clone())
-        })
+        super::compute("gather", x)?;
+        let m = self.out.dims()[self.axis];
+        Tensor::new("gather", x.storage().gather("gather", &self.idx, view(&self.full, self.axis), m)?, self.out.clone())
     }
     fn apply_adjoint(&self, g: &Tensor) -> Result<Tensor> {
-        let (_, n, i) = self.full.split_at_axis(self.axis);
-        let (o, m, _) = self.out.split_at_axis(self.axis);
-        if g.is_cuda() {
-            return cuda::index_op("scatter_add", "scatter_add", g, &self.idx, o, n, m, i, self.full.clone());
-        }
-        with_float!("scatter_add", g.dtype(), T => {
-            let src = g.as_slice::<T>()?;
-            let mut out = vec![0.0 as T; self.full.numel()];
-            if n * i > 0 {
-                cpu::for_chunks(&mut out, n * i, self.full.numel(), |o, dst| {
-                    for p in 0..m * i {
-                        dst[self.idx[o * m * i + p] * i + p % i] += src[o * m * i + p];
-                    }
-                });
-            }
-            Tensor::from_vec(out, self.full.clone())
-        })
+        super::compute("scatter_add", g)?;
+        let m = self.out.dims()[self.axis];
+        Tensor::new("scatter_add", g.storage().scatter_add("scatter_add", &self.idx, view(&self.full, self.axis), m)?, self.full.clone())
     }
 }
 
@@ -266,6 +186,178 @@ impl LinearMap for ToDevice {
     }
 }
 
+/// A conversion between dtypes; the adjoint converts the cotangent back (rounding to the source dtype,
+/// as the source's own cotangent is stored in its dtype).
+struct ToDType {
+    from: DType,
+    to: DType,
+}
+impl LinearMap for ToDType {
+    fn names(&self) -> (&'static str, &'static str) {
+        ("to_dtype", "to_dtype")
+    }
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        x.try_to_dtype(self.to)
+    }
+    fn apply_adjoint(&self, g: &Tensor) -> Result<Tensor> {
+        g.try_to_dtype(self.from)
+    }
+}
+
+/// Checks a permutation of `r` axes and returns its inverse.
+fn check_perm(shape: &Shape, perm: &[usize]) -> Result<Vec<usize>> {
+    let r = shape.rank();
+    let mut seen = vec![false; r];
+    if perm.len() != r || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true)) {
+        return shape_err("permute", format!("{perm:?} is not a permutation of the {r} axes of {shape}"));
+    }
+    let mut inverse = vec![0; r];
+    for (i, &p) in perm.iter().enumerate() {
+        inverse[p] = i;
+    }
+    Ok(inverse)
+}
+
+/// The permutation swapping axes `a` and `b` of `shape`.
+fn swap_perm(shape: &Shape, a: isize, b: isize) -> Result<Vec<usize>> {
+    let (a, b) = (shape.axis("transpose", a)?, shape.axis("transpose", b)?);
+    let mut perm: Vec<usize> = (0..shape.rank()).collect();
+    perm.swap(a, b);
+    Ok(perm)
+}
+
+/// Checks `start..start + len` against `axis` of `shape`; returns the resolved axis.
+fn check_narrow(shape: &Shape, axis: isize, start: usize, len: usize) -> Result<usize> {
+    let a = shape.axis("narrow", axis)?;
+    let n = shape.dims()[a];
+    if start.checked_add(len).is_none_or(|e| e > n) {
+        return shape_err(
+            "narrow",
+            format!("range {start}..{} is out of bounds for axis {a} of size {n} in shape {shape}", start.saturating_add(len)),
+        );
+    }
+    Ok(a)
+}
+
+/// Checks `idx` against `axis` of `shape`; returns the resolved axis.
+fn check_index_select(shape: &Shape, axis: isize, idx: &[usize]) -> Result<usize> {
+    let a = shape.axis("index_select", axis)?;
+    let n = shape.dims()[a];
+    if let Some(&bad) = idx.iter().find(|&&k| k >= n) {
+        return Err(Error::Shape {
+            op: "index_select",
+            msg: format!("index {bad} is out of range for axis {a} of size {n} in shape {shape}"),
+        });
+    }
+    Ok(a)
+}
+
+/// Checks a gather's index against `shape`; returns the resolved axis and the output shape.
+fn check_gather(shape: &Shape, axis: isize, idx: &[usize], idx_shape: Shape) -> Result<(usize, Shape)> {
+    let a = shape.axis("gather", axis)?;
+    let out = idx_shape;
+    let ok = out.rank() == shape.rank() && out.dims().iter().zip(shape.dims()).enumerate().all(|(k, (x, y))| k == a || x == y);
+    if !ok || Some(idx.len()) != out.checked_numel() {
+        return shape_err("gather", format!("index of shape {out} ({} values) does not match input {shape} outside axis {a}", idx.len()));
+    }
+    let n = shape.dims()[a];
+    if let Some(&bad) = idx.iter().find(|&&k| k >= n) {
+        return shape_err("gather", format!("index {bad} is out of range for axis {a} of size {n} in shape {shape}"));
+    }
+    Ok((a, out))
+}
+
+/// Checks the operands of a concatenation along `axis`; returns the resolved axis and output shape.
+fn check_concat<'a>(shapes: impl Iterator<Item = &'a Shape> + Clone, axis: isize) -> Result<(usize, Shape)> {
+    let Some(first) = shapes.clone().next() else { return invalid("concat", "no tensors given") };
+    let a = first.axis("concat", axis)?;
+    for s in shapes.clone() {
+        let ok = s.rank() == first.rank() && s.dims().iter().zip(first.dims()).enumerate().all(|(k, (x, y))| k == a || x == y);
+        if !ok {
+            let all: Vec<String> = shapes.map(|v| v.to_string()).collect();
+            return shape_err("concat", format!("shapes {} differ outside axis {a}", all.join(", ")));
+        }
+    }
+    let mut od = first.dims().to_vec();
+    od[a] = shapes.map(|s| s.dims()[a]).sum();
+    Ok((a, Shape::new(od)))
+}
+
+/// The concatenation of `parts` (checked) along `a` into `out`.
+fn concat_tensors(parts: &[&Tensor], a: usize, out: Shape) -> Result<Tensor> {
+    for p in parts {
+        super::same_dtype_t("concat", parts[0], p)?;
+    }
+    let AxisView { outer, inner, .. } = view(&out, a);
+    let storages: Vec<&Storage> = parts.iter().map(|p| p.storage()).collect();
+    Tensor::new("concat", Storage::concat("concat", &storages, outer, inner)?, out)
+}
+
+impl Tensor {
+    /// Reorders the axes: output axis k is input axis `perm[k]`.
+    pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
+        check_perm(self.shape(), perm)?;
+        if perm.iter().enumerate().all(|(i, &p)| i == p) {
+            return Ok(self.clone());
+        }
+        permute_tensor(self, perm)
+    }
+
+    /// Swaps two axes.
+    pub fn transpose(&self, a: isize, b: isize) -> Result<Tensor> {
+        self.permute(&swap_perm(self.shape(), a, b)?)
+    }
+
+    /// Broadcasts to `shape` (NumPy rules).
+    pub fn broadcast_to(&self, shape: &Shape) -> Result<Tensor> {
+        if !self.shape().broadcasts_to(shape) {
+            return shape_err("broadcast_to", format!("cannot broadcast {} to {shape}", self.shape()));
+        }
+        if self.shape() == shape {
+            return Ok(self.clone());
+        }
+        Broadcast { from: self.shape().clone(), to: shape.clone() }.apply(self)
+    }
+
+    /// Sums broadcast dimensions away so the result has `shape` (the adjoint of a broadcast).
+    pub fn sum_to(&self, shape: &Shape) -> Result<Tensor> {
+        if !shape.broadcasts_to(self.shape()) {
+            return shape_err("sum_to", format!("{shape} does not broadcast to {}, so it cannot be summed to it", self.shape()));
+        }
+        if self.shape() == shape {
+            return Ok(self.clone());
+        }
+        Broadcast { from: shape.clone(), to: self.shape().clone() }.apply_adjoint(self)
+    }
+
+    /// Elements `start .. start + len` of `axis`.
+    pub fn narrow(&self, axis: isize, start: usize, len: usize) -> Result<Tensor> {
+        let a = check_narrow(self.shape(), axis, start, len)?;
+        if start == 0 && len == self.dims()[a] {
+            return Ok(self.clone());
+        }
+        Narrow { axis: a, start, len, full: self.shape().clone() }.apply(self)
+    }
+
+    /// Concatenates along `axis`; all other dimensions must agree.
+    pub fn concat(parts: &[&Tensor], axis: isize) -> Result<Tensor> {
+        let (a, out) = check_concat(parts.iter().map(|p| p.shape()), axis)?;
+        concat_tensors(parts, a, out)
+    }
+
+    /// Selects the slices `idx` along `axis` (repeats allowed).
+    pub fn index_select(&self, axis: isize, idx: &[usize]) -> Result<Tensor> {
+        let a = check_index_select(self.shape(), axis, idx)?;
+        IndexSelect { axis: a, idx: idx.into(), full: self.shape().clone() }.apply(self)
+    }
+
+    /// out[.., j, ..] = x[.., idx[.., j, ..], ..] along `axis` (see [`Var::gather`]).
+    pub fn gather(&self, axis: isize, idx: &[usize], idx_shape: impl Into<Shape>) -> Result<Tensor> {
+        let (a, out) = check_gather(self.shape(), axis, idx, idx_shape.into())?;
+        Gather { axis: a, idx: idx.into(), out, full: self.shape().clone() }.apply(self)
+    }
+}
+
 impl Var {
     /// The same values on `device` (differentiable: the VJP copies the cotangent back).
     pub fn to_device(&self, device: Device) -> Result<Var> {
@@ -276,10 +368,20 @@ impl Var {
         linear(self, Rc::new(ToDevice { from, to: device }), false)
     }
 
+    /// The same values converted to `dtype` (round to nearest even when narrowing); differentiable:
+    /// the VJP converts the cotangent back to this variable's dtype.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Var> {
+        let from = self.dtype();
+        if from == dtype {
+            return Ok(self.clone());
+        }
+        linear(self, Rc::new(ToDType { from, to: dtype }), false)
+    }
+
     /// The same elements under a new shape with the same element count.
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Var> {
         let to = shape.into();
-        if to.numel() != self.value().numel() {
+        if to.checked_numel() != Some(self.value().numel()) {
             return shape_err("reshape", format!("cannot reshape {} ({} elements) to {to}", self.shape(), self.value().numel()));
         }
         if &to == self.shape() {
@@ -290,27 +392,17 @@ impl Var {
 
     /// Reorders the axes: output axis k is input axis `perm[k]`.
     pub fn permute(&self, perm: &[usize]) -> Result<Var> {
-        let r = self.shape().rank();
-        let mut seen = vec![false; r];
-        if perm.len() != r || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true)) {
-            return shape_err("permute", format!("{perm:?} is not a permutation of the {r} axes of {}", self.shape()));
-        }
+        let inverse = check_perm(self.shape(), perm)?;
         if perm.iter().enumerate().all(|(i, &p)| i == p) {
             return Ok(self.clone());
-        }
-        let mut inverse = vec![0; r];
-        for (i, &p) in perm.iter().enumerate() {
-            inverse[p] = i;
         }
         linear(self, Rc::new(Permute { perm: perm.to_vec(), inverse }), false)
     }
 
     /// Swaps two axes.
     pub fn transpose(&self, a: isize, b: isize) -> Result<Var> {
-        let (a, b) = (self.shape().axis("transpose", a)?, self.shape().axis("transpose", b)?);
+        let perm = swap_perm(self.shape(), a, b)?;
         super::same_dtypes("transpose", &[self])?;
-        let mut perm: Vec<usize> = (0..self.shape().rank()).collect();
-        perm.swap(a, b);
         self.permute(&perm)
     }
 
@@ -341,15 +433,8 @@ impl Var {
 
     /// Elements `start .. start + len` of `axis`.
     pub fn narrow(&self, axis: isize, start: usize, len: usize) -> Result<Var> {
-        let a = self.shape().axis("narrow", axis)?;
-        let n = self.dims()[a];
-        if start.checked_add(len).is_none_or(|e| e > n) {
-            return shape_err(
-                "narrow",
-                format!("range {start}..{} is out of bounds for axis {a} of size {n} in shape {}", start.saturating_add(len), self.shape()),
-            );
-        }
-        if start == 0 && len == n {
+        let a = check_narrow(self.shape(), axis, start, len)?;
+        if start == 0 && len == self.dims()[a] {
             return Ok(self.clone());
         }
         linear(self, Rc::new(Narrow { axis: a, start, len, full: self.shape().clone() }), false)
@@ -357,39 +442,9 @@ impl Var {
 
     /// Concatenates along `axis`; all other dimensions must agree.
     pub fn concat(vars: &[&Var], axis: isize) -> Result<Var> {
-        let Some(first) = vars.first() else { return invalid("concat", "no tensors given") };
-        let a = first.shape().axis("concat", axis)?;
-        for v in vars {
-            super::same_dtype("concat", first, v)?;
-            let ok = v.shape().rank() == first.shape().rank()
-                && v.dims().iter().zip(first.dims()).enumerate().all(|(k, (x, y))| k == a || x == y);
-            if !ok {
-                let shapes: Vec<String> = vars.iter().map(|v| v.shape().to_string()).collect();
-                return shape_err("concat", format!("shapes {} differ outside axis {a}", shapes.join(", ")));
-            }
-        }
-        let mut od = first.dims().to_vec();
-        od[a] = vars.iter().map(|v| v.dims()[a]).sum();
-        let out = Shape::new(od);
-        let (o, n, i) = out.split_at_axis(a);
-        let y = if first.value().is_cuda() {
-            let parts: Vec<&Tensor> = vars.iter().map(|v| v.value()).collect();
-            cuda::concat(&parts, o, i, out)?
-        } else {
-            with_float!("concat", first.dtype(), T => {
-            let mut data = vec![0.0 as T; out.numel()];
-            let mut off = 0;
-            for v in vars {
-                let src = v.value().as_slice::<T>()?;
-                let l = v.dims()[a];
-                for oo in 0..o {
-                    data[(oo * n + off) * i..(oo * n + off + l) * i].copy_from_slice(&src[oo * l * i..(oo + 1) * l * i]);
-                }
-                off += l;
-            }
-            Tensor::from_vec(data, out)?
-            })
-        };
+        let (a, out) = check_concat(vars.iter().map(|v| v.shape()), axis)?;
+        let parts: Vec<&Tensor> = vars.iter().map(|v| v.value()).collect();
+        let y = concat_tensors(&parts, a, out)?;
         let lens: Vec<usize> = vars.iter().map(|v| v.dims()[a]).collect();
         Var::record("concat", y, vars, move |_, _, g| {
             let mut off = 0;
@@ -404,33 +459,14 @@ impl Var {
 
     /// Selects the slices `idx` along `axis` (repeats allowed); the VJP scatter-adds (deterministic).
     pub fn index_select(&self, axis: isize, idx: &[usize]) -> Result<Var> {
-        let a = self.shape().axis("index_select", axis)?;
-        let n = self.dims()[a];
-        if let Some(&bad) = idx.iter().find(|&&k| k >= n) {
-            return Err(Error::Shape {
-                op: "index_select",
-                msg: format!("index {bad} is out of range for axis {a} of size {n} in shape {}", self.shape()),
-            });
-        }
+        let a = check_index_select(self.shape(), axis, idx)?;
         linear(self, Rc::new(IndexSelect { axis: a, idx: idx.into(), full: self.shape().clone() }), false)
     }
 
     /// out[.., j, ..] = x[.., idx[.., j, ..], ..] along `axis`, where `idx` (row-major, of shape
     /// `idx_shape`) matches x's shape except along `axis`; the VJP scatter-adds (deterministic).
     pub fn gather(&self, axis: isize, idx: &[usize], idx_shape: impl Into<Shape>) -> Result<Var> {
-        let a = self.shape().axis("gather", axis)?;
-        let out = idx_shape.into();
-        let ok = out.rank() == self.shape().rank() && out.dims().iter().zip(self.dims()).enumerate().all(|(k, (x, y))| k == a || x == y);
-        if !ok || idx.len() != out.numel() {
-            return shape_err(
-                "gather",
-                format!("index of shape {out} ({} values) does not match input {} outside axis {a}", idx.len(), self.shape()),
-            );
-        }
-        let n = self.dims()[a];
-        if let Some(&bad) = idx.iter().find(|&&k| k >= n) {
-            return shape_err("gather", format!("index {bad} is out of range for axis {a} of size {n} in shape {}", self.shape()));
-        }
+        let (a, out) = check_gather(self.shape(), axis, idx, idx_shape.into())?;
         linear(self, Rc::new(Gather { axis: a, idx: idx.into(), out, full: self.shape().clone() }), false)
     }
 }

@@ -7,12 +7,65 @@
 //! its derivative is again such products. Broadcast batch dimensions go through the differentiable
 //! `broadcast_to`, whose VJP sums them back.
 
-use super::same_dtype;
-use crate::backend::cpu;
-use crate::backend::cuda::ops as cuda;
-use crate::dtype::with_float;
+use super::same_dtype_t;
+use crate::backend::spec::MatmulShape;
 use crate::error::{shape_err, Result};
 use crate::{Shape, Tensor, Var};
+
+/// The batch shape of op(a)·op(b) (leading dims broadcast), or a shape error naming the transposes.
+fn batch_shape(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Shape> {
+    same_dtype_t("matmul", a, b)?;
+    let (ad, bd) = (a.dims(), b.dims());
+    if ad.len() < 2 || bd.len() < 2 {
+        return shape_err("matmul", format!("cannot multiply {} by {}: both need rank ≥ 2", a.shape(), b.shape()));
+    }
+    let (ra, rb) = (ad.len(), bd.len());
+    let ka = if ta { ad[ra - 2] } else { ad[ra - 1] };
+    let kb = if tb { bd[rb - 1] } else { bd[rb - 2] };
+    if ka != kb {
+        let t = |x: bool| if x { "ᵀ" } else { "" };
+        return shape_err(
+            "matmul",
+            format!("cannot multiply {}{} by {}{}: inner dimensions {ka} and {kb} differ", a.shape(), t(ta), b.shape(), t(tb)),
+        );
+    }
+    Shape::broadcast("matmul", &Shape::new(&ad[..ra - 2]), &Shape::new(&bd[..rb - 2]))
+}
+
+/// `d` with its leading (batch) dimensions replaced by `batch`.
+fn with_batch(batch: &Shape, d: &[usize]) -> Shape {
+    let mut s = batch.dims().to_vec();
+    s.extend_from_slice(&d[d.len() - 2..]);
+    Shape::new(s)
+}
+
+/// op(a)·op(b) for operands of the same (already broadcast) batch dimensions.
+fn matmul_same_batch(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
+    let (ad, bd) = (a.dims(), b.dims());
+    let r = ad.len();
+    let (m, k) = if ta { (ad[r - 1], ad[r - 2]) } else { (ad[r - 2], ad[r - 1]) };
+    let n = if tb { bd[r - 2] } else { bd[r - 1] };
+    let batches: usize = ad[..r - 2].iter().product();
+    let mut od = ad[..r - 2].to_vec();
+    od.extend([m, n]);
+    let s = a.storage().matmul("matmul", b.storage(), MatmulShape { batches, m, k, n, ta, tb })?;
+    Tensor::new("matmul", s, od)
+}
+
+impl Tensor {
+    /// Matrix product over the last two axes, batched (with broadcasting) over the others (see
+    /// [`Var::matmul`]).
+    pub fn matmul(&self, other: &Tensor) -> Result<Tensor> {
+        self.matmul_t(other, false, false)
+    }
+
+    /// op(self)·op(other) over the last two axes (see [`Var::matmul_t`]).
+    pub fn matmul_t(&self, other: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
+        let batch = batch_shape(self, other, ta, tb)?;
+        let (a, b) = (self.broadcast_to(&with_batch(&batch, self.dims()))?, other.broadcast_to(&with_batch(&batch, other.dims()))?);
+        matmul_same_batch(&a, &b, ta, tb)
+    }
+}
 
 impl Var {
     /// Matrix product over the last two axes, batched (with broadcasting) over the others. Both operands
@@ -25,53 +78,13 @@ impl Var {
     /// last two axes of `self` when `ta` and of `other` when `tb`. Same values, bit for bit, as
     /// transposing first, without the copy: `q.matmul_t(&k, false, true)` is Q·Kᵀ.
     pub fn matmul_t(&self, other: &Var, ta: bool, tb: bool) -> Result<Var> {
-        same_dtype("matmul", self, other)?;
-        let (ad, bd) = (self.dims(), other.dims());
-        if ad.len() < 2 || bd.len() < 2 {
-            return shape_err("matmul", format!("cannot multiply {} by {}: both need rank ≥ 2", self.shape(), other.shape()));
-        }
-        let (ra, rb) = (ad.len(), bd.len());
-        let ka = if ta { ad[ra - 2] } else { ad[ra - 1] };
-        let kb = if tb { bd[rb - 1] } else { bd[rb - 2] };
-        if ka != kb {
-            let t = |x: bool| if x { "ᵀ" } else { "" };
-            return shape_err(
-                "matmul",
-                format!("cannot multiply {}{} by {}{}: inner dimensions {ka} and {kb} differ", self.shape(), t(ta), other.shape(), t(tb)),
-            );
-        }
-        let batch = Shape::broadcast("matmul", &Shape::new(&ad[..ra - 2]), &Shape::new(&bd[..rb - 2]))?;
-        let full = |d: &[usize]| {
-            let mut s = batch.dims().to_vec();
-            s.extend_from_slice(&d[d.len() - 2..]);
-            Shape::new(s)
-        };
-        let (a, b) = (self.broadcast_to(&full(ad))?, other.broadcast_to(&full(bd))?);
+        let batch = batch_shape(self.value(), other.value(), ta, tb)?;
+        let (a, b) = (self.broadcast_to(&with_batch(&batch, self.dims()))?, other.broadcast_to(&with_batch(&batch, other.dims()))?);
         a.matmul_same_batch(&b, ta, tb)
     }
 
     fn matmul_same_batch(&self, other: &Var, ta: bool, tb: bool) -> Result<Var> {
-        let (ad, bd) = (self.dims(), other.dims());
-        let r = ad.len();
-        let (m, k) = if ta { (ad[r - 1], ad[r - 2]) } else { (ad[r - 2], ad[r - 1]) };
-        let n = if tb { bd[r - 2] } else { bd[r - 1] };
-        let batches: usize = ad[..r - 2].iter().product();
-        let mut od = ad[..r - 2].to_vec();
-        od.extend([m, n]);
-        let y = if self.value().is_cuda() {
-            cuda::matmul(self.value(), other.value(), batches, m, k, n, ta, tb, od)?
-        } else {
-            with_float!("matmul", self.dtype(), T => {
-            let (x, w) = (self.value().as_slice::<T>()?, other.value().as_slice::<T>()?);
-            let mut out = cpu::pool::for_overwrite::<T>(batches * m * n);
-            if m * n > 0 {
-                for (bi, c) in out.chunks_mut(m * n).enumerate() {
-                    cpu::matmul_t_into(c, &x[bi * m * k..(bi + 1) * m * k], &w[bi * k * n..(bi + 1) * k * n], m, k, n, ta, tb);
-                }
-            }
-            Tensor::from_vec(out, od)?
-            })
-        };
+        let y = matmul_same_batch(self.value(), other.value(), ta, tb)?;
         Var::record("matmul", y, &[self, other], move |x, _, g| {
             let (a, b) = (&x[0], &x[1]);
             // C = op(A)·op(B) with cotangent G: d op(A) = G·op(B)ᵀ and d op(B) = op(A)ᵀ·G, written so

@@ -1,17 +1,21 @@
-//! Differentiable ops: shape rules, forward dispatch into the backend, and VJPs.
+//! Ops: shape rules, the forward kernel call, and the VJP, for tensors and variables alike.
 //!
 //! Layout (one op family per file, everything about an op in one place):
-//! - `binary.rs`: add, sub, mul, div with broadcasting, and scalar forms;
+//! - `binary.rs`: add, sub, mul, div with broadcasting, scalar forms, and the `+ - * /` operators;
 //! - `unary.rs`: exp, log, tanh, sigmoid, gelu, relu, sqrt, rsqrt, powf, abs, square, clamp, erf, ...;
 //! - `reduce.rs`: sum, mean, max over axes, logsumexp;
 //! - `matmul.rs`: matmul and batched matmul;
 //! - `linear.rs`: every *linear* data-movement op (reshape, permute, broadcast, sum_to, narrow, concat,
-//!   index_select and gather with their scatter-add adjoints, im2col, pooling) through one mechanism;
+//!   index_select and gather with their scatter-add adjoints, dtype and device copies) through one
+//!   mechanism;
 //! - `softmax.rs`, `norm.rs`, `conv.rs`, `attention.rs`: the composite and fused layers.
 //!
-//! Every VJP is written with these same ops, so differentiating a VJP works like differentiating
-//! anything else: that is what makes double backward native. Ops are methods on [`crate::Var`] and
-//! return [`crate::Result`]; each checks dtypes and shapes first and names itself in any error.
+//! Each op exists twice: as a method on [`crate::Tensor`] (the kernel call, no tape: arithmetic for
+//! library code) and as a method on [`crate::Var`] (the same value, recorded with its VJP). Every VJP is
+//! written with the `Var` ops themselves, so differentiating a VJP works like differentiating anything
+//! else: that is what makes double backward native. Ops return [`crate::Result`]; each checks dtypes
+//! and shapes first and names itself in any error. Where operands live is the storage layer's
+//! business (`backend/mod.rs`): ops never branch on the device.
 
 pub mod attention;
 pub mod binary;
@@ -23,28 +27,42 @@ pub mod reduce;
 pub mod softmax;
 pub mod unary;
 
+use crate::backend::spec::AxisView;
 use crate::error::{Error, Result};
-use crate::Var;
+use crate::{Shape, Tensor, Var};
 
-/// Checks that two operands have the same compute dtype and device.
-pub(crate) fn same_dtype(op: &'static str, a: &Var, b: &Var) -> Result<()> {
+/// Checks that `t` has a compute dtype (f32 or f64).
+pub(crate) fn compute(op: &'static str, t: &Tensor) -> Result<()> {
+    if !t.dtype().is_compute() {
+        return Err(Error::DType { op, msg: format!("{} is a storage-only dtype; convert to f32 or f64 with to_dtype first", t.dtype()) });
+    }
+    Ok(())
+}
+
+/// Checks that two operands have the same compute dtype.
+pub(crate) fn same_dtype_t(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.dtype() != b.dtype() {
         return Err(Error::DType {
             op,
             msg: format!("operands have dtypes {} {} and {} {}; convert one with to_dtype", a.shape(), a.dtype(), b.shape(), b.dtype()),
         });
     }
-    if !a.dtype().is_compute() {
-        return Err(Error::DType { op, msg: format!("{} is a storage-only dtype; convert to f32 or f64 first", a.dtype()) });
-    }
-    if a.value().device() != b.value().device() {
-        return Err(Error::Device { op, msg: format!("operands live on {} and {}", a.value().device(), b.value().device()) });
-    }
-    Ok(())
+    compute(op, a)
 }
 
-/// Checks that all operands share the first one's compute dtype and device: composite ops call it
-/// first, so their errors name them rather than the primitive that would fail inside.
+/// [`same_dtype_t`] for variables.
+pub(crate) fn same_dtype(op: &'static str, a: &Var, b: &Var) -> Result<()> {
+    same_dtype_t(op, a.value(), b.value())
+}
+
+/// Checks that all operands share the first one's compute dtype: composite ops call it first, so
+/// their errors name them rather than the primitive that would fail inside.
 pub(crate) fn same_dtypes(op: &'static str, vars: &[&Var]) -> Result<()> {
     vars.iter().try_for_each(|v| same_dtype(op, vars[0], v))
+}
+
+/// The (outer, n, inner) view of `shape` around `axis`.
+pub(crate) fn view(shape: &Shape, axis: usize) -> AxisView {
+    let (outer, n, inner) = shape.split_at_axis(axis);
+    AxisView { outer, n, inner }
 }

@@ -4,25 +4,33 @@
 //! (y∘(g − Σ g∘y) and g − softmax·Σg), so they differentiate again. Cross-entropy is a composite of
 //! log_softmax and gather, so every order of derivative comes from those.
 
-use crate::backend::cpu;
-use crate::backend::cuda::ops as cuda;
-use crate::dtype::with_float;
+use crate::backend::spec::SoftmaxMode;
 use crate::error::{shape_err, Error, Result};
 use crate::{Tensor, Var};
 
-fn softmax_kernel(op: &'static str, x: &Var, axis: usize, mode: u8) -> Result<Tensor> {
-    let (o, n, i) = x.shape().split_at_axis(axis);
-    if x.value().is_cuda() {
-        return cuda::softmax_axis(op, x.value(), o, n, i, mode);
+fn softmax_kernel(op: &'static str, x: &Tensor, axis: isize, mode: SoftmaxMode) -> Result<Tensor> {
+    let a = x.shape().axis(op, axis)?;
+    super::compute(op, x)?;
+    Tensor::new(op, x.storage().softmax_axis(op, super::view(x.shape(), a), mode)?, x.shape().clone())
+}
+
+impl Tensor {
+    /// exp(x) / Σ exp(x) along `axis`.
+    pub fn softmax(&self, axis: isize) -> Result<Tensor> {
+        softmax_kernel("softmax", self, axis, SoftmaxMode::Softmax)
     }
-    with_float!(op, x.dtype(), T => Tensor::from_vec(cpu::softmax_axis(x.value().as_slice::<T>()?, o, n, i, mode), x.shape().clone()))
+
+    /// x − log Σ exp(x) along `axis`.
+    pub fn log_softmax(&self, axis: isize) -> Result<Tensor> {
+        softmax_kernel("log_softmax", self, axis, SoftmaxMode::LogSoftmax)
+    }
 }
 
 impl Var {
     /// exp(x) / Σ exp(x) along `axis`.
     pub fn softmax(&self, axis: isize) -> Result<Var> {
         let a = self.shape().axis("softmax", axis)?;
-        let y = softmax_kernel("softmax", self, a, 0)?;
+        let y = self.value().softmax(axis)?;
         Var::record("softmax", y, &[self], move |_, y, g| {
             let s = g.mul(y)?.sum(&[a as isize], true)?;
             Ok(vec![Some(y.mul(&g.sub(&s)?)?)])
@@ -32,7 +40,7 @@ impl Var {
     /// x − log Σ exp(x) along `axis`.
     pub fn log_softmax(&self, axis: isize) -> Result<Var> {
         let a = self.shape().axis("log_softmax", axis)?;
-        let y = softmax_kernel("log_softmax", self, a, 1)?;
+        let y = self.value().log_softmax(axis)?;
         Var::record("log_softmax", y, &[self], move |_, y, g| {
             let s = g.sum(&[a as isize], true)?;
             Ok(vec![Some(g.sub(&y.exp()?.mul(&s)?)?)])

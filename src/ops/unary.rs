@@ -5,236 +5,146 @@
 //! constant 0/1 (or ±1) mask: their second derivative is zero almost everywhere, as it should be.
 //! GELU is a composite of erf or tanh, so all its derivatives come from theirs.
 
-use crate::backend::cpu;
-use crate::backend::cuda::ops as cuda;
-use crate::dtype::{with_float, Float};
+use crate::backend::spec::UnaryOp;
 use crate::error::{invalid, Result};
 use crate::{Tensor, Var};
 
-/// The element-wise unary functions (one kernel, dispatched per element type).
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Unary {
-    Neg,
-    Exp,
-    Log,
-    Tanh,
-    Sigmoid,
-    Relu,
-    Sqrt,
-    Rsqrt,
-    Abs,
-    Square,
-    Erf,
-    Powf(f64),
-    Clamp(f64, f64),
-    Affine(f64, f64),
-    /// 1 where x > 0, else 0.
-    Step,
-    /// −1, 0 or 1.
-    Sign,
-    /// 1 where lo ≤ x ≤ hi, else 0.
-    InRange(f64, f64),
-}
-
-impl Unary {
-    #[inline(always)]
-    fn apply<T: Float>(self, x: T) -> T {
-        let c = |v: f64| T::from_f64(v);
-        match self {
-            Unary::Neg => -x,
-            Unary::Exp => x.exp(),
-            Unary::Log => x.ln(),
-            Unary::Tanh => x.tanh(),
-            Unary::Sigmoid => {
-                if x >= T::ZERO {
-                    T::ONE / (T::ONE + (-x).exp())
-                } else {
-                    let e = x.exp();
-                    e / (T::ONE + e)
-                }
-            }
-            Unary::Relu => {
-                if x > T::ZERO {
-                    x
-                } else {
-                    T::ZERO
-                }
-            }
-            Unary::Sqrt => x.sqrt(),
-            Unary::Rsqrt => T::ONE / x.sqrt(),
-            Unary::Abs => x.abs(),
-            Unary::Square => x * x,
-            Unary::Erf => x.erf(),
-            Unary::Powf(p) => x.powf(c(p)),
-            Unary::Clamp(lo, hi) => {
-                if x < c(lo) {
-                    c(lo)
-                } else if x > c(hi) {
-                    c(hi)
-                } else {
-                    x
-                }
-            }
-            Unary::Affine(a, b) => c(a).mul_add(x, c(b)),
-            Unary::Step => {
-                if x > T::ZERO {
-                    T::ONE
-                } else {
-                    T::ZERO
-                }
-            }
-            Unary::Sign => {
-                if x > T::ZERO {
-                    T::ONE
-                } else if x < T::ZERO {
-                    -T::ONE
-                } else {
-                    T::ZERO
-                }
-            }
-            Unary::InRange(lo, hi) => {
-                if x >= c(lo) && x <= c(hi) {
-                    T::ONE
-                } else {
-                    T::ZERO
-                }
-            }
-        }
-    }
-}
-
-impl Unary {
-    /// The op's code in `UnaryOp` (kernels/elementwise.cu) and its scalar parameters.
-    fn cuda_code(self) -> (i32, f64, f64) {
-        match self {
-            Unary::Neg => (0, 0.0, 0.0),
-            Unary::Exp => (1, 0.0, 0.0),
-            Unary::Log => (2, 0.0, 0.0),
-            Unary::Tanh => (3, 0.0, 0.0),
-            Unary::Sigmoid => (4, 0.0, 0.0),
-            Unary::Relu => (5, 0.0, 0.0),
-            Unary::Sqrt => (6, 0.0, 0.0),
-            Unary::Rsqrt => (7, 0.0, 0.0),
-            Unary::Abs => (8, 0.0, 0.0),
-            Unary::Square => (9, 0.0, 0.0),
-            Unary::Erf => (10, 0.0, 0.0),
-            Unary::Powf(p) => (11, p, 0.0),
-            Unary::Clamp(lo, hi) => (12, lo, hi),
-            Unary::Affine(a, b) => (13, a, b),
-            Unary::Step => (14, 0.0, 0.0),
-            Unary::Sign => (15, 0.0, 0.0),
-            Unary::InRange(lo, hi) => (16, lo, hi),
-        }
-    }
-}
-
-/// Applies `u` to every element of `x`'s value.
-pub(crate) fn map(op: &'static str, x: &Var, u: Unary) -> Result<Tensor> {
-    map_tensor(op, x.value(), u)
-}
-
-pub(crate) fn map_tensor(op: &'static str, x: &Tensor, u: Unary) -> Result<Tensor> {
-    if x.is_cuda() {
-        let (code, p, q) = u.cuda_code();
-        return cuda::unary(op, x, code, p, q);
-    }
-    with_float!(op, x.dtype(), T => {
-        let xs = x.as_slice::<T>()?;
-        // One kernel per variant: each closure rebuilds its variant from the captured parameters, so
-        // the discriminant is a constant in its code, the per-element `match` folds away and simple
-        // bodies vectorize.
-        macro_rules! per_variant {
-            ($($pat:pat => $fixed:expr),* $(,)?) => {
-                match u { $($pat => cpu::map(xs, &move |v: T| $fixed.apply(v)),)* }
-            };
-        }
-        let out = per_variant!(
-            Unary::Neg => Unary::Neg,
-            Unary::Exp => Unary::Exp,
-            Unary::Log => Unary::Log,
-            Unary::Tanh => Unary::Tanh,
-            Unary::Sigmoid => Unary::Sigmoid,
-            Unary::Relu => Unary::Relu,
-            Unary::Sqrt => Unary::Sqrt,
-            Unary::Rsqrt => Unary::Rsqrt,
-            Unary::Abs => Unary::Abs,
-            Unary::Square => Unary::Square,
-            Unary::Erf => Unary::Erf,
-            Unary::Powf(p) => Unary::Powf(p),
-            Unary::Clamp(lo, hi) => Unary::Clamp(lo, hi),
-            Unary::Affine(a, b) => Unary::Affine(a, b),
-            Unary::Step => Unary::Step,
-            Unary::Sign => Unary::Sign,
-            Unary::InRange(lo, hi) => Unary::InRange(lo, hi),
-        );
-        Tensor::from_vec(out, x.shape().clone())
-    })
+/// `f` on every element of `x` (a compute dtype), as op `op`.
+pub(crate) fn map(op: &'static str, x: &Tensor, f: UnaryOp) -> Result<Tensor> {
+    super::compute(op, x)?;
+    Ok(Tensor::from_storage(x.storage().unary(op, f)?, x.shape().clone()))
 }
 
 /// A constant (untracked) mask or sign computed from a value.
-fn mask(x: &Var, u: Unary) -> Result<Var> {
-    Ok(Var::constant(map("mask", x, u)?))
+fn mask(x: &Var, f: UnaryOp) -> Result<Var> {
+    Ok(Var::constant(map("mask", x.value(), f)?))
+}
+
+macro_rules! tensor_unary {
+    ($($(#[$doc:meta])* $name:ident => $f:expr;)*) => {
+        impl Tensor {
+            $($(#[$doc])* pub fn $name(&self) -> Result<Tensor> {
+                map(stringify!($name), self, $f)
+            })*
+        }
+    };
+}
+
+tensor_unary! {
+    /// −x.
+    neg => UnaryOp::Neg;
+    /// eˣ.
+    exp => UnaryOp::Exp;
+    /// Natural logarithm.
+    log => UnaryOp::Log;
+    /// Hyperbolic tangent.
+    tanh => UnaryOp::Tanh;
+    /// Logistic sigmoid 1/(1 + e⁻ˣ).
+    sigmoid => UnaryOp::Sigmoid;
+    /// max(x, 0).
+    relu => UnaryOp::Relu;
+    /// √x.
+    sqrt => UnaryOp::Sqrt;
+    /// 1/√x.
+    rsqrt => UnaryOp::Rsqrt;
+    /// |x|.
+    abs => UnaryOp::Abs;
+    /// x².
+    square => UnaryOp::Square;
+    /// The error function.
+    erf => UnaryOp::Erf;
+}
+
+impl Tensor {
+    /// xᵖ for a finite scalar exponent p.
+    pub fn powf(&self, p: f64) -> Result<Tensor> {
+        if !p.is_finite() {
+            return invalid("powf", format!("exponent {p} is not finite"));
+        }
+        map("powf", self, UnaryOp::Powf(p))
+    }
+
+    /// x limited to [lo, hi].
+    pub fn clamp(&self, lo: f64, hi: f64) -> Result<Tensor> {
+        if lo.is_nan() || hi.is_nan() || lo > hi {
+            return invalid("clamp", format!("bounds [{lo}, {hi}] are not an interval"));
+        }
+        map("clamp", self, UnaryOp::Clamp(lo, hi))
+    }
+
+    /// a·x + b element-wise for scalars a, b (one fused multiply-add).
+    pub fn affine(&self, a: f64, b: f64) -> Result<Tensor> {
+        map("affine", self, UnaryOp::Affine(a, b))
+    }
+
+    /// x + c for a scalar c.
+    pub fn add_scalar(&self, c: f64) -> Result<Tensor> {
+        map("add_scalar", self, UnaryOp::Affine(1.0, c))
+    }
+
+    /// x · c for a scalar c.
+    pub fn mul_scalar(&self, c: f64) -> Result<Tensor> {
+        map("mul_scalar", self, UnaryOp::Affine(c, 0.0))
+    }
 }
 
 impl Var {
+    /// Records `op` as f(x) with VJP `g · d(x, y)` (d built from the input `x` and output `y`).
+    fn unary_op(&self, op: &'static str, f: UnaryOp, d: impl Fn(&Var, &Var) -> Result<Var> + 'static) -> Result<Var> {
+        let y = map(op, self.value(), f)?;
+        Var::record(op, y, &[self], move |x, y, g| Ok(vec![Some(g.mul(&d(&x[0], y)?)?)]))
+    }
+
     /// −x.
     pub fn neg(&self) -> Result<Var> {
-        let y = map("neg", self, Unary::Neg)?;
+        let y = map("neg", self.value(), UnaryOp::Neg)?;
         Var::record("neg", y, &[self], |_, _, g| Ok(vec![Some(g.neg()?)]))
     }
 
     /// eˣ.
     pub fn exp(&self) -> Result<Var> {
-        let y = map("exp", self, Unary::Exp)?;
-        Var::record("exp", y, &[self], |_, y, g| Ok(vec![Some(g.mul(y)?)]))
+        self.unary_op("exp", UnaryOp::Exp, |_, y| Ok(y.clone()))
     }
 
     /// Natural logarithm.
     pub fn log(&self) -> Result<Var> {
-        let y = map("log", self, Unary::Log)?;
+        let y = map("log", self.value(), UnaryOp::Log)?;
         Var::record("log", y, &[self], |x, _, g| Ok(vec![Some(g.div(&x[0])?)]))
     }
 
     /// Hyperbolic tangent; d/dx = 1 − y².
     pub fn tanh(&self) -> Result<Var> {
-        let y = map("tanh", self, Unary::Tanh)?;
-        Var::record("tanh", y, &[self], |_, y, g| Ok(vec![Some(g.mul(&y.square()?.affine(-1.0, 1.0)?)?)]))
+        self.unary_op("tanh", UnaryOp::Tanh, |_, y| y.square()?.affine(-1.0, 1.0))
     }
 
     /// Logistic sigmoid 1/(1 + e⁻ˣ); d/dx = y(1 − y).
     pub fn sigmoid(&self) -> Result<Var> {
-        let y = map("sigmoid", self, Unary::Sigmoid)?;
-        Var::record("sigmoid", y, &[self], |_, y, g| Ok(vec![Some(g.mul(&y.mul(&y.affine(-1.0, 1.0)?)?)?)]))
+        self.unary_op("sigmoid", UnaryOp::Sigmoid, |_, y| y.mul(&y.affine(-1.0, 1.0)?))
     }
 
     /// max(x, 0); the derivative at 0 is taken as 0.
     pub fn relu(&self) -> Result<Var> {
-        let y = map("relu", self, Unary::Relu)?;
-        Var::record("relu", y, &[self], |x, _, g| Ok(vec![Some(g.mul(&mask(&x[0], Unary::Step)?)?)]))
+        self.unary_op("relu", UnaryOp::Relu, |x, _| mask(x, UnaryOp::Step))
     }
 
     /// √x; d/dx = 1/(2y).
     pub fn sqrt(&self) -> Result<Var> {
-        let y = map("sqrt", self, Unary::Sqrt)?;
+        let y = map("sqrt", self.value(), UnaryOp::Sqrt)?;
         Var::record("sqrt", y, &[self], |_, y, g| Ok(vec![Some(g.div(&y.mul_scalar(2.0)?)?)]))
     }
 
     /// 1/√x; d/dx = −y³/2.
     pub fn rsqrt(&self) -> Result<Var> {
-        let y = map("rsqrt", self, Unary::Rsqrt)?;
-        Var::record("rsqrt", y, &[self], |_, y, g| Ok(vec![Some(g.mul(&y.square()?.mul(y)?.mul_scalar(-0.5)?)?)]))
+        self.unary_op("rsqrt", UnaryOp::Rsqrt, |_, y| y.square()?.mul(y)?.mul_scalar(-0.5))
     }
 
-    /// xᵖ for a scalar exponent p; d/dx = p·xᵖ⁻¹.
+    /// xᵖ for a scalar exponent p; d/dx = p·xᵖ⁻¹. For p = 0 and p = 1 the derivative is the constant
+    /// 0 or 1, also at x = 0 (where p·xᵖ⁻¹ would be 0·∞ = NaN for p = 0, and 1·0⁰ needs no power).
     pub fn powf(&self, p: f64) -> Result<Var> {
-        if !p.is_finite() {
-            return invalid("powf", format!("exponent {p} is not finite"));
-        }
-        let y = map("powf", self, Unary::Powf(p))?;
+        let y = self.value().powf(p)?;
         Var::record("powf", y, &[self], move |x, _, g| {
-            // p = 1: the derivative is the constant 1 (also at x = 0, where 0·x⁻¹ would be NaN).
-            let d = if p == 1.0 {
-                Var::constant(Tensor::full_on(1.0, x[0].shape().clone(), x[0].dtype(), x[0].value().device())?)
+            let d = if p == 0.0 || p == 1.0 {
+                Var::constant(Tensor::full_on(p, x[0].shape().clone(), x[0].dtype(), x[0].value().device())?)
             } else {
                 x[0].powf(p - 1.0)?.mul_scalar(p)?
             };
@@ -244,32 +154,44 @@ impl Var {
 
     /// |x|; the derivative at 0 is taken as 0.
     pub fn abs(&self) -> Result<Var> {
-        let y = map("abs", self, Unary::Abs)?;
-        Var::record("abs", y, &[self], |x, _, g| Ok(vec![Some(g.mul(&mask(&x[0], Unary::Sign)?)?)]))
+        self.unary_op("abs", UnaryOp::Abs, |x, _| mask(x, UnaryOp::Sign))
     }
 
     /// x²; d/dx = 2x.
     pub fn square(&self) -> Result<Var> {
-        let y = map("square", self, Unary::Square)?;
-        Var::record("square", y, &[self], |x, _, g| Ok(vec![Some(g.mul(&x[0].mul_scalar(2.0)?)?)]))
+        self.unary_op("square", UnaryOp::Square, |x, _| x.mul_scalar(2.0))
     }
 
     /// x limited to [lo, hi]; the derivative is 1 inside (boundaries included) and 0 outside.
     pub fn clamp(&self, lo: f64, hi: f64) -> Result<Var> {
-        if lo.is_nan() || hi.is_nan() || lo > hi {
-            return invalid("clamp", format!("bounds [{lo}, {hi}] are not an interval"));
-        }
-        let y = map("clamp", self, Unary::Clamp(lo, hi))?;
-        Var::record("clamp", y, &[self], move |x, _, g| Ok(vec![Some(g.mul(&mask(&x[0], Unary::InRange(lo, hi))?)?)]))
+        let y = self.value().clamp(lo, hi)?;
+        Var::record("clamp", y, &[self], move |x, _, g| Ok(vec![Some(g.mul(&mask(&x[0], UnaryOp::InRange(lo, hi))?)?)]))
     }
 
     /// The error function; d/dx = 2/√π · e^(−x²).
     pub fn erf(&self) -> Result<Var> {
-        let y = map("erf", self, Unary::Erf)?;
-        Var::record("erf", y, &[self], |x, _, g| {
-            let d = x[0].square()?.neg()?.exp()?.mul_scalar(std::f64::consts::FRAC_2_SQRT_PI)?;
-            Ok(vec![Some(g.mul(&d)?)])
-        })
+        self.unary_op("erf", UnaryOp::Erf, |x, _| x.square()?.neg()?.exp()?.mul_scalar(std::f64::consts::FRAC_2_SQRT_PI))
+    }
+
+    /// a + c for a scalar c.
+    pub fn add_scalar(&self, c: f64) -> Result<Var> {
+        self.affine_op("add_scalar", 1.0, c)
+    }
+
+    /// a · c for a scalar c.
+    pub fn mul_scalar(&self, c: f64) -> Result<Var> {
+        self.affine_op("mul_scalar", c, 0.0)
+    }
+
+    /// a·x + b element-wise for scalars a, b (one pass).
+    pub fn affine(&self, a: f64, b: f64) -> Result<Var> {
+        self.affine_op("affine", a, b)
+    }
+
+    /// [`Var::affine`] under the name of the op the caller used (for errors and the tape).
+    fn affine_op(&self, op: &'static str, a: f64, b: f64) -> Result<Var> {
+        let y = map(op, self.value(), UnaryOp::Affine(a, b))?;
+        Var::record(op, y, &[self], move |_, _, g| Ok(vec![Some(g.mul_scalar(a)?)]))
     }
 
     /// GELU, exact form: x·Φ(x) = x/2 · (1 + erf(x/√2)).

@@ -11,8 +11,8 @@
 //! same order, as the taped ops (every scalar op of the taped path rounds once, as does the kernel's).
 //! Hyperparameters are scalar `Var`s (shape `[]`, the parameters' dtype); use [`scalar`] for constants.
 
-use crate::backend::cpu;
-use crate::dtype::{with_float, Element, Float};
+use crate::backend::spec::Update;
+use crate::backend::Storage;
 use crate::error::{invalid, shape_err, Result};
 use crate::{Device, Tensor, Var};
 
@@ -54,8 +54,26 @@ fn device_of(params: &[Var]) -> Device {
     params.first().map_or(Device::Cpu, |p| p.value().device())
 }
 
-fn s<T: Float>(v: &Var) -> Result<T> {
-    Ok(v.value().as_slice::<T>()?[0])
+/// The fused update `u` of each parameter: `tensors(i)` are its tensors, `hypers` the scalar
+/// hyperparameters (moved to the parameters' device); returns, per parameter, its new tensors.
+fn fused(
+    op: &'static str,
+    u: Update,
+    n: usize,
+    tensors: impl Fn(usize) -> Vec<Tensor>,
+    hypers: &[&Var],
+    dev: Device,
+) -> Result<Vec<Vec<Var>>> {
+    let hs = hypers.iter().map(|h| h.value().to_device(dev)).collect::<Result<Vec<Tensor>>>()?;
+    let hs: Vec<&Storage> = hs.iter().map(Tensor::storage).collect();
+    (0..n)
+        .map(|i| {
+            let ts = tensors(i);
+            let st: Vec<&Storage> = ts.iter().map(Tensor::storage).collect();
+            let shape = ts[0].shape().clone();
+            Storage::update(op, u, &st, &hs)?.into_iter().map(|s| Ok(Var::constant(Tensor::new(op, s, shape.clone())?))).collect()
+        })
+        .collect()
 }
 
 /// SGD with optional heavy-ball or Nesterov momentum and coupled (L2) weight decay, as in PyTorch:
@@ -89,8 +107,7 @@ impl Sgd {
         }
         let (mut new_p, mut new_b) = (Vec::new(), Vec::new());
         let dev = device_of(params);
-        // On a GPU the update runs as ops (same formula and roundings as the fused CPU loop below).
-        if dev != Device::Cpu || taped(&[params, grads, bufs], &hypers) {
+        if taped(&[params, grads, bufs], &hypers) {
             // Hyperparameters move to the parameters' device (a differentiable copy; none on the CPU).
             let (lr, wd) = (self.lr.to_device(dev)?, self.weight_decay.to_device(dev)?);
             let mu = mu.map(|m| m.to_device(dev)).transpose()?;
@@ -110,31 +127,17 @@ impl Sgd {
             }
             return Ok((new_p, new_b));
         }
-        for (i, (p, g)) in params.iter().zip(grads).enumerate() {
-            let (np, nb) = with_float!("sgd", p.dtype(), T => {
-                let (lr, wd) = (s::<T>(&self.lr)?, s::<T>(&self.weight_decay)?);
-                let m: Option<T> = mu.map(s::<T>).transpose()?;
-                let nesterov = self.nesterov;
-                let (pv, gv) = (p.value().as_slice::<T>()?, g.value().as_slice::<T>()?);
-                let bv: Option<&[T]> = if m.is_some() { Some(bufs[i].value().as_slice::<T>()?) } else { None };
-                let out = cpu::zip_n(pv.len(), |k| {
-                    let g1 = gv[k] + pv[k] * wd;
-                    let (step, v1) = match (m, bv) {
-                        (Some(m), Some(b)) => {
-                            let v1 = b[k] * m + g1;
-                            (if nesterov { g1 + v1 * m } else { v1 }, v1)
-                        }
-                        _ => (g1, T::ZERO),
-                    };
-                    [pv[k] - step * lr, v1]
-                });
-                let [np, nb] = out;
-                (Tensor::from_vec(np, p.shape().clone())?, Tensor::from_vec(nb, p.shape().clone())?)
-            });
-            new_p.push(Var::constant(np));
+        let u = Update::Sgd { momentum: mu.is_some(), nesterov: self.nesterov };
+        let tensors = |i: usize| {
+            let mut t = vec![params[i].value().clone(), grads[i].value().clone()];
+            t.extend(mu.map(|_| bufs[i].value().clone()));
+            t
+        };
+        for mut out in fused("sgd", u, params.len(), tensors, &hypers, dev)? {
             if mu.is_some() {
-                new_b.push(Var::constant(nb));
+                new_b.push(out.pop().ok_or_else(|| crate::Error::Invalid { op: "sgd", msg: "missing buffer".into() })?);
             }
+            new_p.extend(out);
         }
         Ok((new_p, new_b))
     }
@@ -171,8 +174,7 @@ impl Adam {
         let p1 = (t + 1) as f64;
         let (mut np, mut nm, mut nv) = (Vec::new(), Vec::new(), Vec::new());
         let dev = device_of(params);
-        // On a GPU the update runs as ops (same formula and roundings as the fused CPU loop below).
-        if dev != Device::Cpu || taped(&[params, grads, m, v], &hypers) {
+        if taped(&[params, grads, m, v], &hypers) {
             let [lr, b1, b2, wd] = [&self.lr, &self.beta1, &self.beta2, &self.weight_decay].map(|h| h.to_device(dev));
             let (lr, b1, b2, wd) = (lr?, b1?, b2?, wd?);
             let (b1, b2, wd) = (&b1, &b2, &wd);
@@ -194,36 +196,13 @@ impl Adam {
             }
             return Ok((np, nm, nv));
         }
-        for i in 0..params.len() {
-            let p = &params[i];
-            let out = with_float!("adam", p.dtype(), T => {
-                let (lr, b1, b2, wd) = (s::<T>(&self.lr)?, s::<T>(&self.beta1)?, s::<T>(&self.beta2)?, s::<T>(&self.weight_decay)?);
-                // The same roundings as the taped path: affine(−1, 1) is one FMA, i.e. fl(1 − b).
-                let one = T::ONE;
-                let (c1, c2) = ((-one).mul_add(b1, one), (-one).mul_add(b2, one));
-                let e = T::from_f64(p1);
-                let (bc1, bc2) = ((-one).mul_add(b1.powf(e), one), (-one).mul_add(b2.powf(e), one));
-                let (er, ep) = (T::from_f64(self.eps_root), T::from_f64(self.eps));
-                let decoupled = self.decoupled;
-                let (pv, gv, mv, vv) = (p.value().as_slice::<T>()?, grads[i].value().as_slice::<T>()?, m[i].value().as_slice::<T>()?, v[i].value().as_slice::<T>()?);
-                let out = cpu::zip_n(pv.len(), |k| {
-                    let g = if decoupled { gv[k] } else { gv[k] + pv[k] * wd };
-                    let m1 = mv[k] * b1 + g * c1;
-                    let v1 = vv[k] * b2 + (g * g) * c2;
-                    let denom = one.mul_add(one.mul_add(v1 / bc2, er).sqrt(), ep);
-                    let mut upd = (m1 / bc1) / denom;
-                    if decoupled {
-                        upd += pv[k] * wd;
-                    }
-                    [pv[k] - upd * lr, m1, v1]
-                });
-                let [a, b, c] = out.map(|o| Tensor::from_vec(o, p.shape().clone()));
-                [a?, b?, c?]
-            });
-            let [a, b, c] = out;
-            np.push(Var::constant(a));
-            nm.push(Var::constant(b));
-            nv.push(Var::constant(c));
+        let u = Update::Adam { decoupled: self.decoupled, eps: self.eps, eps_root: self.eps_root, t };
+        let tensors = |i: usize| vec![params[i].value().clone(), grads[i].value().clone(), m[i].value().clone(), v[i].value().clone()];
+        for out in fused("adam", u, params.len(), tensors, &hypers, dev)? {
+            let [a, b, c]: [Var; 3] = out.try_into().map_err(|_| crate::Error::Invalid { op: "adam", msg: "wrong output count".into() })?;
+            np.push(a);
+            nm.push(b);
+            nv.push(c);
         }
         Ok((np, nm, nv))
     }

@@ -8,7 +8,7 @@
 //! [`Error::OutOfMemory`], never a panic. Counters report the peak number of occupied slots, the bytes
 //! held and the copies made.
 
-use crate::backend::cuda::{ops as cuda, Buf};
+use crate::backend::Block;
 use crate::error::{Error, Result};
 use crate::{DType, Device, Shape, Tensor};
 
@@ -35,26 +35,14 @@ pub struct ArenaStats {
 pub struct Arena {
     layout: Vec<(Shape, DType, usize)>, // shape, dtype, byte offset within a slot
     slot_bytes: usize,
-    buf: Backing,
+    buf: Block,
     occupied: Vec<Option<usize>>, // the step each slot holds
     stats: ArenaStats,
 }
 
-/// Where the slots live.
-enum Backing {
-    /// u64 words keep every tensor 8-byte aligned.
-    Host(Vec<u64>),
-    /// One buffer from the device's caching allocator.
-    Cuda(Buf),
-}
-
 impl std::fmt::Debug for Arena {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let on = match &self.buf {
-            Backing::Host(_) => "cpu".to_string(),
-            Backing::Cuda(b) => format!("cuda:{}", b.gpu.ordinal),
-        };
-        f.debug_struct("Arena").field("device", &on).field("stats", &self.stats).field("occupied", &self.occupied).finish()
+        f.debug_struct("Arena").field("device", &self.buf.device()).field("stats", &self.stats).field("occupied", &self.occupied).finish()
     }
 }
 
@@ -68,35 +56,29 @@ impl Arena {
     pub fn new(slots: usize, like: &[Tensor]) -> Result<Arena> {
         let device = like.first().map_or(Device::Cpu, Tensor::device);
         if let Some(t) = like.iter().find(|t| t.device() != device) {
-            return Err(Error::Device { op: "Arena::new", msg: format!("state tensors live on {device} and {}", t.device()) });
+            return Err(Error::device("Arena::new", format!("state tensors live on {device} and {}", t.device())));
         }
-        let mut layout = Vec::with_capacity(like.len());
+        let oom = |msg: String| Error::OutOfMemory { op: "Arena::new", msg };
+        let mut layout = Vec::new();
+        layout.try_reserve_exact(like.len()).map_err(|_| oom(format!("a layout of {} tensors", like.len())))?;
         let mut off = 0usize;
         for t in like {
             layout.push((t.shape().clone(), t.dtype(), off));
-            off += t.size_in_bytes().div_ceil(8) * 8;
+            off = t
+                .size_in_bytes()
+                .div_ceil(8)
+                .checked_mul(8)
+                .and_then(|b| off.checked_add(b))
+                .ok_or_else(|| oom("a state larger than usize".into()))?;
         }
-        let words = (off / 8).checked_mul(slots).ok_or_else(|| Error::OutOfMemory {
-            op: "Arena::new",
-            msg: format!("{slots} slots of {off} bytes overflow the address space"),
-        })?;
-        let oom = || Error::OutOfMemory {
-            op: "Arena::new",
-            msg: format!("cannot allocate {slots} slots of {off} bytes ({} bytes) on {device}", words * 8),
-        };
-        let buf = match device {
-            Device::Cuda(n) => Backing::Cuda(
-                cuda::alloc_raw(n, words * 8).map_err(|e| Error::OutOfMemory { op: "Arena::new", msg: format!("{}: {e}", oom()) })?,
-            ),
-            Device::Cpu => {
-                let mut buf = Vec::new();
-                buf.try_reserve_exact(words).map_err(|_| oom())?;
-                buf.resize(words, 0);
-                Backing::Host(buf)
-            }
-        };
+        let total = off.checked_mul(slots).ok_or_else(|| oom(format!("{slots} slots of {off} bytes overflow the address space")))?;
+        let mut occupied = Vec::new();
+        occupied.try_reserve_exact(slots).map_err(|_| oom(format!("a table of {slots} slots")))?;
+        occupied.resize(slots, None);
+        let buf = Block::new("Arena::new", device, total)
+            .map_err(|e| oom(format!("cannot allocate {slots} slots of {off} bytes ({total} bytes) on {device}: {e}")))?;
         let stats = ArenaStats { slots, slot_bytes: off, total_bytes: off * slots, ..Default::default() };
-        Ok(Arena { layout, slot_bytes: off, buf, occupied: vec![None; slots], stats })
+        Ok(Arena { layout, slot_bytes: off, buf, occupied, stats })
     }
 
     /// The counters so far.
@@ -126,15 +108,9 @@ impl Arena {
                 msg: format!("state s_{step} is [{}] but the arena holds [{}]", describe(state), want.join(", ")),
             });
         }
+        let device = self.buf.device();
         for (t, (_, _, off)) in state.iter().zip(&self.layout) {
-            match &mut self.buf {
-                Backing::Host(words) => {
-                    let b = t.host_bytes()?;
-                    let dst = &mut bytemuck::cast_slice_mut::<u64, u8>(words)[range.clone()];
-                    dst[*off..*off + b.len()].copy_from_slice(&b);
-                }
-                Backing::Cuda(buf) => cuda::copy_to_buf(buf, range.start + off, &t.to_device(Device::Cuda(buf.gpu.ordinal))?)?,
-            }
+            self.buf.write("Arena::store", range.start + off, t.to_device(device)?.storage())?;
             self.stats.bytes_copied += t.size_in_bytes() as u64;
         }
         self.occupied[slot] = Some(step);
@@ -151,16 +127,9 @@ impl Arena {
         }
         let mut out = Vec::with_capacity(self.layout.len());
         for (shape, dtype, off) in &self.layout {
-            let n = shape.numel() * dtype.size_in_bytes();
-            out.push(match &self.buf {
-                Backing::Host(words) => Tensor::from_bytes(
-                    &bytemuck::cast_slice::<u64, u8>(words)[range.start + off..range.start + off + n],
-                    *dtype,
-                    shape.clone(),
-                )?,
-                Backing::Cuda(buf) => cuda::tensor_from_buf(buf, range.start + off, *dtype, shape.clone())?,
-            });
-            self.stats.bytes_copied += n as u64;
+            let n = shape.numel();
+            out.push(Tensor::new("Arena::load", self.buf.read("Arena::load", range.start + off, *dtype, n)?, shape.clone())?);
+            self.stats.bytes_copied += (n * dtype.size_in_bytes()) as u64;
         }
         self.stats.loads += 1;
         Ok(out)

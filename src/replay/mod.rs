@@ -31,25 +31,56 @@ use crate::{grad, Tape, Tensor, Var};
 use arena::{Arena, ArenaStats};
 pub use schedule::ScheduleKind;
 use schedule::{Action, Schedule};
+use std::cell::RefCell;
 use std::time::Instant;
 
 /// How a step is being run, and the gradient that matches it.
-#[derive(Clone, Copy, Debug)]
+///
+/// REPLAY makes one per step; to reuse a [`Training::step`] in a loop of your own, make one with
+/// [`StepCtx::new`] (`taped = false` for plain training, `true` to differentiate through the step).
+#[derive(Clone, Debug, Default)]
 pub struct StepCtx {
     taped: bool,
+    /// The training loss of this step, as passed to [`StepCtx::grad`].
+    loss: RefCell<Option<Tensor>>,
 }
 
 impl StepCtx {
+    /// A context for one step: `taped` if the step will be differentiated (its training gradient must
+    /// then be recorded), `false` for plain training.
+    pub fn new(taped: bool) -> StepCtx {
+        StepCtx { taped, loss: RefCell::new(None) }
+    }
+
     /// Whether this step is the taped one that REPLAY differentiates (else: training or a replay).
     pub fn taped(&self) -> bool {
         self.taped
     }
 
     /// ∇loss with respect to `params`: differentiable (recorded, `create_graph`) in a taped step,
-    /// plain constants otherwise. Use this for the training gradient inside [`Training::step`].
+    /// plain constants otherwise. Use this for the training gradient inside [`Training::step`]; it also
+    /// keeps the loss for [`StepCtx::loss`].
     pub fn grad(&self, loss: &Var, params: &[&Var]) -> Result<Vec<Var>> {
+        *self.loss.borrow_mut() = Some(loss.value().clone());
         grad(loss, params, self.taped)
     }
+
+    /// The loss of the last [`StepCtx::grad`] call in this step (on the step's device; reading it from
+    /// a GPU waits for the step).
+    pub fn loss(&self) -> Option<Tensor> {
+        self.loss.borrow().clone()
+    }
+}
+
+/// What a training observer sees after each step (see [`train_with`]).
+#[derive(Debug)]
+pub struct StepInfo<'a> {
+    /// The step t that just ran (the state is now s_{t+1}).
+    pub step: usize,
+    /// The training loss of the step, if the step took a gradient through [`StepCtx::grad`].
+    pub loss: Option<Tensor>,
+    /// The new state s_{t+1}.
+    pub state: &'a [Tensor],
 }
 
 /// A deterministic training run, as REPLAY sees it.
@@ -96,6 +127,8 @@ pub struct MetaGradient {
     pub phi: f64,
     /// ∂φ(s_T)/∂z, one tensor per metaparameter tensor.
     pub grads: Vec<Tensor>,
+    /// The trained state s_T (bitwise what [`train`] returns).
+    pub state: Vec<Tensor>,
     /// Counters.
     pub stats: ReplayStats,
 }
@@ -127,34 +160,61 @@ fn check_state(op: &'static str, t: usize, like: &[Tensor], got: &[Var]) -> Resu
     Ok(())
 }
 
-/// One untaped step: state → next state (the inner gradient is first order, nothing is kept).
-fn advance(tr: &impl Training, t: usize, state: Vec<Tensor>, meta: &[Var]) -> Result<Vec<Tensor>> {
+/// One untaped step: state → next state and the step's loss (the inner gradient is first order,
+/// nothing is kept).
+fn advance(tr: &impl Training, t: usize, state: Vec<Tensor>, meta: &[Var]) -> Result<(Vec<Tensor>, Option<Tensor>)> {
     let tape = Tape::new();
     let s: Vec<Var> = state.iter().map(|x| tape.var(x.clone())).collect();
-    let out = tr.step(&StepCtx { taped: false }, t, &s, meta)?;
+    let ctx = StepCtx::new(false);
+    let out = tr.step(&ctx, t, &s, meta)?;
     check_state("train", t, &state, &out)?;
-    Ok(out.into_iter().map(|v| v.value().clone()).collect())
+    Ok((out.into_iter().map(|v| v.value().clone()).collect(), ctx.loss()))
 }
 
 fn constants(meta: &[Tensor]) -> Vec<Var> {
     meta.iter().map(|m| Var::constant(m.clone())).collect()
 }
 
-/// Trains from s_0 for T steps (untaped) and returns s_T.
+/// An [`Error::NonFinite`] if a tensor of `state` (just produced by step `t`) holds a NaN or infinity.
+fn check_finite(t: usize, state: &[Tensor]) -> Result<()> {
+    if let Some(i) = first_non_finite(state.iter())? {
+        return Err(Error::NonFinite {
+            step: t,
+            msg: format!("training produced a non-finite state tensor {i} (shape {})", state[i].shape()),
+        });
+    }
+    Ok(())
+}
+
+/// Trains from s_0 for T steps (untaped) and returns s_T. A NaN or infinity in a state is an
+/// [`Error::NonFinite`] naming the step that produced it.
 pub fn train(tr: &impl Training, meta: &[Tensor]) -> Result<Vec<Tensor>> {
+    train_with(tr, meta, |_| Ok(()))
+}
+
+/// [`train`], calling `observe` after every step with the step, its loss and the new state (to log a
+/// loss curve, save checkpoints, or stop early by returning an error).
+pub fn train_with(tr: &impl Training, meta: &[Tensor], mut observe: impl FnMut(&StepInfo<'_>) -> Result<()>) -> Result<Vec<Tensor>> {
     let z = constants(meta);
     let mut s = tr.initial_state()?;
     for t in 0..tr.steps() {
-        s = advance(tr, t, s, &z)?;
+        let (next, loss) = advance(tr, t, s, &z)?;
+        check_finite(t, &next)?;
+        observe(&StepInfo { step: t, loss, state: &next })?;
+        s = next;
     }
     Ok(s)
 }
 
-/// φ(s_T) after a plain training run.
+/// φ(s_T) after a plain training run; a non-finite state or φ is an [`Error::NonFinite`].
 pub fn evaluate(tr: &impl Training, meta: &[Tensor]) -> Result<f64> {
     let s = train(tr, meta)?;
     let vars: Vec<Var> = s.into_iter().map(Var::constant).collect();
-    crate::no_grad(|| tr.output(&vars)?.value().to_scalar())
+    let phi = crate::no_grad(|| tr.output(&vars)?.value().to_scalar())?;
+    if !phi.is_finite() {
+        return Err(Error::NonFinite { step: tr.steps().saturating_sub(1), msg: format!("the output φ(s_T) is {phi}") });
+    }
+    Ok(phi)
 }
 
 /// The metagradient ∂φ(s_T)/∂z by reversing training under `kind`'s checkpoint schedule (REPLAY's lazy
@@ -173,6 +233,7 @@ pub fn metagradient(tr: &impl Training, meta: &[Tensor], kind: ScheduleKind) -> 
     let mut sbar: Vec<Tensor> = Vec::new();
     let mut zbar: Option<Vec<Var>> = None;
     let mut phi = f64::NAN;
+    let mut final_state: Vec<Tensor> = Vec::new();
     let mut stats = ReplayStats { kind: Some(kind), steps, ..Default::default() };
     let lost = |what: &str| Error::Invalid { op: "metagradient", msg: format!("schedule {what} without a valid working state") };
     schedule.for_each(&mut |action| {
@@ -184,14 +245,9 @@ pub fn metagradient(tr: &impl Training, meta: &[Tensor], kind: ScheduleKind) -> 
                 let mut s = working.take().ok_or_else(|| lost("advances"))?;
                 let clock = Instant::now();
                 for t in from..to {
-                    s = advance(tr, t, s, &zc)?;
+                    s = advance(tr, t, s, &zc)?.0;
                     // A diverged run would surface as NaN adjoints at step T − 1; name the step instead.
-                    if let Some(i) = first_non_finite(s.iter())? {
-                        return Err(Error::NonFinite {
-                            step: t,
-                            msg: format!("training produced a non-finite state tensor {i} (shape {})", s[i].shape()),
-                        });
-                    }
+                    check_finite(t, &s)?;
                 }
                 stats.replay_seconds += clock.elapsed().as_secs_f64();
                 stats.replayed_steps += (to - from) as u64;
@@ -203,9 +259,10 @@ pub fn metagradient(tr: &impl Training, meta: &[Tensor], kind: ScheduleKind) -> 
                 let tape = Tape::new();
                 let sv: Vec<Var> = s.iter().map(|x| tape.var(x.clone())).collect();
                 let zv: Vec<Var> = meta.iter().map(|x| tape.var(x.clone())).collect();
-                let out = tr.step(&StepCtx { taped: true }, t, &sv, &zv)?;
+                let out = tr.step(&StepCtx::new(true), t, &sv, &zv)?;
                 check_state("metagradient", t, &s0, &out)?;
                 let objective = if t + 1 == steps {
+                    final_state = out.iter().map(|v| v.value().clone()).collect();
                     let y = tr.output(&out)?;
                     phi = y.value().to_scalar()?;
                     y
@@ -246,7 +303,7 @@ pub fn metagradient(tr: &impl Training, meta: &[Tensor], kind: ScheduleKind) -> 
     })?;
     stats.arena = arena.stats();
     let grads = zbar.ok_or_else(|| Error::Invalid { op: "metagradient", msg: "the schedule reversed no step".into() })?;
-    Ok(MetaGradient { phi, grads: grads.into_iter().map(|v| v.value().clone()).collect(), stats })
+    Ok(MetaGradient { phi, grads: grads.into_iter().map(|v| v.value().clone()).collect(), state: final_state, stats })
 }
 
 /// Empirical (h, v)-metasmoothness of a learning algorithm A at z (paper definition 2):

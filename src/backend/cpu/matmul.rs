@@ -14,51 +14,64 @@
 //! into 12 accumulator registers; 8×32 f32 (8×16 f64) for AVX-512, written with intrinsics (16 zmm
 //! accumulators: LLVM's auto-vectorizer keeps to 256-bit vectors here and spills).
 
+use super::float::Float;
 use super::{best_isa, Isa};
-use crate::dtype::Float;
+use crate::error::{shape_err, Result};
 use rayon::prelude::*;
 
 /// Products of at most this many multiply-adds (about 10 µs of one core) run on the calling thread.
 const SEQUENTIAL_MACS: usize = 1 << 20;
 
-/// C = A·B for row-major A (m×k) and B (k×n); returns C (m×n).
-pub fn matmul<T: Float>(a: &[T], b: &[T], m: usize, k: usize, n: usize) -> Vec<T> {
-    matmul_t(a, b, m, k, n, false, false)
-}
-
-/// C = op(A)·op(B) (m×n): op(A) is `a` as m×k, or with `ta` the transpose of `a` stored k×m; op(B) is
-/// `b` as k×n, or with `tb` the transpose of `b` stored n×k. Bitwise equal to transposing first.
-pub fn matmul_t<T: Float>(a: &[T], b: &[T], m: usize, k: usize, n: usize, ta: bool, tb: bool) -> Vec<T> {
-    let mut c = super::pool::for_overwrite(m * n);
-    matmul_t_into(&mut c, a, b, m, k, n, ta, tb);
-    c
-}
-
-/// [`matmul_t`] writing C into `c` (length m·n, overwritten), e.g. one batch of a larger output.
+/// C = op(A)·op(B) (m×n) into `c` (length m·n, overwritten): op(A) is `a` as m×k, or with `ta` the
+/// transpose of `a` stored k×m; op(B) is `b` as k×n, or with `tb` the transpose of `b` stored n×k.
+/// Bitwise equal to transposing first.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_t_into<T: Float>(c: &mut [T], a: &[T], b: &[T], m: usize, k: usize, n: usize, ta: bool, tb: bool) {
-    matmul_isa(best_isa(), c, a, b, m, k, n, ta, tb)
+pub(crate) fn matmul_t_into<T: Float>(
+    op: &'static str,
+    c: &mut [T],
+    a: &[T],
+    b: &[T],
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: bool,
+    tb: bool,
+) -> Result<()> {
+    matmul_isa(op, best_isa(), c, a, b, m, k, n, ta, tb)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn matmul_isa<T: Float>(isa: Isa, c: &mut [T], a: &[T], b: &[T], m: usize, k: usize, n: usize, ta: bool, tb: bool) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() == m * n, "matmul: operand lengths do not fit {m}x{k}x{n}");
+fn matmul_isa<T: Float>(
+    op: &'static str,
+    isa: Isa,
+    c: &mut [T],
+    a: &[T],
+    b: &[T],
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: bool,
+    tb: bool,
+) -> Result<()> {
+    if a.len() != m * k || b.len() != k * n || c.len() != m * n {
+        return shape_err(op, format!("matmul operands of {}, {} and {} elements do not fit {m}x{k}x{n}", a.len(), b.len(), c.len()));
+    }
     if k == 0 {
         c.fill(T::ZERO);
     }
     if m == 0 || n == 0 || k == 0 {
-        return;
+        return Ok(());
     }
     // Two vector registers of columns per tile row. AVX2: 6 rows, so 12 accumulators, 2 B vectors and
     // one broadcast A value fit the 16 registers; AVX-512: 8 rows, 16 of the 32 registers.
     let f32 = std::mem::size_of::<T>() == 4;
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if f32 => gemm::<T, 8, 32>(isa, a, b, c, m, k, n, ta, tb),
+        Isa::Avx512 if f32 => gemm::<T, 8, 32>(op, isa, a, b, c, m, k, n, ta, tb),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => gemm::<T, 8, 16>(isa, a, b, c, m, k, n, ta, tb),
-        _ if f32 => gemm::<T, 6, 16>(isa, a, b, c, m, k, n, ta, tb),
-        _ => gemm::<T, 6, 8>(isa, a, b, c, m, k, n, ta, tb),
+        Isa::Avx512 => gemm::<T, 8, 16>(op, isa, a, b, c, m, k, n, ta, tb),
+        _ if f32 => gemm::<T, 6, 16>(op, isa, a, b, c, m, k, n, ta, tb),
+        _ => gemm::<T, 6, 8>(op, isa, a, b, c, m, k, n, ta, tb),
     }
 }
 
@@ -75,6 +88,7 @@ fn copy_upto<T: Copy, const N: usize>(dst: &mut [T], src: &[T], w: usize) {
 
 #[allow(clippy::too_many_arguments)]
 fn gemm<T: Float, const MR: usize, const NR: usize>(
+    op: &'static str,
     isa: Isa,
     a: &[T],
     b: &[T],
@@ -84,11 +98,11 @@ fn gemm<T: Float, const MR: usize, const NR: usize>(
     n: usize,
     ta: bool,
     tb: bool,
-) {
+) -> Result<()> {
     // Pack B: panel p holds columns [p·NR, p·NR + NR) of op(B) as k rows of NR (zero padded).
     // Small products run on the calling thread: waking the pool would cost more than the work.
     let parallel = m * k * n > SEQUENTIAL_MACS;
-    let mut packed = super::pool::for_overwrite(n.div_ceil(NR) * k * NR);
+    let mut packed = super::pool::for_overwrite(op, n.div_ceil(NR) * k * NR)?;
     let work = if parallel { usize::MAX } else { 0 };
     super::for_chunks(&mut packed, k * NR, work, |p, dst| {
         let j0 = p * NR;
@@ -123,7 +137,7 @@ fn gemm<T: Float, const MR: usize, const NR: usize>(
             // SAFETY: best_isa() checked that the CPU supports AVX2 and FMA.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { block_avx2::<T, MR, NR>(a, ap, &packed, cblk, n) },
-            // SAFETY: best_isa() checked that the CPU supports AVX-512F.
+            // SAFETY: best_isa() checked that the CPU supports AVX-512F (and VL, AVX2, FMA).
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => unsafe { block_avx512::<T, MR, NR>(a, ap, &packed, cblk, n) },
             _ => block::<T, MR, NR>(a, ap, &packed, cblk, n),
@@ -136,6 +150,7 @@ fn gemm<T: Float, const MR: usize, const NR: usize>(
         c.chunks_mut(MR * n).enumerate().for_each(|x| run(&mut ap, x));
     }
     super::pool::recycle(packed);
+    Ok(())
 }
 
 /// A block of MR rows of op(A): rows i0 .. i0 + rows (rows < MR only at the bottom edge).
@@ -283,6 +298,7 @@ fn tile<T: Float, const MR: usize, const NR: usize>(ap: &[T], bp: &[T]) -> [[T; 
 
 #[cfg(test)]
 mod tests {
+    use super::super::detect;
     use super::*;
 
     /// The reference: each element an FMA chain over k ascending from zero.
@@ -304,18 +320,17 @@ mod tests {
 
     /// Every instruction set this CPU can run.
     fn isas() -> Vec<Isa> {
-        #[allow(unused_mut)]
-        let mut v = vec![Isa::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if crate::backend::cpu::has_avx2_fma() {
-                v.push(Isa::Avx2);
-            }
-            if std::is_x86_feature_detected!("avx512f") {
-                v.push(Isa::Avx512);
-            }
-        }
-        v
+        [Isa::Portable, Isa::Avx2, Isa::Avx512].into_iter().filter(|&i| i <= detect()).collect()
+    }
+
+    fn matmul_t<T: Float>(a: &[T], b: &[T], m: usize, k: usize, n: usize, ta: bool, tb: bool) -> Vec<T> {
+        let mut c = vec![T::ZERO; m * n];
+        matmul_t_into("test", &mut c, a, b, m, k, n, ta, tb).unwrap();
+        c
+    }
+
+    fn matmul<T: Float>(a: &[T], b: &[T], m: usize, k: usize, n: usize) -> Vec<T> {
+        matmul_t(a, b, m, k, n, false, false)
     }
 
     const SHAPES: &[(usize, usize, usize)] =
@@ -347,7 +362,7 @@ mod tests {
                     let want: Vec<f64> = reference(&a, &b, m, k, n, ta, tb).iter().map(|x| x.to_f64()).collect();
                     for isa in isas() {
                         let mut c = vec![T::ZERO; m * n];
-                        matmul_isa(isa, &mut c, &a, &b, m, k, n, ta, tb);
+                        matmul_isa("test", isa, &mut c, &a, &b, m, k, n, ta, tb).unwrap();
                         let got: Vec<f64> = c.iter().map(|x| x.to_f64()).collect();
                         assert!(
                             got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()),

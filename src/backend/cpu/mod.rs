@@ -1,17 +1,36 @@
-//! The CPU backend: rayon-parallel, bitwise-deterministic kernels on contiguous row-major slices.
+//! The CPU backend: rayon-parallel, bitwise-deterministic kernels on contiguous row-major buffers.
 //!
 //! Parallelism is always over *outputs* in fixed-size chunks, and each output element is computed by
-//! one thread in a fixed order, so results are bitwise identical for any `RAYON_NUM_THREADS`.
+//! one thread in a fixed order, so results are bitwise identical for any `RAYON_NUM_THREADS`. The SIMD
+//! kernels (matmul, convolution, attention, element-wise maps) have copies compiled for AVX-512 and
+//! AVX2+FMA, picked at run time by [`best_isa`]; each gives the same bits as the portable code.
+//!
+//! [`CpuStorage`] implements [`Backend`]: each method checks the buffers' lengths against the shapes
+//! it is given (an error, never a panic), picks the element type and calls the kernel. Kernel code
+//! indexes slices whose lengths those checks establish.
 
-pub mod attention;
-pub mod conv;
+mod attention;
+mod conv;
+mod copy;
+mod elementwise;
+pub(crate) mod float;
 pub(crate) mod math;
 mod matmul;
 pub(crate) mod pool;
-pub use matmul::{matmul, matmul_t, matmul_t_into};
+mod reduce;
+mod update;
 
-use crate::dtype::Float;
+use crate::backend::spec::{
+    AttnShape, AxisView, Backend, BinaryOp, ConvMode, ConvShape, MatmulShape, Need, SoftmaxMode, UnaryOp, Update, WindowOp,
+};
+use crate::dtype::{bf16_from_f64, f16_from_f64, DType, Element};
+use crate::error::{shape_err, Error, Result};
+use crate::Device;
+use float::with_float;
+use half::{bf16, f16};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
 
 /// Elements per parallel task for element-wise work: large enough to amortize scheduling.
 pub(crate) const CHUNK: usize = 1 << 14;
@@ -28,316 +47,440 @@ pub(crate) fn for_chunks<T: Send>(out: &mut [T], chunk: usize, work: usize, f: i
     }
 }
 
-/// Whether the CPU has AVX2 and FMA (checked once by std, then cached).
-pub(crate) fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// The instruction sets the SIMD kernels (matmul, conv, attention) are compiled for, worst to best.
+/// The instruction sets the SIMD kernels are compiled for, worst to best. Each level's
+/// `#[target_feature]` copies enable exactly the features [`detect`] checks for it (a test reads the
+/// sources to keep it so): `Avx2` = avx2 + fma; `Avx512` = avx512f + avx512vl + avx2 + fma.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Isa {
     /// Plain Rust, any CPU.
     Portable = 0,
     /// AVX2 with FMA.
     Avx2 = 1,
-    /// AVX-512F (with FMA).
+    /// AVX-512F and AVX-512VL (with AVX2 and FMA).
     Avx512 = 2,
 }
 
-/// The best instruction set this CPU runs (std caches the feature checks). Every kernel gives the same
-/// bits on every instruction set; this only picks the fastest copy.
-pub(crate) fn best_isa() -> Isa {
+impl Isa {
+    /// The level's name, as `METAGRAD_MAX_ISA` spells it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+}
+
+/// The best level this CPU supports.
+fn detect() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
+        use std::is_x86_feature_detected as has;
+        let avx2 = has!("avx2") && has!("fma");
+        if avx2 && has!("avx512f") && has!("avx512vl") {
             return Isa::Avx512;
         }
-        if has_avx2_fma() {
+        if avx2 {
             return Isa::Avx2;
         }
     }
     Isa::Portable
 }
 
-#[inline(always)]
-fn map_slice<T: Copy, F: Fn(T) -> T>(out: &mut [T], xs: &[T], f: &F) {
-    for (o, &x) in out.iter_mut().zip(xs) {
-        *o = f(x);
+/// A cap on the level used, from `METAGRAD_MAX_ISA` (`portable`, `avx2`, `avx512`; unset: no cap).
+/// 255 means "not read yet".
+static CAP: AtomicU8 = AtomicU8::new(255);
+
+fn cap() -> u8 {
+    let c = CAP.load(Ordering::Relaxed);
+    if c != 255 {
+        return c;
+    }
+    let c = match std::env::var("METAGRAD_MAX_ISA").as_deref() {
+        Ok("portable") => 0,
+        Ok("avx2") => 1,
+        _ => 2,
+    };
+    CAP.store(c, Ordering::Relaxed);
+    c
+}
+
+/// The instruction set the kernels use: the best this CPU runs, capped by `METAGRAD_MAX_ISA`. Every
+/// kernel gives the same bits on every level; this only picks the fastest copy.
+pub(crate) fn best_isa() -> Isa {
+    static DETECTED: OnceLock<Isa> = OnceLock::new();
+    let d = *DETECTED.get_or_init(detect);
+    match cap().min(d as u8) {
+        0 => Isa::Portable,
+        1 => Isa::Avx2,
+        _ => Isa::Avx512,
     }
 }
 
-/// [`map_slice`] compiled for AVX2+FMA: `mul_add` becomes one instruction instead of a libm call, and
-/// simple bodies vectorize 8 wide. Same bits: every element is computed by the same IEEE operations.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn map_slice_avx2<T: Copy, F: Fn(T) -> T>(out: &mut [T], xs: &[T], f: &F) {
-    map_slice(out, xs, f)
+/// Caps the level for the rest of the process (tests compare the levels' bits).
+#[cfg(test)]
+pub(crate) fn set_isa_cap(isa: Isa) {
+    CAP.store(isa as u8, Ordering::Relaxed);
 }
 
-/// `f` applied to every element (parallel over fixed chunks; element-wise, so trivially deterministic).
-/// Pass a closure whose operation is known at compile time (not a runtime `match` per element), so it
-/// inlines into the loop and vectorizes.
-pub fn map<T: Float, F: Fn(T) -> T + Sync>(xs: &[T], f: &F) -> Vec<T> {
-    let mut out = pool::for_overwrite(xs.len());
-    let simd = has_avx2_fma();
-    for_chunks(&mut out, CHUNK, xs.len(), |i, o| {
-        let x = &xs[i * CHUNK..i * CHUNK + o.len()];
-        #[cfg(target_arch = "x86_64")]
-        if simd {
-            // SAFETY: has_avx2_fma() checked that the CPU supports AVX2 and FMA.
-            return unsafe { map_slice_avx2(o, x, f) };
-        }
-        let _ = simd;
-        map_slice(o, x, f)
-    });
-    out
+/// Whether the element-wise kernels may use their AVX2+FMA copies.
+pub(crate) fn has_avx2_fma() -> bool {
+    best_isa() >= Isa::Avx2
 }
 
-/// Row-major strides of `dims` stretched to `out` for broadcasting (0 on broadcast dimensions).
-pub(crate) fn broadcast_strides(dims: &[usize], out: &[usize]) -> Vec<usize> {
-    let r = out.len();
-    let mut s = vec![0; r];
-    let mut acc = 1;
-    for i in (0..dims.len()).rev() {
-        let o = i + r - dims.len();
-        s[o] = if dims[i] == 1 { 0 } else { acc };
-        acc *= dims[i];
-    }
-    s
+/// The typed buffer of a CPU tensor.
+pub(crate) enum CpuStorage {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    BF16(Vec<bf16>),
+    F16(Vec<f16>),
 }
 
-/// out[j] = f(a[j·sa], b[j·sb]) for strides 0 or 1 (a broadcast scalar or a contiguous row), with the
-/// common cases spelled out so they vectorize.
-#[inline(always)]
-fn zip_row<T: Copy, F: Fn(T, T) -> T>(out: &mut [T], a: &[T], sa: usize, b: &[T], sb: usize, f: &F) {
-    let n = out.len();
-    match (sa, sb) {
-        (1, 1) => {
-            for ((o, &x), &y) in out.iter_mut().zip(&a[..n]).zip(&b[..n]) {
-                *o = f(x, y);
-            }
-        }
-        (1, 0) => {
-            let y = b[0];
-            for (o, &x) in out.iter_mut().zip(&a[..n]) {
-                *o = f(x, y);
-            }
-        }
-        (0, 1) => {
-            let x = a[0];
-            for (o, &y) in out.iter_mut().zip(&b[..n]) {
-                *o = f(x, y);
-            }
-        }
-        _ => {
-            for (j, o) in out.iter_mut().enumerate() {
-                *o = f(a[j * sa], b[j * sb]);
-            }
+impl Drop for CpuStorage {
+    /// Large f32/f64 buffers go to the buffer cache for reuse by later kernel outputs.
+    fn drop(&mut self) {
+        match self {
+            CpuStorage::F32(v) => pool::recycle(std::mem::take(v)),
+            CpuStorage::F64(v) => pool::recycle(std::mem::take(v)),
+            CpuStorage::BF16(_) | CpuStorage::F16(_) => {}
         }
     }
 }
 
-/// [`zip_row`] compiled for AVX2+FMA (same bits; see [`map_slice_avx2`]).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn zip_row_avx2<T: Copy, F: Fn(T, T) -> T>(out: &mut [T], a: &[T], sa: usize, b: &[T], sb: usize, f: &F) {
-    zip_row(out, a, sa, b, sb, f)
-}
-
-#[inline(always)]
-fn zip_row_dispatch<T: Copy, F: Fn(T, T) -> T>(simd: bool, out: &mut [T], a: &[T], sa: usize, b: &[T], sb: usize, f: &F) {
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: the caller got `simd` from has_avx2_fma().
-        return unsafe { zip_row_avx2(out, a, sa, b, sb, f) };
-    }
-    let _ = simd;
-    zip_row(out, a, sa, b, sb, f)
-}
-
-/// `f(a, b)` element-wise with NumPy broadcasting of `a` (dims `ad`) and `b` (dims `bd`) to `out`.
-/// As with [`map`], pass a closure whose operation is fixed at compile time.
-pub fn zip<T: Float, F: Fn(T, T) -> T + Sync>(a: &[T], ad: &[usize], b: &[T], bd: &[usize], out: &[usize], f: F) -> Vec<T> {
-    let n: usize = out.iter().product();
-    let mut o = pool::for_overwrite(n);
-    let simd = has_avx2_fma();
-    if ad == out && bd == out {
-        for_chunks(&mut o, CHUNK, n, |i, o| zip_row_dispatch(simd, o, &a[i * CHUNK..], 1, &b[i * CHUNK..], 1, &f));
-        return o;
-    }
-    if n == 0 {
-        return o;
-    }
-    let sa = broadcast_strides(ad, out);
-    let sb = broadcast_strides(bd, out);
-    let r = out.len();
-    let last = if r == 0 { 1 } else { out[r - 1] };
-    let (la, lb) = if r == 0 { (0, 0) } else { (sa[r - 1], sb[r - 1]) };
-    // Rows of the output, grouped so a task has about CHUNK elements.
-    let rows_per_task = (CHUNK / last).max(1);
-    for_chunks(&mut o, last * rows_per_task, n, |task, rows| {
-        for (i, orow) in rows.chunks_mut(last).enumerate() {
-            // Offsets of this row's first element.
-            let (mut oa, mut ob, mut rem) = (0, 0, task * rows_per_task + i);
-            for d in (0..r.saturating_sub(1)).rev() {
-                let i = rem % out[d];
-                rem /= out[d];
-                oa += i * sa[d];
-                ob += i * sb[d];
-            }
-            zip_row_dispatch(simd, orow, &a[oa..], la, &b[ob..], lb, &f);
+impl CpuStorage {
+    /// Takes ownership of `v` (no copy).
+    pub(crate) fn wrap<T: Element>(v: Vec<T>) -> CpuStorage {
+        // Element is sealed to the four storage types; bytemuck moves the Vec without copying when the
+        // types match exactly (same size and alignment).
+        match T::DTYPE {
+            DType::F32 => CpuStorage::F32(bytemuck::allocation::cast_vec(v)),
+            DType::F64 => CpuStorage::F64(bytemuck::allocation::cast_vec(v)),
+            DType::BF16 => CpuStorage::BF16(bytemuck::allocation::cast_vec(v)),
+            DType::F16 => CpuStorage::F16(bytemuck::allocation::cast_vec(v)),
         }
-    });
-    o
+    }
+
+    /// The elements as `T`, if that is their type.
+    pub(crate) fn slice<T: Element>(&self) -> Option<&[T]> {
+        match (self, T::DTYPE) {
+            (CpuStorage::F32(v), DType::F32) => Some(bytemuck::cast_slice(v)),
+            (CpuStorage::F64(v), DType::F64) => Some(bytemuck::cast_slice(v)),
+            (CpuStorage::BF16(v), DType::BF16) => Some(bytemuck::cast_slice(v)),
+            (CpuStorage::F16(v), DType::F16) => Some(bytemuck::cast_slice(v)),
+            _ => None,
+        }
+    }
+
+    /// The elements as `T`, or an [`Error::DType`] naming `op`.
+    fn get<T: Element>(&self, op: &'static str) -> Result<&[T]> {
+        self.slice::<T>().ok_or_else(|| Error::DType { op, msg: format!("a {} buffer where {} was expected", self.dtype(), T::DTYPE) })
+    }
+
+    /// The elements as their little-endian bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            CpuStorage::F32(v) => bytemuck::cast_slice(v),
+            CpuStorage::F64(v) => bytemuck::cast_slice(v),
+            CpuStorage::BF16(v) => bytemuck::cast_slice(v),
+            CpuStorage::F16(v) => bytemuck::cast_slice(v),
+        }
+    }
+
+    /// A buffer of `n` copies of `value` rounded to `dtype`.
+    pub(crate) fn full(op: &'static str, value: f64, n: usize, dtype: DType) -> Result<CpuStorage> {
+        Ok(match dtype {
+            DType::F32 => CpuStorage::F32(pool::filled(op, n, value as f32)?),
+            DType::F64 => CpuStorage::F64(pool::filled(op, n, value)?),
+            DType::BF16 => CpuStorage::BF16(pool::filled(op, n, bf16_from_f64(value))?),
+            DType::F16 => CpuStorage::F16(pool::filled(op, n, f16_from_f64(value))?),
+        })
+    }
+
+    /// Elements as f64 (exact for every dtype).
+    pub(crate) fn to_f64(&self, op: &'static str) -> Result<Vec<f64>> {
+        match self {
+            CpuStorage::F32(v) => pool::map(op, v, |x| x as f64),
+            CpuStorage::F64(v) => pool::map(op, v, |x| x),
+            CpuStorage::BF16(v) => pool::map(op, v, |x| x.to_f64()),
+            CpuStorage::F16(v) => pool::map(op, v, |x| x.to_f64()),
+        }
+    }
 }
 
-/// Sums over the middle axis of an (outer, n, inner) view: out[o, i] = Σ_j x[o, j, i], j ascending.
-pub fn sum_axis<T: Float>(x: &[T], outer: usize, n: usize, inner: usize) -> Vec<T> {
-    let mut out = pool::zeroed(outer * inner);
-    if out.is_empty() {
-        return out; // par_chunks_mut(0) would panic when inner == 0
+/// An [`Error::Shape`] unless `len == want` (a buffer that does not fit the shapes it came with).
+fn fits(op: &'static str, what: &str, len: usize, want: Option<usize>) -> Result<()> {
+    if want != Some(len) {
+        return shape_err(op, format!("{what} holds {len} elements but its shape needs {want:?}"));
     }
-    if inner == 1 {
-        let rows = (CHUNK / n.max(1)).max(1);
-        for_chunks(&mut out, rows, outer * n, |t, y| {
-            for (r, y) in y.iter_mut().enumerate() {
-                let o = t * rows + r;
-                *y = sum_contiguous(&x[o * n..(o + 1) * n]);
-            }
-        });
-    } else {
-        for_chunks(&mut out, inner, outer * n * inner, |o, y| {
-            for j in 0..n {
-                let row = &x[(o * n + j) * inner..(o * n + j + 1) * inner];
-                for (y, &v) in y.iter_mut().zip(row) {
-                    *y += v;
+    Ok(())
+}
+
+/// Indices must lie below `n`.
+fn indices_below(op: &'static str, idx: &[usize], n: usize) -> Result<()> {
+    match idx.iter().find(|&&i| i >= n) {
+        Some(&bad) => shape_err(op, format!("index {bad} is out of range for an axis of size {n}")),
+        None => Ok(()),
+    }
+}
+
+/// The element count of `dims` (None on overflow).
+fn count(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |a, &b| a.checked_mul(b))
+}
+
+/// The largest offset a strided view reads, plus one (None on overflow; 0 for an empty view).
+fn strided_extent(dims: &[usize], strides: &[usize], offset: usize) -> Option<usize> {
+    if dims.contains(&0) {
+        return Some(0);
+    }
+    dims.iter().zip(strides).try_fold(offset, |a, (&d, &s)| a.checked_add((d - 1).checked_mul(s)?))?.checked_add(1)
+}
+
+impl Backend for CpuStorage {
+    fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::F32(_) => DType::F32,
+            CpuStorage::F64(_) => DType::F64,
+            CpuStorage::BF16(_) => DType::BF16,
+            CpuStorage::F16(_) => DType::F16,
+        }
+    }
+
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            CpuStorage::F32(v) => v.len(),
+            CpuStorage::F64(v) => v.len(),
+            CpuStorage::BF16(v) => v.len(),
+            CpuStorage::F16(v) => v.len(),
+        }
+    }
+
+    fn unary(&self, op: &'static str, f: UnaryOp) -> Result<Self> {
+        with_float!(op, self.dtype(), T => Ok(Self::wrap(elementwise::unary::<T>(op, self.get(op)?, f)?)))
+    }
+
+    fn binary(&self, op: &'static str, ad: &[usize], rhs: &Self, bd: &[usize], out: &[usize], f: BinaryOp) -> Result<Self> {
+        fits(op, "the left operand", self.len(), count(ad))?;
+        fits(op, "the right operand", rhs.len(), count(bd))?;
+        let ok = |d: &[usize]| d.len() <= out.len() && d.iter().rev().zip(out.iter().rev()).all(|(&a, &o)| a == o || a == 1);
+        if !ok(ad) || !ok(bd) || count(out).is_none() {
+            return shape_err(op, format!("{ad:?} and {bd:?} do not broadcast to {out:?}"));
+        }
+        with_float!(op, self.dtype(), T => Ok(Self::wrap(elementwise::binary::<T>(op, self.get(op)?, ad, rhs.get(op)?, bd, out, f)?)))
+    }
+
+    fn sum_axis(&self, op: &'static str, v: AxisView) -> Result<Self> {
+        fits(op, "the input", self.len(), v.len())?;
+        with_float!(op, self.dtype(), T => Ok(Self::wrap(reduce::sum_axis::<T>(op, self.get(op)?, v)?)))
+    }
+
+    fn max_axis(&self, op: &'static str, v: AxisView) -> Result<(Self, Self)> {
+        fits(op, "the input", self.len(), v.len())?;
+        with_float!(op, self.dtype(), T => {
+            let (vals, hot) = reduce::max_axis::<T>(op, self.get(op)?, v)?;
+            Ok((Self::wrap(vals), Self::wrap(hot)))
+        })
+    }
+
+    fn softmax_axis(&self, op: &'static str, v: AxisView, mode: SoftmaxMode) -> Result<Self> {
+        fits(op, "the input", self.len(), v.len())?;
+        with_float!(op, self.dtype(), T => Ok(Self::wrap(reduce::softmax_axis::<T>(op, self.get(op)?, v, mode)?)))
+    }
+
+    fn matmul(&self, op: &'static str, rhs: &Self, s: MatmulShape) -> Result<Self> {
+        let MatmulShape { batches, m, k, n, ta, tb } = s;
+        fits(op, "the left operand", self.len(), count(&[batches, m, k]))?;
+        fits(op, "the right operand", rhs.len(), count(&[batches, k, n]))?;
+        let out_len = count(&[batches, m, n]).ok_or_else(|| Error::oom(op, "the product", None, "cpu"))?;
+        with_float!(op, self.dtype(), T => {
+            let (x, w) = (self.get::<T>(op)?, rhs.get::<T>(op)?);
+            let mut out = pool::for_overwrite::<T>(op, out_len)?;
+            if m * n > 0 {
+                for (bi, c) in out.chunks_mut(m * n).enumerate() {
+                    matmul::matmul_t_into(op, c, &x[bi * m * k..(bi + 1) * m * k], &w[bi * k * n..(bi + 1) * k * n], m, k, n, ta, tb)?;
                 }
             }
-        });
+            Ok(Self::wrap(out))
+        })
     }
-    out
-}
 
-/// Sum of a contiguous slice with 8 interleaved partial sums combined in a fixed tree: vectorizes, is
-/// more accurate than a running sum, and its order depends only on the length.
-pub fn sum_contiguous<T: Float>(x: &[T]) -> T {
-    let mut acc = [T::ZERO; 8];
-    let chunks = x.chunks_exact(8);
-    let rem = chunks.remainder();
-    for c in chunks {
-        for k in 0..8 {
-            acc[k] += c[k];
+    fn copy_strided(&self, op: &'static str, dims: &[usize], strides: &[usize], offset: usize) -> Result<Self> {
+        if dims.len() != strides.len() || strided_extent(dims, strides, offset).is_none_or(|e| e > self.len()) {
+            return shape_err(op, format!("a view {dims:?} with strides {strides:?} from {offset} reads past {} elements", self.len()));
         }
+        with_float!(op, self.dtype(), T => Ok(Self::wrap(copy::copy_strided::<T>(op, self.get(op)?, dims, strides, offset)?)))
     }
-    for (k, &v) in rem.iter().enumerate() {
-        acc[k] += v;
-    }
-    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
-}
 
-/// Max over the middle axis of (outer, n, inner), with the index of the first maximum (NaN wins).
-pub fn max_axis<T: Float>(x: &[T], outer: usize, n: usize, inner: usize) -> (Vec<T>, Vec<usize>) {
-    let mut vals = vec![T::ZERO; outer * inner];
-    let mut idx = vec![0usize; outer * inner];
-    vals.par_iter_mut().zip(idx.par_iter_mut()).enumerate().for_each(|(p, (v, ix))| {
-        let (o, i) = (p / inner, p % inner);
-        let mut best = x[o * n * inner + i];
-        let mut bi = 0;
-        for j in 1..n {
-            let c = x[(o * n + j) * inner + i];
-            if c > best || (c.is_nan() && !best.is_nan()) {
-                best = c;
-                bi = j;
-            }
+    fn place_strided(&self, op: &'static str, len: usize, dims: &[usize], strides: &[usize], offset: usize) -> Result<Self> {
+        fits(op, "the input", self.len(), count(dims))?;
+        if dims.len() != strides.len() || strided_extent(dims, strides, offset).is_none_or(|e| e > len) {
+            return shape_err(op, format!("a view {dims:?} with strides {strides:?} from {offset} writes past {len} elements"));
         }
-        *v = best;
-        *ix = bi;
-    });
-    (vals, idx)
-}
+        with_float!(op, self.dtype(), T => Ok(Self::wrap(copy::place_strided::<T>(op, self.get(op)?, len, dims, strides, offset)?)))
+    }
 
-/// Softmax-family kernel over the middle axis of (outer, n, inner). `mode` 0: softmax, 1: log_softmax,
-/// 2: logsumexp (output has outer·inner elements). Max-shifted for stability; fixed order.
-pub fn softmax_axis<T: Float>(x: &[T], outer: usize, n: usize, inner: usize, mode: u8) -> Vec<T> {
-    let out_len = if mode == 2 { outer * inner } else { outer * n * inner };
-    let mut out = vec![T::ZERO; out_len];
-    let per = if mode == 2 { inner } else { n * inner };
-    for_chunks(&mut out, per.max(1), outer * n * inner, |o, y| {
-        let base = o * n * inner;
-        for i in 0..inner {
-            let at = |j: usize| x[base + j * inner + i];
-            let mut m = T::NEG_INFINITY;
-            for j in 0..n {
-                if at(j) > m {
-                    m = at(j);
+    fn concat(op: &'static str, parts: &[&Self], outer: usize, inner: usize) -> Result<Self> {
+        let Some(first) = parts.first() else { return shape_err(op, "nothing to concatenate") };
+        if parts.iter().any(|p| outer.checked_mul(inner).is_none_or(|r| r == 0 && p.len() > 0 || r > 0 && p.len() % r != 0)) {
+            return shape_err(op, format!("parts do not split into {outer} rows of a multiple of {inner} elements"));
+        }
+        with_float!(op, first.dtype(), T => {
+            let slices = parts.iter().map(|p| p.get::<T>(op)).collect::<Result<Vec<_>>>()?;
+            Ok(Self::wrap(copy::concat::<T>(op, &slices, outer)?))
+        })
+    }
+
+    fn index_select(&self, op: &'static str, idx: &[usize], v: AxisView) -> Result<Self> {
+        fits(op, "the input", self.len(), v.len())?;
+        indices_below(op, idx, v.n)?;
+        with_float!(op, self.dtype(), T => Ok(Self::wrap(copy::index_select::<T>(op, self.get(op)?, idx, v)?)))
+    }
+
+    fn index_add(&self, op: &'static str, idx: &[usize], v: AxisView) -> Result<Self> {
+        fits(op, "the input", self.len(), count(&[v.outer, idx.len(), v.inner]))?;
+        indices_below(op, idx, v.n)?;
+        with_float!(op, self.dtype(), T => Ok(Self::wrap(copy::index_add::<T>(op, self.get(op)?, idx, v)?)))
+    }
+
+    fn gather(&self, op: &'static str, idx: &[usize], v: AxisView, m: usize) -> Result<Self> {
+        fits(op, "the input", self.len(), v.len())?;
+        fits(op, "the index", idx.len(), count(&[v.outer, m, v.inner]))?;
+        indices_below(op, idx, v.n)?;
+        with_float!(op, self.dtype(), T => Ok(Self::wrap(copy::gather::<T>(op, self.get(op)?, idx, v, m)?)))
+    }
+
+    fn scatter_add(&self, op: &'static str, idx: &[usize], v: AxisView, m: usize) -> Result<Self> {
+        fits(op, "the input", self.len(), count(&[v.outer, m, v.inner]))?;
+        fits(op, "the index", idx.len(), count(&[v.outer, m, v.inner]))?;
+        indices_below(op, idx, v.n)?;
+        with_float!(op, self.dtype(), T => Ok(Self::wrap(copy::scatter_add::<T>(op, self.get(op)?, idx, v, m)?)))
+    }
+
+    fn window(&self, op: &'static str, w: WindowOp, s: &ConvShape) -> Result<Self> {
+        let (input, _) = copy::window_lens(w, s).ok_or_else(|| Error::oom(op, "a window map", None, "cpu"))?;
+        fits(op, "the input", self.len(), Some(input))?;
+        with_float!(op, self.dtype(), T => Ok(Self::wrap(copy::window::<T>(op, self.get(op)?, w, s)?)))
+    }
+
+    fn conv(op: &'static str, mode: ConvMode, s: &ConvShape, pairs: &[(&Self, &Self)]) -> Result<Self> {
+        let (x, w, y) = s.lens().ok_or_else(|| Error::oom(op, "a convolution", None, "cpu"))?;
+        let (la, lb) = match mode {
+            ConvMode::Forward => (x, w),
+            ConvMode::InputGrad => (y, w),
+            ConvMode::WeightGrad => (x, y),
+        };
+        let Some((first, _)) = pairs.first() else { return shape_err(op, "a convolution of no operand pairs") };
+        for (a, b) in pairs {
+            fits(op, "a convolution operand", a.len(), Some(la))?;
+            fits(op, "a convolution operand", b.len(), Some(lb))?;
+        }
+        with_float!(op, first.dtype(), T => {
+            let p = pairs.iter().map(|(a, b)| Ok((a.get::<T>(op)?, b.get::<T>(op)?))).collect::<Result<Vec<_>>>()?;
+            Ok(Self::wrap(match mode {
+                ConvMode::Forward => conv::conv2d_forward(op, s, &p)?,
+                ConvMode::InputGrad => conv::conv2d_backward_input(op, s, &p)?,
+                ConvMode::WeightGrad => conv::conv2d_backward_weight(op, s, &p)?,
+            }))
+        })
+    }
+
+    fn supports_attention(_: &AttnShape) -> bool {
+        true
+    }
+
+    fn attention_forward(op: &'static str, g: &AttnShape, q: &Self, k: &Self, v: &Self) -> Result<(Self, Self)> {
+        let [lq, lk, lv, _] = g.lens().ok_or_else(|| Error::oom(op, "attention", None, "cpu"))?;
+        fits(op, "Q", q.len(), Some(lq))?;
+        fits(op, "K", k.len(), Some(lk))?;
+        fits(op, "V", v.len(), Some(lv))?;
+        with_float!(op, q.dtype(), T => {
+            let (o, lse) = attention::forward::<T>(op, *g, q.get(op)?, k.get(op)?, v.get(op)?)?;
+            Ok((Self::wrap(o), Self::wrap(lse)))
+        })
+    }
+
+    fn attention_backward(op: &'static str, g: &AttnShape, qkv: [&Self; 3], saved: [&Self; 2], d_o: &Self, need: Need) -> Result<Self> {
+        let [lq, lk, lv, lo] = g.lens().ok_or_else(|| Error::oom(op, "attention", None, "cpu"))?;
+        for (t, l, what) in [(qkv[0], lq, "Q"), (qkv[1], lk, "K"), (qkv[2], lv, "V"), (saved[0], lo, "O"), (d_o, lo, "dO")] {
+            fits(op, what, t.len(), Some(l))?;
+        }
+        fits(op, "the logsumexp", saved[1].len(), Some(g.heads * g.nq))?;
+        with_float!(op, qkv[0].dtype(), T => {
+            let [q, k, v] = [qkv[0].get::<T>(op)?, qkv[1].get::<T>(op)?, qkv[2].get::<T>(op)?];
+            Ok(Self::wrap(attention::backward::<T>(op, *g, [q, k, v], [saved[0].get(op)?, saved[1].get(op)?], d_o.get(op)?, need)?))
+        })
+    }
+
+    fn attention_backward_backward(
+        op: &'static str,
+        g: &AttnShape,
+        qkv: [&Self; 3],
+        saved: [&Self; 2],
+        d_o: &Self,
+        cot: &Self,
+        need: Need,
+    ) -> Result<Self> {
+        let [lq, lk, lv, lo] = g.lens().ok_or_else(|| Error::oom(op, "attention", None, "cpu"))?;
+        for (t, l, what) in [(qkv[0], lq, "Q"), (qkv[1], lk, "K"), (qkv[2], lv, "V"), (saved[0], lo, "O"), (d_o, lo, "dO")] {
+            fits(op, what, t.len(), Some(l))?;
+        }
+        fits(op, "the logsumexp", saved[1].len(), Some(g.heads * g.nq))?;
+        fits(op, "the packed cotangent", cot.len(), Some(lq + lk + lv))?;
+        with_float!(op, qkv[0].dtype(), T => {
+            let [q, k, v] = [qkv[0].get::<T>(op)?, qkv[1].get::<T>(op)?, qkv[2].get::<T>(op)?];
+            let c = cot.get::<T>(op)?;
+            let (a, rest) = c.split_at(lq);
+            let (b, e) = rest.split_at(lk);
+            let saved = [saved[0].get(op)?, saved[1].get(op)?];
+            Ok(Self::wrap(attention::backward_backward::<T>(op, *g, [q, k, v], saved, d_o.get(op)?, [a, b, e], need)?))
+        })
+    }
+
+    fn update(op: &'static str, u: Update, tensors: &[&Self], hypers: &[&Self]) -> Result<Vec<Self>> {
+        let Some(first) = tensors.first() else { return Ok(Vec::new()) };
+        if tensors.iter().any(|t| t.len() != first.len()) || hypers.iter().any(|h| h.len() != 1) {
+            return shape_err(op, "an update of tensors of different sizes, or of non-scalar hyperparameters");
+        }
+        with_float!(op, first.dtype(), T => {
+            let ts = tensors.iter().map(|t| t.get::<T>(op)).collect::<Result<Vec<_>>>()?;
+            let hs = hypers.iter().map(|h| Ok(h.get::<T>(op)?[0])).collect::<Result<Vec<T>>>()?;
+            Ok(update::update::<T>(op, u, &ts, &hs)?.into_iter().map(Self::wrap).collect())
+        })
+    }
+
+    fn cast(&self, op: &'static str, to: DType) -> Result<Self> {
+        use pool::map as conv;
+        use CpuStorage::*;
+        Ok(match (self, to) {
+            (F64(v), DType::F32) => F32(conv(op, v, |x| x as f32)?),
+            (F32(v), DType::F64) => F64(conv(op, v, |x| x as f64)?),
+            (F32(v), DType::BF16) => BF16(conv(op, v, bf16::from_f32)?),
+            (F32(v), DType::F16) => F16(conv(op, v, f16::from_f32)?),
+            (BF16(v), DType::F32) => F32(conv(op, v, |x| x.to_f32())?),
+            (F16(v), DType::F32) => F32(conv(op, v, |x| x.to_f32())?),
+            _ => {
+                // Through f64, exact for every widening; narrowing rounds once (see dtype).
+                let v = self.to_f64(op)?;
+                match to {
+                    DType::F32 => F32(conv(op, &v, |x| x as f32)?),
+                    DType::F64 => F64(v),
+                    DType::BF16 => BF16(conv(op, &v, bf16_from_f64)?),
+                    DType::F16 => F16(conv(op, &v, f16_from_f64)?),
                 }
             }
-            if !m.is_finite() {
-                m = T::ZERO; // all −inf (or inf/NaN): let the arithmetic below propagate it
-            }
-            let mut s = T::ZERO;
-            for j in 0..n {
-                s += (at(j) - m).exp();
-            }
-            match mode {
-                0 => {
-                    let inv = T::ONE / s;
-                    for j in 0..n {
-                        y[j * inner + i] = (at(j) - m).exp() * inv;
-                    }
-                }
-                1 => {
-                    let l = s.ln() + m;
-                    for j in 0..n {
-                        y[j * inner + i] = at(j) - l;
-                    }
-                }
-                _ => y[i] = s.ln() + m,
-            }
-        }
-    });
-    out
-}
-
-/// Copies `x` (dims `d`) into the axis permutation `perm` (output dim i is input dim `perm[i]`).
-pub fn permute<T: Copy + Send + Sync + Default>(x: &[T], d: &[usize], perm: &[usize]) -> Vec<T> {
-    let r = d.len();
-    let od: Vec<usize> = perm.iter().map(|&p| d[p]).collect();
-    let n: usize = d.iter().product();
-    let mut out = vec![T::default(); n];
-    if n == 0 {
-        return out;
+        })
     }
-    let mut is = vec![1; r];
-    for i in (0..r.saturating_sub(1)).rev() {
-        is[i] = is[i + 1] * d[i + 1];
-    }
-    let ps: Vec<usize> = perm.iter().map(|&p| is[p]).collect(); // input stride of each output dim
-    let last = if r == 0 { 1 } else { od[r - 1] };
-    let ls = if r == 0 { 0 } else { ps[r - 1] };
-    for_chunks(&mut out, last, n, |row, orow| {
-        let (mut off, mut rem) = (0, row);
-        for k in (0..r.saturating_sub(1)).rev() {
-            off += (rem % od[k]) * ps[k];
-            rem /= od[k];
-        }
-        for (j, o) in orow.iter_mut().enumerate() {
-            *o = x[off + j * ls];
-        }
-    });
-    out
-}
 
-/// `N` outputs per index: `out[j][k] = f(k)[j]`, computed in parallel (fused multi-output kernels such as
-/// optimizer updates). Element-wise, so deterministic.
-pub fn zip_n<T: Float, const N: usize>(len: usize, f: impl Fn(usize) -> [T; N] + Sync + Send) -> [Vec<T>; N] {
-    let tmp: Vec<[T; N]> = (0..len).into_par_iter().with_min_len(CHUNK).map(f).collect();
-    std::array::from_fn(|j| tmp.iter().map(|a| a[j]).collect())
+    fn all_finite(&self, _: &'static str) -> Result<bool> {
+        Ok(match self {
+            CpuStorage::F32(v) => v.iter().all(|x| x.is_finite()),
+            CpuStorage::F64(v) => v.iter().all(|x| x.is_finite()),
+            CpuStorage::BF16(v) => v.iter().all(|x| x.is_finite()),
+            CpuStorage::F16(v) => v.iter().all(|x| x.is_finite()),
+        })
+    }
 }

@@ -7,6 +7,7 @@
 //! filled, so a kernel sees exactly what `vec![0; n]` would give: values never depend on the cache.
 
 use crate::dtype::{DType, Element};
+use crate::error::{Error, Result};
 use std::sync::Mutex;
 
 /// Buffers smaller than this go straight back to malloc (cheap to get again).
@@ -34,7 +35,7 @@ fn put<U: Copy>(list: &mut Vec<Vec<U>>, bytes: &mut usize, v: Vec<U>) {
 }
 
 fn cached<T: Element>(n: usize) -> Option<Vec<T>> {
-    if n * std::mem::size_of::<T>() < MIN_BYTES {
+    if n.saturating_mul(std::mem::size_of::<T>()) < MIN_BYTES {
         return None;
     }
     let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
@@ -46,30 +47,53 @@ fn cached<T: Element>(n: usize) -> Option<Vec<T>> {
     }
 }
 
+/// A new buffer of `n` copies of `v`, or [`Error::OutOfMemory`] naming `op` when the allocation fails
+/// or its size overflows (never an abort).
+pub(crate) fn filled<T: Copy>(op: &'static str, n: usize, v: T) -> Result<Vec<T>> {
+    let oom = || Error::oom(op, "a result buffer", (n as u128).checked_mul(std::mem::size_of::<T>() as u128), "cpu");
+    if n.checked_mul(std::mem::size_of::<T>()).is_none_or(|b| b > isize::MAX as usize) {
+        return Err(oom());
+    }
+    let mut out = Vec::new();
+    out.try_reserve_exact(n).map_err(|_| oom())?;
+    out.resize(n, v);
+    Ok(out)
+}
+
+/// `f` of every element of `v`, into a new buffer (fallible allocation, see [`filled`]).
+pub(crate) fn map<A: Copy, B: Copy>(op: &'static str, v: &[A], f: impl Fn(A) -> B) -> Result<Vec<B>> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(v.len())
+        .map_err(|_| Error::oom(op, "a result buffer", Some((v.len() * std::mem::size_of::<B>()) as u128), "cpu"))?;
+    out.extend(v.iter().map(|&x| f(x)));
+    Ok(out)
+}
+
 /// A buffer of `n` zeros: a cached one of that length if there is one, else a new allocation.
-pub(crate) fn zeroed<T: Element>(n: usize) -> Vec<T> {
+pub(crate) fn zeroed<T: Element>(op: &'static str, n: usize) -> Result<Vec<T>> {
     let zero = T::from_f64(0.0);
     match cached(n) {
         Some(mut v) => {
             v.fill(zero);
-            v
+            Ok(v)
         }
-        None => vec![zero; n],
+        None => filled(op, n, zero),
     }
 }
 
 /// A buffer of `n` elements whose contents are unspecified (stale values of a dead tensor, or zeros):
 /// only for outputs the caller overwrites *entirely*, which saves zero filling. Debug builds fill it
 /// with NaN so that an element left unwritten shows up in the tests.
-pub(crate) fn for_overwrite<T: Element>(n: usize) -> Vec<T> {
+pub(crate) fn for_overwrite<T: Element>(op: &'static str, n: usize) -> Result<Vec<T>> {
+    let poison = T::from_f64(if cfg!(debug_assertions) { f64::NAN } else { 0.0 });
     match cached(n) {
         Some(mut v) => {
             if cfg!(debug_assertions) {
-                v.fill(T::from_f64(f64::NAN));
+                v.fill(poison);
             }
-            v
+            Ok(v)
         }
-        None => vec![T::from_f64(if cfg!(debug_assertions) { f64::NAN } else { 0.0 }); n],
+        None => filled(op, n, poison),
     }
 }
 
@@ -107,10 +131,17 @@ mod tests {
         let n = 1 << 16;
         let v: Vec<f32> = vec![3.5; n];
         recycle(v);
-        let w: Vec<f32> = zeroed(n);
+        let w: Vec<f32> = zeroed("test", n).unwrap();
         assert_eq!(w.len(), n);
         assert!(w.iter().all(|&x| x.to_bits() == 0));
-        let small: Vec<f64> = zeroed(3);
+        let small: Vec<f64> = zeroed("test", 3).unwrap();
         assert_eq!(small, vec![0.0; 3]);
+    }
+
+    #[test]
+    fn huge_buffers_are_an_error_not_an_abort() {
+        let e = zeroed::<f32>("op", 1 << 61).unwrap_err();
+        assert!(matches!(e, Error::OutOfMemory { op: "op", .. }), "{e}");
+        assert!(filled::<f64>("op", usize::MAX, 0.0).is_err());
     }
 }

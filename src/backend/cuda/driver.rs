@@ -3,6 +3,7 @@
 //! cudarc) and the host emulator in [`super::emulator`], so that everything above this trait (the
 //! caching allocator, the op dispatch, the kernels' logic) is tested on machines without a GPU too.
 
+use super::cache;
 use crate::error::{Error, Result};
 use cudarc::driver::{result, CudaContext, CudaFunction, CudaModule, CudaStream};
 use std::collections::HashMap;
@@ -29,6 +30,9 @@ pub(crate) trait Driver: Send + Sync {
     /// Launches kernel `name` (one of `kernels::SOURCES`) with `params` laid out as for
     /// `cuLaunchKernel`: one pointer to each argument's value.
     fn launch(&self, name: &str, grid: [u32; 3], block: [u32; 3], params: &mut [*mut c_void]) -> Result<()>;
+    /// Launches kernel `name` of the CUDA C translation unit `source` (a custom kernel), compiling and
+    /// loading it on first use and caching it under `key` (a hash of the source).
+    fn launch_source(&self, key: u64, source: &str, name: &str, grid: [u32; 3], block: [u32; 3], params: &mut [*mut c_void]) -> Result<()>;
     /// Waits for all queued work; reports a kernel fault.
     fn synchronize(&self) -> Result<()>;
 }
@@ -41,22 +45,32 @@ pub(crate) struct CudaDriver {
     arch: String,
     modules: OnceLock<std::result::Result<Vec<Arc<CudaModule>>, String>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
+    /// Modules of custom kernels, by key.
+    user: Mutex<HashMap<u64, Arc<CudaModule>>>,
 }
 
-fn dev_err(op: &'static str, e: impl std::fmt::Display) -> Error {
-    Error::Device { op, msg: e.to_string() }
+fn dev_err(op: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::device_from(op, "the CUDA driver reported an error", e)
 }
 
 impl CudaDriver {
     pub(crate) fn new(ctx: Arc<CudaContext>) -> Result<CudaDriver> {
         let (major, minor) = ctx.compute_capability().map_err(|e| dev_err("Device::cuda", e))?;
         let stream = ctx.default_stream();
-        Ok(CudaDriver { ctx, stream, arch: format!("sm_{major}{minor}"), modules: OnceLock::new(), functions: Mutex::new(HashMap::new()) })
+        let arch = format!("sm_{major}{minor}");
+        Ok(CudaDriver {
+            ctx,
+            stream,
+            arch,
+            modules: OnceLock::new(),
+            functions: Mutex::new(HashMap::new()),
+            user: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The kernel `name`, compiling and loading every kernel file on first use.
     fn function(&self, name: &str) -> Result<CudaFunction> {
-        if let Some(f) = self.functions.lock().unwrap().get(name) {
+        if let Some(f) = self.functions.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
             return Ok(f.clone());
         }
         let modules = self.modules.get_or_init(|| {
@@ -68,12 +82,12 @@ impl CudaDriver {
                 })
                 .collect()
         });
-        let modules = modules.as_ref().map_err(|e| Error::Device { op: "cuda kernels", msg: e.clone() })?;
+        let modules = modules.as_ref().map_err(|e| Error::device("cuda kernels", e.clone()))?;
         let f = modules
             .iter()
             .find_map(|m| m.load_function(name).ok())
-            .ok_or_else(|| Error::Device { op: "cuda kernels", msg: format!("no kernel named {name} in kernels/*.cu") })?;
-        self.functions.lock().unwrap().insert(name.to_string(), f.clone());
+            .ok_or_else(|| Error::device("cuda kernels", format!("no kernel named {name} in kernels/*.cu")))?;
+        self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), f.clone());
         Ok(f)
     }
 }
@@ -89,22 +103,19 @@ fn nvrtc_version() -> Option<String> {
     ok.then(|| format!("{major}.{minor}"))
 }
 
-/// The PTX of one kernel file for `arch`, compiled with NVRTC or read from the on-disk cache (the temp
-/// directory, keyed by a hash of the source, the architecture and the NVRTC version), so that every
+/// The PTX of one kernel file for `arch`, compiled with NVRTC or read from the per-user kernel cache
+/// (`cache.rs`; keyed by a hash of the source, the architecture and the NVRTC version), so that every
 /// process after the first skips the compile.
 fn cached_ptx(file: &str, src: &str, arch: &str) -> std::result::Result<String, String> {
     let version = nvrtc_version().unwrap_or_default();
-    let key = super::fnv(&[src, arch, &version]);
-    let path = std::env::temp_dir().join(format!("metagrad-ptx-{}-{arch}-{key:016x}.ptx", file.trim_end_matches(".cu")));
-    if let Ok(ptx) = std::fs::read_to_string(&path) {
+    let key = cache::fnv(&[src.as_bytes(), arch.as_bytes(), version.as_bytes()]);
+    let path = cache::dir().map(|d| d.join(format!("{}-{arch}-{key:016x}.ptx", file.trim_end_matches(".cu"))));
+    if let Some(ptx) = path.as_ref().ok().and_then(|p| cache::read(p)).and_then(|b| String::from_utf8(b).ok()) {
         return Ok(ptx);
     }
     let ptx = super::compile_ptx(file, src, arch).map_err(|e| e.to_string())?;
-    // Write-then-rename: a concurrent reader sees the whole file or none. A failed write only costs
-    // the next process a compile.
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    if std::fs::write(&tmp, &ptx).is_ok() {
-        let _ = std::fs::rename(&tmp, &path);
+    if let Ok(p) = &path {
+        cache::write(p, ptx.as_bytes());
     }
     Ok(ptx)
 }
@@ -116,7 +127,7 @@ impl Driver for CudaDriver {
     fn malloc(&self, bytes: usize) -> Result<u64> {
         self.ctx.bind_to_thread().map_err(|e| dev_err("cuda malloc", e))?;
         // SAFETY: a plain allocation in the bound context.
-        unsafe { result::malloc_sync(bytes) }.map_err(|e| dev_err("cuda malloc", format!("{bytes} bytes: {e}")))
+        unsafe { result::malloc_sync(bytes) }.map_err(|e| Error::device_from("cuda malloc", format!("{bytes} bytes"), e))
     }
     fn free(&self, ptr: u64) {
         if self.ctx.bind_to_thread().is_ok() {
@@ -160,7 +171,37 @@ impl Driver for CudaDriver {
                 params,
             )
         }
-        .map_err(|e| Error::Device { op: "cuda launch", msg: format!("{name}: {e}") })
+        .map_err(|e| Error::device_from("cuda launch", format!("launching {name}"), e))
+    }
+    fn launch_source(&self, key: u64, source: &str, name: &str, grid: [u32; 3], block: [u32; 3], params: &mut [*mut c_void]) -> Result<()> {
+        let module = {
+            let mut user = self.user.lock().unwrap_or_else(|e| e.into_inner());
+            match user.get(&key) {
+                Some(m) => m.clone(),
+                None => {
+                    let ptx =
+                        cached_ptx(&format!("custom-{name}.cu"), source, &self.arch).map_err(|e| Error::device("cuda custom kernel", e))?;
+                    let m = self.ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| dev_err("cuda custom kernel", e))?;
+                    user.insert(key, m.clone());
+                    m
+                }
+            }
+        };
+        let f = module.load_function(name).map_err(|e| Error::device_from("cuda custom kernel", format!("no kernel named {name}"), e))?;
+        self.ctx.bind_to_thread().map_err(|e| dev_err("cuda launch", e))?;
+        // SAFETY: the caller (crate::cuda::Kernel::launch, an unsafe fn) guarantees that `params` match
+        // the kernel's parameters; cuLaunchKernel copies them.
+        unsafe {
+            result::launch_kernel(
+                f.cu_function(),
+                (grid[0], grid[1], grid[2]),
+                (block[0], block[1], block[2]),
+                0,
+                self.stream.cu_stream(),
+                params,
+            )
+        }
+        .map_err(|e| Error::device_from("cuda launch", format!("launching {name}"), e))
     }
     fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(|e| dev_err("cuda synchronize (a kernel failed)", e))
@@ -178,9 +219,9 @@ mod tests {
         }
         let src = "extern \"C\" __global__ void cache_probe(float* x) { x[threadIdx.x] = 1.0f; }";
         let first = super::cached_ptx("cache_probe.cu", src, "sm_90").unwrap();
-        let key = super::super::fnv(&[src, "sm_90", &super::nvrtc_version().unwrap()]);
-        let path = std::env::temp_dir().join(format!("metagrad-ptx-cache_probe-sm_90-{key:016x}.ptx"));
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), first);
+        let key = super::cache::fnv(&[src.as_bytes(), b"sm_90", super::nvrtc_version().unwrap().as_bytes()]);
+        let path = super::cache::dir().unwrap().join(format!("cache_probe-sm_90-{key:016x}.ptx"));
+        assert_eq!(super::cache::read(&path).unwrap(), first.as_bytes());
         assert_eq!(super::cached_ptx("cache_probe.cu", src, "sm_90").unwrap(), first);
         assert!(first.contains(".entry cache_probe"));
     }

@@ -8,11 +8,12 @@
 //! retried once. [`super::memory_stats`] reports what the allocator did.
 
 use super::driver::Driver;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::Device;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// Counters of one device's caching allocator (see [`super::memory_stats`]).
+/// Counters of one device's caching allocator (see [`crate::cuda::memory_stats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryStats {
     /// Allocations that went to the driver (cache misses) since the device was opened.
@@ -40,7 +41,11 @@ struct Pool {
     stats: MemoryStats,
 }
 
-/// The size class of a request of `bytes`.
+/// The most bytes one buffer may have: requests above it cannot be satisfied by any device and would
+/// overflow the size-class arithmetic.
+const MAX_BYTES: usize = 1 << 56;
+
+/// The size class of a request of `bytes` (at most [`MAX_BYTES`]).
 fn class(bytes: usize) -> usize {
     if bytes <= 512 {
         return 512;
@@ -54,10 +59,18 @@ impl Gpu {
         Gpu { ordinal, driver, pool: Mutex::new(Pool::default()) }
     }
 
-    /// A buffer of at least `bytes` bytes (uninitialized).
-    pub(crate) fn alloc(self: &Arc<Self>, bytes: usize) -> Result<Buf> {
+    /// The device this is.
+    pub(crate) fn device(&self) -> Device {
+        Device::Cuda(self.ordinal)
+    }
+
+    /// A buffer of at least `bytes` bytes (uninitialized), or [`Error::OutOfMemory`] naming `op`.
+    pub(crate) fn alloc(self: &Arc<Self>, op: &'static str, bytes: usize) -> Result<Buf> {
+        if bytes > MAX_BYTES {
+            return Err(Error::oom(op, "a device buffer", Some(bytes as u128), self.device()));
+        }
         let size = class(bytes);
-        let mut pool = self.pool.lock().unwrap();
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         let ptr = match pool.free.get_mut(&size).and_then(Vec::pop) {
             Some(p) => {
                 pool.stats.cache_hits += 1;
@@ -70,7 +83,14 @@ impl Gpu {
                     Err(_) => {
                         // Out of memory, perhaps only because of the cache: release it and retry once.
                         Self::release_cache(self.driver.as_ref(), &mut pool)?;
-                        self.driver.malloc(size)?
+                        self.driver.malloc(size).map_err(|e| Error::OutOfMemory {
+                            op,
+                            msg: format!(
+                                "cannot allocate {bytes} bytes on {} ({} in use by tensors; the driver said: {e})",
+                                self.device(),
+                                pool.stats.bytes_in_use
+                            ),
+                        })?
                     }
                 };
                 pool.stats.driver_allocs += 1;
@@ -92,16 +112,16 @@ impl Gpu {
     }
 
     pub(crate) fn stats(&self) -> MemoryStats {
-        self.pool.lock().unwrap().stats
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).stats
     }
 
     pub(crate) fn reset_peak(&self) {
-        let mut pool = self.pool.lock().unwrap();
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         pool.stats.peak_bytes_in_use = pool.stats.bytes_in_use;
     }
 
     pub(crate) fn empty_cache(&self) -> Result<()> {
-        Self::release_cache(self.driver.as_ref(), &mut self.pool.lock().unwrap())
+        Self::release_cache(self.driver.as_ref(), &mut self.pool.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -114,7 +134,7 @@ pub(crate) struct Buf {
 
 impl Drop for Buf {
     fn drop(&mut self) {
-        let mut pool = self.gpu.pool.lock().unwrap();
+        let mut pool = self.gpu.pool.lock().unwrap_or_else(|e| e.into_inner());
         pool.free.entry(self.size).or_default().push(self.ptr);
         pool.stats.bytes_in_use -= self.size;
         pool.stats.bytes_cached += self.size;
@@ -125,7 +145,9 @@ impl Drop for Buf {
 mod tests {
     #[test]
     fn size_classes_cover_requests_with_at_most_a_quarter_slack() {
-        for b in [1usize, 512, 513, 1000, 4096, 4097, 1 << 20, (1 << 20) + 1, 3_000_000, 123_456_789] {
+        for b in
+            [1usize, 512, 513, 1000, 4096, 4097, 1 << 20, (1 << 20) + 1, 3_000_000, 123_456_789, super::MAX_BYTES - 1, super::MAX_BYTES]
+        {
             let c = super::class(b);
             assert!(c >= b && (c <= 512 || c - b <= b / 4 + 512), "{b} -> {c}");
         }

@@ -3,7 +3,7 @@
 //!
 //! **What runs on the GPU.** A tensor placed with [`crate::Tensor::to_device`] lives in device memory
 //! from the device's caching allocator ([`memory_stats`], [`empty_cache`]); every op on CUDA operands
-//! runs the kernels of `kernels/*.cu` (host side in `ops.rs`), so forward, backward and
+//! runs the kernels of `kernels/*.cu` (host side in `storage.rs`), so forward, backward and
 //! backward-over-backward all stay on the device. The fused conv nodes run implicit-GEMM kernels
 //! (`kernels/gemm.cu`) and the three fused attention ops run `kernels/attention.cu` (widths up to 128;
 //! wider ones take the composite path). Optimizer updates run
@@ -12,8 +12,8 @@
 //! library settings to pin down.
 //!
 //! **Kernels** are compiled with NVRTC at first use for the device's compute capability and cached for
-//! the process, and on disk (the temp directory, keyed by source, architecture and NVRTC version) for
-//! later processes. CI compiles every kernel for sm_80 and sm_90 with NVRTC installed from PyPI wheels.
+//! the process, and on disk (a per-user cache directory, `cache.rs`, keyed by source, architecture and
+//! NVRTC version) for later processes. CI compiles every kernel for sm_80 and sm_90 with NVRTC installed from PyPI wheels.
 //!
 //! **Without a GPU**, `METAGRAD_CUDA_EMULATOR=1` makes `cuda:0` an emulated device (`emulator.rs`): the
 //! same kernel sources built with the host C++ compiler and run on the CPU behind the same driver trait,
@@ -50,19 +50,23 @@
 //!
 //! GPU and CPU results agree to rounding, not bitwise: their reduction trees differ.
 
+mod cache;
 mod driver;
 mod emulator;
+mod launch;
 mod memory;
-pub(crate) mod ops;
+mod storage;
+mod update;
 
 use crate::error::{Error, Result};
-use crate::Device;
+use crate::{DType, Device};
 use driver::Driver;
+pub(crate) use memory::Gpu;
 pub use memory::MemoryStats;
-pub(crate) use memory::{Buf, Gpu};
 use std::sync::{Arc, Mutex};
+pub(crate) use storage::CudaStorage;
 
-pub mod kernels {
+pub(crate) mod kernels {
     //! The CUDA C kernel sources, embedded at compile time from `kernels/*.cu`.
     //!
     //! Each entry is one translation unit: `kernels/common.cuh` (typedefs, math overloads, the
@@ -77,19 +81,28 @@ pub mod kernels {
     }
 
     /// `(file name, CUDA C source)` of every kernel file in `kernels/`, prelude included.
-    pub const SOURCES: &[(&str, &str)] =
+    pub(crate) const SOURCES: &[(&str, &str)] =
         &[unit!("elementwise.cu"), unit!("reduce.cu"), unit!("gemm.cu"), unit!("index.cu"), unit!("attention.cu")];
 }
 
-/// Whether a CUDA device (or, with `METAGRAD_CUDA_EMULATOR=1`, the kernel emulator) can be used as
-/// `cuda:0`. Never panics.
-pub fn available() -> bool {
+/// Whether `cuda:0` can be opened.
+pub(crate) fn available() -> bool {
     gpu(0).is_ok()
 }
 
-/// Whether `METAGRAD_CUDA_EMULATOR=1` asks for the kernel emulator in place of a GPU as `cuda:0`.
-pub fn emulated() -> bool {
+/// Whether `METAGRAD_CUDA_EMULATOR=1` asks for the kernel emulator as `cuda:0`.
+pub(crate) fn emulated() -> bool {
     std::env::var("METAGRAD_CUDA_EMULATOR").is_ok_and(|v| v == "1")
+}
+
+/// Opens device `ordinal` (see [`crate::Device::cuda`]).
+pub(crate) fn open(ordinal: usize) -> Result<()> {
+    gpu(ordinal).map(|_| ())
+}
+
+/// Whether a kernel converts `from` to `to` on the device (other conversions go through the host).
+pub(crate) fn casts_on_device(from: DType, to: DType) -> bool {
+    matches!((from, to), (DType::F32, DType::F64) | (DType::F64, DType::F32) | (DType::F32, DType::BF16) | (DType::BF16, DType::F32))
 }
 
 /// The opened device `ordinal`, opening it on first use (one per process).
@@ -101,10 +114,7 @@ pub(crate) fn gpu(ordinal: usize) -> Result<Arc<Gpu>> {
     }
     let driver: Box<dyn Driver> = if emulated() {
         if ordinal != 0 {
-            return Err(Error::Device {
-                op: "Device::cuda",
-                msg: format!("cannot use cuda:{ordinal}: the kernel emulator is cuda:0 only"),
-            });
+            return Err(Error::device("Device::cuda", format!("cannot use cuda:{ordinal}: the kernel emulator is cuda:0 only")));
         }
         Box::new(emulator::EmuDriver::new()?)
     } else {
@@ -115,76 +125,52 @@ pub(crate) fn gpu(ordinal: usize) -> Result<Arc<Gpu>> {
     Ok(g)
 }
 
-/// A stable 64-bit FNV-1a hash of `parts` (the key of the on-disk PTX and emulator caches).
-pub(crate) fn fnv(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in parts.iter().flat_map(|p| p.bytes().chain([0])) {
-        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
-    }
-    h
-}
-
-/// The allocator counters of `device` (a CUDA device already in use).
-pub fn memory_stats(device: Device) -> Result<MemoryStats> {
+pub(crate) fn memory_stats(device: Device) -> Result<MemoryStats> {
     Ok(gpu_of(device)?.stats())
 }
 
-/// Restarts `device`'s peak-memory counter from the bytes in use now (to measure one workload).
-pub fn reset_peak_memory(device: Device) -> Result<()> {
+pub(crate) fn reset_peak_memory(device: Device) -> Result<()> {
     gpu_of(device)?.reset_peak();
     Ok(())
 }
 
-/// Returns `device`'s cached free buffers to the driver (live tensors are untouched).
-pub fn empty_cache(device: Device) -> Result<()> {
+pub(crate) fn empty_cache(device: Device) -> Result<()> {
     gpu_of(device)?.empty_cache()
 }
 
-/// The name of the GPU behind `device`, e.g. "NVIDIA H100 80GB HBM3 (sm_90)".
-pub fn device_name(device: Device) -> Result<String> {
+pub(crate) fn device_name(device: Device) -> Result<String> {
     Ok(gpu_of(device)?.driver.name())
 }
 
-/// Waits until every kernel queued on `device` has finished (for timing); reports a kernel fault.
-pub fn synchronize(device: Device) -> Result<()> {
+pub(crate) fn synchronize(device: Device) -> Result<()> {
     gpu_of(device)?.driver.synchronize()
 }
 
-fn gpu_of(device: Device) -> Result<Arc<Gpu>> {
+pub(crate) fn gpu_of(device: Device) -> Result<Arc<Gpu>> {
     match device {
         Device::Cuda(n) => gpu(n),
-        d => Err(Error::Device { op: "cuda", msg: format!("{d} is not a CUDA device") }),
+        d => Err(Error::device("cuda", format!("{d} is not a CUDA device"))),
     }
 }
 
 /// Opens the primary context of device `ordinal`, with a clear error when that is impossible.
 fn open_context(ordinal: usize) -> Result<Arc<cudarc::driver::CudaContext>> {
-    let err = |msg: String| Error::Device { op: "Device::cuda", msg: format!("cannot use cuda:{ordinal}: {msg}") };
+    const OP: &str = "Device::cuda";
+    let msg = |what: &str| format!("cannot use cuda:{ordinal}: {what}");
     // SAFETY: only tries to load the driver library (dlopen) and drops it; no CUDA call is made.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Err(err("the CUDA driver library (libcuda.so.1) was not found; is an NVIDIA driver installed?".into()));
+        return Err(Error::device(OP, msg("the CUDA driver library (libcuda.so.1) was not found; is an NVIDIA driver installed?")));
     }
-    cudarc::driver::result::init().map_err(|e| err(format!("the CUDA driver failed to initialize ({e})")))?;
-    let count = cudarc::driver::result::device::get_count().map_err(|e| err(format!("cannot count devices ({e})")))?;
+    cudarc::driver::result::init().map_err(|e| Error::device_from(OP, msg("the CUDA driver failed to initialize"), e))?;
+    let count = cudarc::driver::result::device::get_count().map_err(|e| Error::device_from(OP, msg("cannot count devices"), e))?;
     if ordinal >= count.max(0) as usize {
-        return Err(err(format!("the driver reports {count} CUDA device(s)")));
+        return Err(Error::device(OP, msg(&format!("the driver reports {count} CUDA device(s)"))));
     }
-    cudarc::driver::CudaContext::new(ordinal).map_err(|e| err(format!("cannot create a context ({e})")))
-}
-
-impl Device {
-    /// CUDA device `ordinal`, checked to exist: the driver is loaded and a context is created on it.
-    ///
-    /// Returns [`Error::Device`] naming the ordinal and the reason when there is no driver, no device
-    /// or no device with that ordinal; never panics. With `METAGRAD_CUDA_EMULATOR=1`, `cuda:0` is the
-    /// kernel emulator (see the module docs).
-    pub fn cuda(ordinal: usize) -> Result<Device> {
-        gpu(ordinal).map(|_| Device::Cuda(ordinal))
-    }
+    cudarc::driver::CudaContext::new(ordinal).map_err(|e| Error::device_from(OP, msg("cannot create a context"), e))
 }
 
 /// Whether NVRTC (`libnvrtc.so.13`) can be loaded, e.g. from `LD_LIBRARY_PATH`. Never panics.
-pub fn nvrtc_available() -> bool {
+pub(crate) fn nvrtc_available() -> bool {
     // SAFETY: only tries to load the library (dlopen) and drops it.
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
@@ -194,10 +180,10 @@ pub fn nvrtc_available() -> bool {
 /// Checks that NVRTC is present first (cudarc would panic otherwise), so this returns
 /// [`Error::Device`] on a machine without it. A source that does not compile gives [`Error::Invalid`]
 /// with NVRTC's log.
-pub fn compile_ptx(name: &str, src: &str, arch: &str) -> Result<String> {
+pub(crate) fn compile_ptx(name: &str, src: &str, arch: &str) -> Result<String> {
     const OP: &str = "cuda::compile_ptx";
     if !nvrtc_available() {
-        return Err(Error::Device { op: OP, msg: format!("cannot compile {name}: NVRTC (libnvrtc.so.13) was not found") });
+        return Err(Error::device(OP, format!("cannot compile {name}: NVRTC (libnvrtc.so.13) was not found")));
     }
     let opts = cudarc::nvrtc::CompileOptions {
         // `arch` is a `&'static str` in cudarc's options; pass the flag as a plain option instead.

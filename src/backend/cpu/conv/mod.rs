@@ -34,50 +34,13 @@
 //! The forward reduction order (c, ki, kj), zeros included, equals that of im2col + matmul, so the
 //! forward pass is bitwise equal to the composite path; the gradients round differently (same math).
 
-use super::{best_isa, Isa};
-use crate::dtype::Float;
+use super::float::Float;
+use super::{best_isa, pool, Isa};
+use crate::backend::spec::ConvShape;
+use crate::error::Result;
 use rayon::prelude::*;
 
-/// The shape of one convolution y = conv(x, w): x is [n, c, h, w], w is [o, c, kh, kw] and y is
-/// [n, o, ho, wo], with `ho = (h + 2·padding.0 − dilation.0·(kh − 1) − 1) / stride.0 + 1` (same for wo).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConvShape {
-    /// Batch size.
-    pub n: usize,
-    /// Input channels.
-    pub c: usize,
-    /// Input height.
-    pub h: usize,
-    /// Input width.
-    pub w: usize,
-    /// Output channels.
-    pub o: usize,
-    /// Kernel height.
-    pub kh: usize,
-    /// Kernel width.
-    pub kw: usize,
-    /// Output height.
-    pub ho: usize,
-    /// Output width.
-    pub wo: usize,
-    /// Step between windows (rows, columns).
-    pub stride: (usize, usize),
-    /// Zero padding on each side (rows, columns).
-    pub padding: (usize, usize),
-    /// Spacing between taps (rows, columns).
-    pub dilation: (usize, usize),
-}
-
 impl ConvShape {
-    fn x_len(&self) -> usize {
-        self.n * self.c * self.h * self.w
-    }
-    fn w_len(&self) -> usize {
-        self.o * self.c * self.kh * self.kw
-    }
-    fn y_len(&self) -> usize {
-        self.n * self.o * self.ho * self.wo
-    }
     /// Source axes of tap (ki, kj) for the forward gather: output pixel → input pixel.
     fn fwd_axes(&self, ki: usize, kj: usize) -> (Axis, Axis) {
         let a = |s: usize, k: usize, d: usize, p: usize, len: usize| Axis { mul: s, div: 1, off: (k * d) as isize - p as isize, len };
@@ -132,7 +95,7 @@ impl<T: Float> Planes<T> {
     /// `srcs` each hold `per` planes of `rows` × `cols[_].len`; `cols[kj]` is column tap kj's map, and
     /// destination rows are read `dst_wp` wide (whole register panels). Plane `pl` of source `k` is
     /// plane `k·per + pl`.
-    fn new(srcs: &[&[T]], per: usize, rows: usize, cols: &[Axis], dst_wp: usize) -> Planes<T> {
+    fn new(op: &'static str, srcs: &[&[T]], per: usize, rows: usize, cols: &[Axis], dst_wp: usize) -> Result<Planes<T>> {
         let src_w = cols[0].len;
         let count = srcs.len() * per;
         let unit = cols.iter().all(|a| a.mul == 1 && a.div == 1);
@@ -146,7 +109,7 @@ impl<T: Float> Planes<T> {
         } else {
             (0..cols.len()).map(|kj| kj * block).collect()
         };
-        let mut data = vec![T::ZERO; blocks * block];
+        let mut data = pool::zeroed(op, blocks * block)?;
         let plane = rows * src_w;
         // block is 0 when the destination rows are empty (wp = 0): nothing to copy then.
         if plane > 0 && block > 0 {
@@ -165,7 +128,7 @@ impl<T: Float> Planes<T> {
                 });
             }
         }
-        Planes { data, rows, wp, shift, zero: count * rows * wp }
+        Ok(Planes { data, rows, wp, shift, zero: count * rows * wp })
     }
 
     /// The offset of (plane, source row or `None` for a zero row, column tap kj).
@@ -293,6 +256,7 @@ isa_variants!(gathered_b_rows, GatheredB, (i: usize, rows: std::ops::Range<usize
 /// Runs [`GatheredB`] over all images in parallel tasks of whole destination rows.
 #[allow(clippy::too_many_arguments)]
 fn gemm_gathered_b<T: Float, const MR: usize, const NR: usize>(
+    op: &'static str,
     isa: Isa,
     a: &[T],
     m_rows: usize,
@@ -301,11 +265,11 @@ fn gemm_gathered_b<T: Float, const MR: usize, const NR: usize>(
     per_img: usize,
     imgs: usize,
     (dst_h, dst_w): (usize, usize),
-) -> Vec<T> {
+) -> Result<Vec<T>> {
     let kt = taps.len();
-    let mut out = vec![T::ZERO; imgs * m_rows * dst_h * dst_w];
+    let mut out = pool::zeroed(op, imgs * m_rows * dst_h * dst_w)?;
     if out.is_empty() || kt == 0 {
-        return out;
+        return Ok(out);
     }
     let mut padded = a.to_vec();
     padded.resize(m_rows.div_ceil(MR) * MR * kt, T::ZERO);
@@ -316,36 +280,39 @@ fn gemm_gathered_b<T: Float, const MR: usize, const NR: usize>(
         let (i, g) = (task / groups, task % groups);
         gathered_b_rows::<T, MR, NR>(isa, &job, i, g * rows_per_task..((g + 1) * rows_per_task).min(dst_h));
     });
-    out
+    Ok(out)
 }
 
 /// Runs `$f::<T, MR, NR>` with the register tile chosen for `$isa` and T's width.
 macro_rules! dispatch {
-    ($isa:expr, $T:ty, $f:ident ( $($arg:expr),* )) => {{
+    ($op:expr, $isa:expr, $T:ty, $f:ident ( $($arg:expr),* )) => {{
         let wide = std::mem::size_of::<$T>() == 4;
         match ($isa, wide) {
-            (Isa::Avx512, true) => $f::<$T, 8, 32>($isa, $($arg),*),
-            (Isa::Avx512, false) => $f::<$T, 8, 16>($isa, $($arg),*),
-            (_, true) => $f::<$T, 4, 16>($isa, $($arg),*),
-            (_, false) => $f::<$T, 4, 8>($isa, $($arg),*),
+            (Isa::Avx512, true) => $f::<$T, 8, 32>($op, $isa, $($arg),*),
+            (Isa::Avx512, false) => $f::<$T, 8, 16>($op, $isa, $($arg),*),
+            (_, true) => $f::<$T, 4, 16>($op, $isa, $($arg),*),
+            (_, false) => $f::<$T, 4, 8>($op, $isa, $($arg),*),
         }
     }};
 }
 
 /// y = Σ_i conv(x_i, w_i) for pairs (x_i [n, c, h, w], w_i [o, c, kh, kw]): [n, o, ho, wo]. The
 /// reduction runs over pair 0's (c, ki, kj) in ascending order, then pair 1's, and so on.
-pub fn conv2d_forward<T: Float>(s: &ConvShape, pairs: &[(&[T], &[T])]) -> Vec<T> {
-    forward_with(best_isa(), s, pairs)
+/// Operand lengths are checked by the caller (`CpuStorage::conv`).
+pub(crate) fn conv2d_forward<T: Float>(op: &'static str, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Result<Vec<T>> {
+    forward_with(op, best_isa(), s, pairs)
 }
 
-fn forward_with<T: Float>(isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Vec<T> {
-    for (x, w) in pairs {
-        assert!(x.len() == s.x_len() && w.len() == s.w_len(), "conv2d_forward: operand sizes do not match {s:?}");
-    }
-    dispatch!(isa, T, forward_tiled(s, pairs))
+fn forward_with<T: Float>(op: &'static str, isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Result<Vec<T>> {
+    dispatch!(op, isa, T, forward_tiled(s, pairs))
 }
 
-fn forward_tiled<T: Float, const MR: usize, const NR: usize>(isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Vec<T> {
+fn forward_tiled<T: Float, const MR: usize, const NR: usize>(
+    op: &'static str,
+    isa: Isa,
+    s: &ConvShape,
+    pairs: &[(&[T], &[T])],
+) -> Result<Vec<T>> {
     let k = s.c * s.kh * s.kw;
     // A = [w_0 | w_1 | ...]: row o holds every pair's weights for output channel o.
     let mut a = Vec::with_capacity(s.o * k * pairs.len());
@@ -366,24 +333,26 @@ fn forward_tiled<T: Float, const MR: usize, const NR: usize>(isa: Isa, s: &ConvS
     }
     let cols: Vec<Axis> = (0..s.kw).map(|kj| s.fwd_axes(0, kj).1).collect();
     let xs: Vec<&[T]> = pairs.iter().map(|p| p.0).collect();
-    let planes = Planes::new(&xs, s.n * s.c, s.h, &cols, s.wo.div_ceil(NR) * NR);
-    gemm_gathered_b::<T, MR, NR>(isa, &a, s.o, &planes, &taps, s.c, s.n, (s.ho, s.wo))
+    let planes = Planes::new(op, &xs, s.n * s.c, s.h, &cols, s.wo.div_ceil(NR) * NR)?;
+    gemm_gathered_b::<T, MR, NR>(op, isa, &a, s.o, &planes, &taps, s.c, s.n, (s.ho, s.wo))
 }
 
 /// dx = Σ_i conv_transpose(dy_i, w_i) for pairs (dy_i [n, o, ho, wo], w_i [o, c, kh, kw]): [n, c, h, w].
 /// The reduction runs over pair 0's (o, ki, kj) in ascending order, then pair 1's, and so on.
-pub fn conv2d_backward_input<T: Float>(s: &ConvShape, pairs: &[(&[T], &[T])]) -> Vec<T> {
-    backward_input_with(best_isa(), s, pairs)
+pub(crate) fn conv2d_backward_input<T: Float>(op: &'static str, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Result<Vec<T>> {
+    backward_input_with(op, best_isa(), s, pairs)
 }
 
-fn backward_input_with<T: Float>(isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Vec<T> {
-    for (dy, w) in pairs {
-        assert!(dy.len() == s.y_len() && w.len() == s.w_len(), "conv2d_backward_input: operand sizes do not match {s:?}");
-    }
-    dispatch!(isa, T, backward_input_tiled(s, pairs))
+fn backward_input_with<T: Float>(op: &'static str, isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Result<Vec<T>> {
+    dispatch!(op, isa, T, backward_input_tiled(s, pairs))
 }
 
-fn backward_input_tiled<T: Float, const MR: usize, const NR: usize>(isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Vec<T> {
+fn backward_input_tiled<T: Float, const MR: usize, const NR: usize>(
+    op: &'static str,
+    isa: Isa,
+    s: &ConvShape,
+    pairs: &[(&[T], &[T])],
+) -> Result<Vec<T>> {
     let taps_per = s.kh * s.kw;
     let k = s.o * taps_per;
     let kt = k * pairs.len();
@@ -409,8 +378,8 @@ fn backward_input_tiled<T: Float, const MR: usize, const NR: usize>(isa: Isa, s:
     }
     let cols: Vec<Axis> = (0..s.kw).map(|kj| s.bwd_axes(0, kj).1).collect();
     let dys: Vec<&[T]> = pairs.iter().map(|p| p.0).collect();
-    let planes = Planes::new(&dys, s.n * s.o, s.ho, &cols, s.w.div_ceil(NR) * NR);
-    gemm_gathered_b::<T, MR, NR>(isa, &a, s.c, &planes, &taps, s.o, s.n, (s.h, s.w))
+    let planes = Planes::new(op, &dys, s.n * s.o, s.ho, &cols, s.w.div_ceil(NR) * NR)?;
+    gemm_gathered_b::<T, MR, NR>(op, isa, &a, s.c, &planes, &taps, s.o, s.n, (s.h, s.w))
 }
 
 /// Most partial sums of the weight gradient (contiguous groups of images, reduced in group order).
@@ -423,15 +392,12 @@ const ROWS_PER_TASK: usize = 512;
 ///
 /// The batch is cut into `min(n, 16)` contiguous groups of images; within a group the sum runs over
 /// pairs, then images, then output pixels, ascending; the group partials are added in group order.
-pub fn conv2d_backward_weight<T: Float>(s: &ConvShape, pairs: &[(&[T], &[T])]) -> Vec<T> {
-    backward_weight_with(best_isa(), s, pairs)
+pub(crate) fn conv2d_backward_weight<T: Float>(op: &'static str, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Result<Vec<T>> {
+    backward_weight_with(op, best_isa(), s, pairs)
 }
 
-fn backward_weight_with<T: Float>(isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Vec<T> {
-    for (x, dy) in pairs {
-        assert!(x.len() == s.x_len() && dy.len() == s.y_len(), "conv2d_backward_weight: operand sizes do not match {s:?}");
-    }
-    dispatch!(isa, T, weight_tiled(s, pairs))
+fn backward_weight_with<T: Float>(op: &'static str, isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Result<Vec<T>> {
+    dispatch!(op, isa, T, weight_tiled(s, pairs))
 }
 
 /// One task of the weight gradient: dWᵀ[t, o] += Σ X̂[t, p]·dY[o, p] over taps `trows` and the pixels of
@@ -499,23 +465,28 @@ impl<T: Float> WeightGrad<'_, T> {
 isa_variants!(weight_rows, WeightGrad, (imgs: std::ops::Range<usize>, trows: std::ops::Range<usize>, acc: &mut [T]));
 
 /// dWᵀ[t, o] = Σ X̂[t, p]·dY[o, p], reduced per group of images, then over the groups in order.
-fn weight_tiled<T: Float, const MR: usize, const NR: usize>(isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Vec<T> {
+fn weight_tiled<T: Float, const MR: usize, const NR: usize>(
+    op: &'static str,
+    isa: Isa,
+    s: &ConvShape,
+    pairs: &[(&[T], &[T])],
+) -> Result<Vec<T>> {
     let k = s.c * s.kh * s.kw;
-    let mut dw = vec![T::ZERO; s.o * k];
+    let mut dw = pool::zeroed(op, s.o * k)?;
     if dw.is_empty() || s.n == 0 || s.ho * s.wo == 0 {
-        return dw;
+        return Ok(dw);
     }
     let cols: Vec<Axis> = (0..s.kw).map(|kj| s.fwd_axes(0, kj).1).collect();
     let xs: Vec<&[T]> = pairs.iter().map(|p| p.0).collect();
-    let planes = Planes::new(&xs, s.n * s.c, s.h, &cols, s.wo);
+    let planes = Planes::new(op, &xs, s.n * s.c, s.h, &cols, s.wo)?;
     let splits = s.n.min(MAX_SPLITS);
     let rows_per_task = ROWS_PER_TASK.div_ceil(MR) * MR;
     let groups = k.div_ceil(rows_per_task);
-    let op = s.o.div_ceil(NR) * NR;
+    let opad = s.o.div_ceil(NR) * NR;
     // partial[split][t][o] (t padded to whole tasks, o padded to whole panels).
-    let mut partial = vec![T::ZERO; splits * groups * rows_per_task * op];
+    let mut partial = pool::zeroed(op, splits * groups * rows_per_task * opad)?;
     let job = WeightGrad { s, pairs, planes: &planes };
-    partial.par_chunks_mut(rows_per_task * op).enumerate().for_each(|(task, acc)| {
+    partial.par_chunks_mut(rows_per_task * opad).enumerate().for_each(|(task, acc)| {
         let (split, g) = (task / groups, task % groups);
         let imgs = split * s.n / splits..(split + 1) * s.n / splits;
         weight_rows::<T, MR, NR>(isa, &job, imgs, g * rows_per_task..((g + 1) * rows_per_task).min(k), acc);
@@ -524,125 +495,15 @@ fn weight_tiled<T: Float, const MR: usize, const NR: usize>(isa: Isa, s: &ConvSh
     dw.par_chunks_mut(k).enumerate().for_each(|(o, row)| {
         for (t, v) in row.iter_mut().enumerate() {
             let (g, r) = (t / rows_per_task, t % rows_per_task);
-            let mut sum = partial[(g * rows_per_task + r) * op + o];
+            let mut sum = partial[(g * rows_per_task + r) * opad + o];
             for split in 1..splits {
-                sum += partial[((split * groups + g) * rows_per_task + r) * op + o];
+                sum += partial[((split * groups + g) * rows_per_task + r) * opad + o];
             }
             *v = sum;
         }
     });
-    dw
+    Ok(dw)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[allow(clippy::too_many_arguments)]
-    fn shape(
-        n: usize,
-        c: usize,
-        h: usize,
-        w: usize,
-        o: usize,
-        k: (usize, usize),
-        st: (usize, usize),
-        p: (usize, usize),
-        d: (usize, usize),
-    ) -> ConvShape {
-        let out = |x: usize, k: usize, s: usize, p: usize, d: usize| (x + 2 * p - d * (k - 1) - 1) / s + 1;
-        ConvShape {
-            n,
-            c,
-            h,
-            w,
-            o,
-            kh: k.0,
-            kw: k.1,
-            ho: out(h, k.0, st.0, p.0, d.0),
-            wo: out(w, k.1, st.1, p.1, d.1),
-            stride: st,
-            padding: p,
-            dilation: d,
-        }
-    }
-
-    fn data(len: usize, seed: usize) -> Vec<f64> {
-        (0..len).map(|i| (((i * 7919 + seed * 104729) % 1013) as f64 / 1013.0 - 0.5) * 2.0).collect()
-    }
-
-    /// The three maps by their definition, one loop over (n, o, c, oh, ow, ki, kj).
-    fn naive(s: &ConvShape, x: &[f64], w: &[f64], dy: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-        let (mut y, mut dx, mut dw) = (vec![0.0; s.y_len()], vec![0.0; s.x_len()], vec![0.0; s.w_len()]);
-        for n in 0..s.n {
-            for o in 0..s.o {
-                for c in 0..s.c {
-                    for oh in 0..s.ho {
-                        for ow in 0..s.wo {
-                            for ki in 0..s.kh {
-                                for kj in 0..s.kw {
-                                    let r = (oh * s.stride.0 + ki * s.dilation.0) as isize - s.padding.0 as isize;
-                                    let q = (ow * s.stride.1 + kj * s.dilation.1) as isize - s.padding.1 as isize;
-                                    if r < 0 || q < 0 || r >= s.h as isize || q >= s.w as isize {
-                                        continue;
-                                    }
-                                    let xi = ((n * s.c + c) * s.h + r as usize) * s.w + q as usize;
-                                    let wi = ((o * s.c + c) * s.kh + ki) * s.kw + kj;
-                                    let yi = ((n * s.o + o) * s.ho + oh) * s.wo + ow;
-                                    y[yi] += w[wi] * x[xi];
-                                    dx[xi] += w[wi] * dy[yi];
-                                    dw[wi] += x[xi] * dy[yi];
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        (y, dx, dw)
-    }
-
-    #[test]
-    fn kernels_match_the_definition_and_agree_bitwise_across_instruction_sets() {
-        let cases = [
-            shape(2, 3, 7, 6, 5, (3, 3), (1, 1), (1, 1), (1, 1)),
-            shape(3, 2, 9, 8, 4, (3, 2), (2, 3), (2, 1), (1, 2)),
-            shape(1, 4, 5, 5, 3, (1, 1), (2, 2), (0, 0), (1, 1)),
-            shape(2, 1, 6, 40, 33, (2, 3), (1, 1), (0, 3), (2, 1)),
-        ];
-        let isas = match best_isa() {
-            Isa::Avx512 => vec![Isa::Avx512, Isa::Avx2, Isa::Portable],
-            Isa::Avx2 => vec![Isa::Avx2, Isa::Portable],
-            Isa::Portable => vec![Isa::Portable],
-        };
-        for (ci, s) in cases.iter().enumerate() {
-            let (x, w, dy) = (data(s.x_len(), ci), data(s.w_len(), ci + 10), data(s.y_len(), ci + 20));
-            let (y0, dx0, dw0) = naive(s, &x, &w, &dy);
-            let close = |a: &[f64], b: &[f64], what: &str| {
-                for (i, (p, q)) in a.iter().zip(b).enumerate() {
-                    assert!((p - q).abs() < 1e-12, "case {ci} {what}[{i}]: {p} vs {q}");
-                }
-            };
-            let mut first: Option<(Vec<f64>, Vec<f64>, Vec<f64>)> = None;
-            for &isa in &isas {
-                let y = forward_with(isa, s, &[(&x, &w)]);
-                let dx = backward_input_with(isa, s, &[(&dy, &w)]);
-                let dw = backward_weight_with(isa, s, &[(&x, &dy)]);
-                close(&y, &y0, "y");
-                close(&dx, &dx0, "dx");
-                close(&dw, &dw0, "dw");
-                match &first {
-                    None => first = Some((y, dx, dw)),
-                    Some(f) => assert!(f.0 == y && f.1 == dx && f.2 == dw, "case {ci}: {isa:?} differs bitwise"),
-                }
-            }
-            // Two pairs sum like one convolution over concatenated operands.
-            let (x2, w2, dy2) = (data(s.x_len(), ci + 30), data(s.w_len(), ci + 40), data(s.y_len(), ci + 50));
-            let (y1, dx1, dw1) = naive(s, &x2, &w2, &dy2);
-            let add = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p + q).collect::<Vec<_>>();
-            close(&conv2d_forward(s, &[(&x, &w), (&x2, &w2)]), &add(&y0, &y1), "y pairs");
-            close(&conv2d_backward_input(s, &[(&dy, &w), (&dy2, &w2)]), &add(&dx0, &dx1), "dx pairs");
-            close(&conv2d_backward_weight(s, &[(&x, &dy), (&x2, &dy2)]), &add(&dw0, &dw1), "dw pairs");
-        }
-    }
-}
+mod tests;

@@ -1,0 +1,325 @@
+//! The GEMM on strips: an 8-row register tile of explicit SIMD fused multiply-adds, compiled for
+//! AVX-512, AVX2+FMA and portable code, and the per-thread scratch buffers the passes carve their
+//! strips from.
+
+use crate::backend::cpu::float::Float;
+use crate::dtype::DType;
+use std::cell::RefCell;
+
+/// One SIMD register of `T` lanes. The micro-kernel is written with these rather than left to the
+/// auto-vectorizer, whose treatment of a register tile is fragile (it may keep the tile in memory and
+/// gather/scatter it).
+pub(super) trait Reg<T>: Copy {
+    const LANES: usize;
+    fn zero() -> Self;
+    fn splat(x: T) -> Self;
+    /// Loads the first LANES elements of `x`.
+    fn load(x: &[T]) -> Self;
+    /// Stores into the first LANES elements of `x`.
+    fn store(self, x: &mut [T]);
+    /// self·b + c, one correctly rounded FMA per lane (so every register width gives the same bits).
+    fn fma(self, b: Self, c: Self) -> Self;
+}
+
+/// The portable register: four lanes in an array.
+#[derive(Clone, Copy)]
+pub(super) struct Lanes4<T>([T; 4]);
+impl<T: Float> Reg<T> for Lanes4<T> {
+    const LANES: usize = 4;
+    #[inline(always)]
+    fn zero() -> Self {
+        Lanes4([T::ZERO; 4])
+    }
+    #[inline(always)]
+    fn splat(x: T) -> Self {
+        Lanes4([x; 4])
+    }
+    #[inline(always)]
+    fn load(x: &[T]) -> Self {
+        Lanes4(x[..4].try_into().unwrap())
+    }
+    #[inline(always)]
+    fn store(self, x: &mut [T]) {
+        x[..4].copy_from_slice(&self.0)
+    }
+    #[inline(always)]
+    fn fma(self, b: Self, c: Self) -> Self {
+        Lanes4(std::array::from_fn(|l| self.0[l].mul_add(b.0[l], c.0[l])))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Reg;
+    use std::arch::x86_64::*;
+    macro_rules! reg {
+        ($ty:ty, $t:ty, $l:expr, $zero:ident, $splat:ident, $load:ident, $store:ident, $fma:ident) => {
+            impl Reg<$t> for $ty {
+                const LANES: usize = $l;
+                #[inline(always)]
+                fn zero() -> Self {
+                    // SAFETY (all five): these registers are used only by code that the multiversion
+                    // dispatcher runs after checking the CPU has the instruction set; loads and stores
+                    // go through slices of at least LANES elements (checked by slicing).
+                    unsafe { $zero() }
+                }
+                #[inline(always)]
+                fn splat(x: $t) -> Self {
+                    unsafe { $splat(x) }
+                }
+                #[inline(always)]
+                fn load(x: &[$t]) -> Self {
+                    unsafe { $load(x[..$l].as_ptr()) }
+                }
+                #[inline(always)]
+                fn store(self, x: &mut [$t]) {
+                    unsafe { $store(x[..$l].as_mut_ptr(), self) }
+                }
+                #[inline(always)]
+                fn fma(self, b: Self, c: Self) -> Self {
+                    unsafe { $fma(self, b, c) }
+                }
+            }
+        };
+    }
+    reg!(__m512, f32, 16, _mm512_setzero_ps, _mm512_set1_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_fmadd_ps);
+    reg!(__m512d, f64, 8, _mm512_setzero_pd, _mm512_set1_pd, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_fmadd_pd);
+    reg!(__m256, f32, 8, _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_fmadd_ps);
+    reg!(__m256d, f64, 4, _mm256_setzero_pd, _mm256_set1_pd, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_fmadd_pd);
+}
+
+/// An instruction set: the register tile is MR rows × NV registers.
+pub(super) trait Simd {
+    const NV: usize;
+    type R32: Reg<f32>;
+    type R64: Reg<f64>;
+}
+pub(super) struct Portable;
+impl Simd for Portable {
+    const NV: usize = 1;
+    type R32 = Lanes4<f32>;
+    type R64 = Lanes4<f64>;
+}
+#[cfg(target_arch = "x86_64")]
+pub(super) struct Avx2;
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx2 {
+    const NV: usize = 1;
+    type R32 = std::arch::x86_64::__m256;
+    type R64 = std::arch::x86_64::__m256d;
+}
+#[cfg(target_arch = "x86_64")]
+pub(super) struct Avx512;
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx512 {
+    const NV: usize = 2;
+    type R32 = std::arch::x86_64::__m512;
+    type R64 = std::arch::x86_64::__m512d;
+}
+
+/// Rows of the register tile, and of the panels A is read in.
+pub(super) const MR: usize = 8;
+/// The widest register-tile row: two AVX-512 registers of f32.
+const MAX_NR: usize = 32;
+
+/// The left operand of a GEMM, read by panels of MR rows: element (r, kk) of panel p is at
+/// `x[p·MR·k + kk·MR + r]` (`Panels`: pre-packed with [`panels`]) or at `x[kk·ld + p·MR + r]`
+/// (`Cols`: column-major with leading dimension ld, such as a strip read transposed).
+#[derive(Clone, Copy)]
+pub(super) enum A<'a, T> {
+    Panels(&'a [T]),
+    Cols(&'a [T], usize),
+}
+
+/// C[m×n] = (C if `acc`, else 0) + A[m×k]·B[k×n] (B and C row-major with row strides `ldb`, `ldc`).
+/// Each element of C is one FMA chain over k ascending, whatever the tile shape or instruction set.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm<T: Float, S: Simd>(acc: bool, m: usize, n: usize, k: usize, a: A<T>, b: &[T], ldb: usize, c: &mut [T], ldc: usize) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !acc {
+            for r in 0..m {
+                c[r * ldc..r * ldc + n].fill(T::ZERO);
+            }
+        }
+        return;
+    }
+    // Float is implemented for f32 and f64 only, so these casts are identities.
+    use bytemuck::{cast_slice as cs, cast_slice_mut as cm};
+    match (T::DTYPE, S::NV) {
+        (DType::F32, 2) => tiles::<f32, S::R32, 2>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc),
+        (DType::F32, _) => tiles::<f32, S::R32, 1>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc),
+        (_, 2) => tiles::<f64, S::R64, 2>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc),
+        _ => tiles::<f64, S::R64, 1>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc),
+    }
+}
+
+#[inline(always)]
+fn cast_a<T: bytemuck::Pod, U: bytemuck::Pod>(a: A<'_, T>) -> A<'_, U> {
+    match a {
+        A::Panels(x) => A::Panels(bytemuck::cast_slice(x)),
+        A::Cols(x, l) => A::Cols(bytemuck::cast_slice(x), l),
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tiles<T: Float, R: Reg<T>, const NV: usize>(
+    acc: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: A<T>,
+    b: &[T],
+    ldb: usize,
+    c: &mut [T],
+    ldc: usize,
+) {
+    let panels = m.div_ceil(MR);
+    // A column-major operand is read in place, except a last partial panel (it could run past the
+    // operand's end): that one is copied, zero padded.
+    let mut sc = scratch();
+    let [edge] = sc.slices::<T, 1>(k * MR);
+    let last = m - (panels - 1) * MR;
+    if let A::Cols(x, l) = a {
+        if last < MR {
+            for kk in 0..k {
+                let at = kk * l + (panels - 1) * MR;
+                edge[kk * MR..kk * MR + last].copy_from_slice(&x[at..at + last]);
+                edge[kk * MR + last..(kk + 1) * MR].fill(T::ZERO);
+            }
+        }
+    }
+    let panel = |p: usize| -> (&[T], usize) {
+        match a {
+            A::Panels(x) => (&x[p * MR * k..(p + 1) * MR * k], MR),
+            A::Cols(_, _) if p + 1 == panels && last < MR => (&edge[..], MR),
+            A::Cols(x, l) => (&x[p * MR..], l),
+        }
+    };
+    // Column panels outside, so a k×NR panel of B stays in L1 while the row panels pass over it.
+    let nr = NV * R::LANES;
+    for j0 in (0..n).step_by(nr) {
+        let w = nr.min(n - j0);
+        for p in 0..panels {
+            let (ap, stride) = panel(p);
+            tile::<T, R, NV>(acc, MR.min(m - p * MR), w, k, ap, stride, &b[j0..], ldb, &mut c[p * MR * ldc + j0..], ldc);
+        }
+    }
+}
+
+/// One MR × NV·LANES tile of C (`rows` × `w` of it loaded and stored): element (r, kk) of the A panel
+/// is `ap[kk·stride + r]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tile<T: Float, R: Reg<T>, const NV: usize>(
+    acc: bool,
+    rows: usize,
+    w: usize,
+    k: usize,
+    ap: &[T],
+    stride: usize,
+    b: &[T],
+    ldb: usize,
+    c: &mut [T],
+    ldc: usize,
+) {
+    let l = R::LANES;
+    let full = w == NV * l;
+    let mut t = [[R::zero(); NV]; MR];
+    let mut buf = [T::ZERO; MAX_NR];
+    if acc {
+        for r in 0..rows {
+            let row = &c[r * ldc..r * ldc + w];
+            let row = if full {
+                row
+            } else {
+                buf[..w].copy_from_slice(row);
+                &buf[..]
+            };
+            for v in 0..NV {
+                t[r][v] = R::load(&row[v * l..]);
+            }
+        }
+    }
+    for kk in 0..k {
+        let av: &[T; MR] = ap[kk * stride..kk * stride + MR].try_into().unwrap();
+        let brow = &b[kk * ldb..kk * ldb + w];
+        let brow = if full {
+            brow
+        } else {
+            buf[..w].copy_from_slice(brow);
+            &buf[..]
+        };
+        let mut bv = [R::zero(); NV];
+        for v in 0..NV {
+            bv[v] = R::load(&brow[v * l..]);
+        }
+        for r in 0..MR {
+            let a = R::splat(av[r]);
+            for v in 0..NV {
+                t[r][v] = a.fma(bv[v], t[r][v]);
+            }
+        }
+    }
+    for r in 0..rows {
+        if full {
+            for v in 0..NV {
+                t[r][v].store(&mut c[r * ldc + v * l..]);
+            }
+        } else {
+            for v in 0..NV {
+                t[r][v].store(&mut buf[v * l..]);
+            }
+            c[r * ldc..r * ldc + w].copy_from_slice(&buf[..w]);
+        }
+    }
+}
+
+thread_local! {
+    /// Buffers reused across tasks and calls on each thread: fresh strip-sized allocations would cost
+    /// page faults and zeroing on every call.
+    static POOL: RefCell<Vec<Vec<f64>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer from this thread's pool, given back on drop.
+pub(super) struct Scratch(Vec<f64>);
+
+pub(super) fn scratch() -> Scratch {
+    Scratch(POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default())
+}
+
+impl Scratch {
+    /// Disjoint slices of the given lengths. Their contents are left over from earlier use: every
+    /// caller writes an element before reading it.
+    pub(super) fn carve<T: Float>(&mut self, lens: &[usize]) -> Vec<&mut [T]> {
+        let total: usize = lens.iter().sum();
+        let words = (total * std::mem::size_of::<T>()).div_ceil(8);
+        if self.0.len() < words {
+            self.0.resize(words, 0.0);
+        }
+        let mut rest = &mut bytemuck::cast_slice_mut::<f64, T>(&mut self.0[..words])[..total];
+        lens.iter()
+            .map(|&l| {
+                let (a, r) = std::mem::take(&mut rest).split_at_mut(l);
+                rest = r;
+                a
+            })
+            .collect()
+    }
+
+    /// `N` disjoint slices of `len` elements (see [`Scratch::carve`]).
+    pub(super) fn slices<T: Float, const N: usize>(&mut self, len: usize) -> [&mut [T]; N] {
+        self.carve(&[len; N]).try_into().unwrap_or_else(|_| unreachable!("N slices"))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        POOL.with(|p| p.borrow_mut().push(v));
+    }
+}

@@ -1,0 +1,130 @@
+//! The compute element types of the CPU kernels (f32, f64) and the dispatch from a runtime dtype.
+//!
+//! Kernels are written once, generic over [`Float`], and instantiated for the runtime [`DType`] with
+//! [`with_float!`] (the same idea as candle's `cpu_backend/utils.rs`).
+
+use crate::dtype::Element;
+
+/// A compute element type (f32 or f64) with the math the kernels need.
+pub(crate) trait Float:
+    Element
+    + PartialOrd
+    + Default
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + std::ops::Neg<Output = Self>
+    + std::ops::AddAssign
+    + std::iter::Sum
+{
+    /// 0.
+    const ZERO: Self;
+    /// 1.
+    const ONE: Self;
+    /// Negative infinity.
+    const NEG_INFINITY: Self;
+    /// e^x.
+    fn exp(self) -> Self;
+    /// Natural log.
+    fn ln(self) -> Self;
+    /// Hyperbolic tangent.
+    fn tanh(self) -> Self;
+    /// Square root.
+    fn sqrt(self) -> Self;
+    /// Absolute value.
+    fn abs(self) -> Self;
+    /// self^p.
+    fn powf(self, p: Self) -> Self;
+    /// The error function (libm).
+    fn erf(self) -> Self;
+    /// Fused multiply-add self·a + b, correctly rounded on every target (so SIMD and scalar paths agree).
+    fn mul_add(self, a: Self, b: Self) -> Self;
+    /// Whether the value is neither NaN nor infinite.
+    fn is_finite(self) -> bool;
+    /// Whether the value is NaN.
+    fn is_nan(self) -> bool;
+}
+
+macro_rules! float {
+    ($t:ident, $erf:path, $tanh:path) => {
+        impl Float for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            const NEG_INFINITY: Self = $t::NEG_INFINITY;
+            #[inline(always)]
+            fn exp(self) -> Self {
+                $t::exp(self)
+            }
+            #[inline(always)]
+            fn ln(self) -> Self {
+                $t::ln(self)
+            }
+            #[inline(always)]
+            fn tanh(self) -> Self {
+                $tanh(self)
+            }
+            #[inline(always)]
+            fn sqrt(self) -> Self {
+                $t::sqrt(self)
+            }
+            #[inline(always)]
+            fn abs(self) -> Self {
+                $t::abs(self)
+            }
+            #[inline(always)]
+            fn powf(self, p: Self) -> Self {
+                $t::powf(self, p)
+            }
+            #[inline(always)]
+            fn erf(self) -> Self {
+                $erf(self)
+            }
+            #[inline(always)]
+            fn mul_add(self, a: Self, b: Self) -> Self {
+                $t::mul_add(self, a, b)
+            }
+            #[inline(always)]
+            fn is_finite(self) -> bool {
+                $t::is_finite(self)
+            }
+            #[inline(always)]
+            fn is_nan(self) -> bool {
+                $t::is_nan(self)
+            }
+        }
+    };
+}
+// f32 tanh: our vectorizable version (see `math`); f64: the platform's libm.
+float!(f32, libm::erff, super::math::tanh_f32);
+float!(f64, libm::erf, f64::tanh);
+
+/// Runs `$body` with the type alias `$T` bound to f32 or f64 according to `$dtype`; a storage-only
+/// dtype returns an [`crate::Error::DType`] naming `$op`. The body runs inside
+/// [`crate::mode::kernel_scope`], so that rayon jobs stolen while it waits do not inherit the
+/// caller's grad mode.
+macro_rules! with_float {
+    ($op:expr, $dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            $crate::DType::F32 => {
+                #[allow(dead_code)]
+                type $T = f32;
+                let _kernel = $crate::mode::kernel_scope();
+                $body
+            }
+            $crate::DType::F64 => {
+                #[allow(dead_code)]
+                type $T = f64;
+                let _kernel = $crate::mode::kernel_scope();
+                $body
+            }
+            other => {
+                return Err($crate::Error::DType {
+                    op: $op,
+                    msg: format!("{other} is a storage-only dtype; convert to f32 or f64 with to_dtype first"),
+                })
+            }
+        }
+    };
+}
+pub(crate) use with_float;
