@@ -166,3 +166,24 @@ pub(crate) fn shape_err<T>(op: &'static str, msg: impl Into<String>) -> Result<T
 pub(crate) fn invalid<T>(op: &'static str, msg: impl Into<String>) -> Result<T> {
     Err(Error::Invalid { op, msg: msg.into() })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn errors_keep_the_underlying_error_as_their_source() {
+        let io = std::fs::read("/nonexistent/metagrad/file").unwrap_err();
+        let kind = io.kind();
+        let e = Error::io("load", "/nonexistent/metagrad/file", io);
+        let src = e.source().expect("an I/O error has a source");
+        assert_eq!(src.downcast_ref::<std::io::Error>().map(|x| x.kind()), Some(kind));
+        assert!(e.to_string().contains("/nonexistent/metagrad/file"), "{e}");
+        let d = Error::device_from("cuda launch", "launching k", std::fmt::Error);
+        assert!(d.source().is_some_and(|s| s.is::<std::fmt::Error>()), "{d:?}");
+        assert!(Error::device("x", "y").source().is_none());
+        // Clones share the source, and compare equal.
+        assert_eq!(d.clone(), d);
+    }
+}

@@ -14,7 +14,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::autodiff::{grad, hvp, no_grad, Tape, Var};
+use crate::autodiff::{grad, hvp, Tape, Var};
 use crate::error::{invalid, Result};
 use crate::{DType, Tensor};
 use std::fmt;
@@ -79,12 +79,13 @@ fn to_f64(inputs: &[Tensor]) -> Vec<Tensor> {
     inputs.iter().map(|t| t.to_dtype(DType::F64)).collect()
 }
 
-/// Evaluates the scalar `f` at constant inputs, without recording.
+/// Evaluates the scalar `f` at `xs`. The inputs are leaves of a fresh tape, as in the analytic pass,
+/// so that an `f` which differentiates internally (a gradient norm, a derivative of an HVP, a training
+/// step) is evaluated as the same function.
 fn eval(f: &impl Fn(&[Var]) -> Result<Var>, xs: &[Tensor]) -> Result<f64> {
-    no_grad(|| {
-        let vars: Vec<Var> = xs.iter().map(|x| Var::constant(x.clone())).collect();
-        f(&vars)?.value().to_scalar()
-    })
+    let tape = Tape::new();
+    let vars: Vec<Var> = xs.iter().map(|x| tape.var(x.clone())).collect();
+    f(&vars)?.value().to_scalar()
 }
 
 /// `xs` with `x[i] += delta` (element `j` only, or along the whole direction `dir`).

@@ -40,6 +40,12 @@ enum Same<'a> {
     Cuda(Vec<&'a CudaStorage>),
 }
 
+/// The error of every CUDA operation in a build without the `cuda` cargo feature.
+#[cfg(not(feature = "cuda"))]
+pub(crate) fn not_built(op: &'static str, ordinal: usize) -> Error {
+    Error::device(op, format!("cannot use cuda:{ordinal}: metagrad was built without its `cuda` cargo feature"))
+}
+
 /// The error for operands on different devices.
 fn mismatch(op: &'static str, a: Device, b: Device) -> Error {
     Error::device(op, format!("operands live on {a} and {b}; move one with to_device"))
@@ -151,7 +157,7 @@ impl Storage {
             #[cfg(feature = "cuda")]
             (Storage::Cuda(s), _) => Storage::Cpu(cpu_from_bytes(op, &s.download(op)?, s.dtype())?).to_device(op, device),
             #[cfg(not(feature = "cuda"))]
-            (Storage::Cpu(_), Device::Cuda(o)) => Err(crate::cuda::not_built("to_device", o)),
+            (Storage::Cpu(_), Device::Cuda(o)) => Err(not_built("to_device", o)),
         }
     }
 
@@ -371,7 +377,7 @@ impl Block {
             #[cfg(feature = "cuda")]
             Device::Cuda(o) => Ok(Block::Cuda(CudaStorage::empty(op, &cuda::gpu(o)?, bytes / 8, DType::F64)?)),
             #[cfg(not(feature = "cuda"))]
-            Device::Cuda(o) => Err(crate::cuda::not_built(op, o)),
+            Device::Cuda(o) => Err(not_built(op, o)),
         }
     }
 

@@ -137,6 +137,6 @@ mod imp {
 
     pub(super) fn launch(k: &Kernel, device: Device, _: [u32; 3], _: [u32; 3], _: &mut [KernelArg<'_>]) -> Result<()> {
         let _ = k;
-        Err(super::super::not_built("cuda::Kernel::launch", if let Device::Cuda(n) = device { n } else { 0 }))
+        Err(crate::backend::not_built("cuda::Kernel::launch", if let Device::Cuda(n) = device { n } else { 0 }))
     }
 }

@@ -17,8 +17,6 @@ use crate::error::Result;
 use crate::Device;
 #[cfg(not(feature = "cuda"))]
 use stub as imp;
-#[cfg(not(feature = "cuda"))]
-pub(crate) use stub::not_built;
 
 pub use imp::MemoryStats;
 pub use kernel::{Kernel, KernelArg};

@@ -18,10 +18,7 @@ pub struct MemoryStats {
     pub peak_bytes_in_use: usize,
 }
 
-/// The error of every CUDA call in this build.
-pub(crate) fn not_built(op: &'static str, ordinal: usize) -> Error {
-    Error::device(op, format!("cannot use cuda:{ordinal}: metagrad was built without its `cuda` cargo feature"))
-}
+pub(crate) use crate::backend::not_built;
 
 fn ordinal(d: Device) -> usize {
     match d {

@@ -75,13 +75,32 @@ impl Var {
     }
 }
 
-/// The operators on references (`&a + &b`), and with an f64 scalar on either side.
+/// The operators on references and values (`&a + &b`, `a + &b`, ...), and with an f64 scalar on
+/// either side.
 macro_rules! operators {
     ($T:ty, $($Trait:ident $method:ident $op:ident, $scalar:expr, $rscalar:expr;)*) => {$(
         impl std::ops::$Trait<&$T> for &$T {
             type Output = Result<$T>;
             fn $method(self, rhs: &$T) -> Result<$T> {
                 <$T>::$op(self, rhs)
+            }
+        }
+        impl std::ops::$Trait<$T> for &$T {
+            type Output = Result<$T>;
+            fn $method(self, rhs: $T) -> Result<$T> {
+                <$T>::$op(self, &rhs)
+            }
+        }
+        impl std::ops::$Trait<&$T> for $T {
+            type Output = Result<$T>;
+            fn $method(self, rhs: &$T) -> Result<$T> {
+                <$T>::$op(&self, rhs)
+            }
+        }
+        impl std::ops::$Trait<$T> for $T {
+            type Output = Result<$T>;
+            fn $method(self, rhs: $T) -> Result<$T> {
+                <$T>::$op(&self, &rhs)
             }
         }
         impl std::ops::$Trait<f64> for &$T {
@@ -91,11 +110,23 @@ macro_rules! operators {
                 f(self, c)
             }
         }
+        impl std::ops::$Trait<f64> for $T {
+            type Output = Result<$T>;
+            fn $method(self, c: f64) -> Result<$T> {
+                <&$T as std::ops::$Trait<f64>>::$method(&self, c)
+            }
+        }
         impl std::ops::$Trait<&$T> for f64 {
             type Output = Result<$T>;
             fn $method(self, x: &$T) -> Result<$T> {
                 let f: fn(&$T, f64) -> Result<$T> = $rscalar;
                 f(x, self)
+            }
+        }
+        impl std::ops::$Trait<$T> for f64 {
+            type Output = Result<$T>;
+            fn $method(self, x: $T) -> Result<$T> {
+                <f64 as std::ops::$Trait<&$T>>::$method(self, &x)
             }
         }
     )*};
@@ -121,16 +152,20 @@ operators!(Var,
     Div div div, |x, c| x.div(&Var::constant(scalar_like(c, x.value())?)), |x, c| Var::constant(scalar_like(c, x.value())?).div(x);
 );
 
-impl std::ops::Neg for &Tensor {
-    type Output = Result<Tensor>;
-    fn neg(self) -> Result<Tensor> {
-        Tensor::neg(self)
-    }
+macro_rules! negation {
+    ($($T:ty),*) => {$(
+        impl std::ops::Neg for &$T {
+            type Output = Result<$T>;
+            fn neg(self) -> Result<$T> {
+                <$T>::neg(self)
+            }
+        }
+        impl std::ops::Neg for $T {
+            type Output = Result<$T>;
+            fn neg(self) -> Result<$T> {
+                <$T>::neg(&self)
+            }
+        }
+    )*};
 }
-
-impl std::ops::Neg for &Var {
-    type Output = Result<Var>;
-    fn neg(self) -> Result<Var> {
-        Var::neg(self)
-    }
-}
+negation!(Tensor, Var);

@@ -50,6 +50,7 @@
 //!
 //! GPU and CPU results agree to rounding, not bitwise: their reduction trees differ.
 
+mod attention;
 mod cache;
 mod driver;
 mod emulator;
