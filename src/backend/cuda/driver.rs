@@ -92,6 +92,29 @@ impl CudaDriver {
     }
 }
 
+impl CudaDriver {
+    /// Launches `f` (named `name`) on the stream.
+    ///
+    /// # Safety
+    /// `params` must point to values of exactly the kernel's parameter types, alive for the call
+    /// (cuLaunchKernel copies them).
+    unsafe fn run(&self, f: &CudaFunction, name: &str, grid: [u32; 3], block: [u32; 3], params: &mut [*mut c_void]) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| dev_err("cuda launch", e))?;
+        // SAFETY: the caller's contract.
+        unsafe {
+            result::launch_kernel(
+                f.cu_function(),
+                (grid[0], grid[1], grid[2]),
+                (block[0], block[1], block[2]),
+                0,
+                self.stream.cu_stream(),
+                params,
+            )
+        }
+        .map_err(|e| Error::device_from("cuda launch", format!("launching {name}"), e))
+    }
+}
+
 /// NVRTC's version, e.g. "13.0" (None without NVRTC).
 fn nvrtc_version() -> Option<String> {
     if !super::nvrtc_available() {
@@ -157,21 +180,9 @@ impl Driver for CudaDriver {
         unsafe { result::memset_d8_async(dst, 0, bytes, self.stream.cu_stream()) }.map_err(|e| dev_err("cuda memset", e))
     }
     fn launch(&self, name: &str, grid: [u32; 3], block: [u32; 3], params: &mut [*mut c_void]) -> Result<()> {
-        let f = self.function(name)?;
-        self.ctx.bind_to_thread().map_err(|e| dev_err("cuda launch", e))?;
-        // SAFETY: `params` point to values of the kernel's parameter types (ops.rs builds them from the
-        // kernel's signature) and stay alive for the call; cuLaunchKernel copies them.
-        unsafe {
-            result::launch_kernel(
-                f.cu_function(),
-                (grid[0], grid[1], grid[2]),
-                (block[0], block[1], block[2]),
-                0,
-                self.stream.cu_stream(),
-                params,
-            )
-        }
-        .map_err(|e| Error::device_from("cuda launch", format!("launching {name}"), e))
+        // SAFETY: `params` point to values of the kernel's parameter types (storage.rs builds them from
+        // the kernel's signature) and stay alive for the call.
+        unsafe { self.run(&self.function(name)?, name, grid, block, params) }
     }
     fn launch_source(&self, key: u64, source: &str, name: &str, grid: [u32; 3], block: [u32; 3], params: &mut [*mut c_void]) -> Result<()> {
         let module = {
@@ -188,20 +199,9 @@ impl Driver for CudaDriver {
             }
         };
         let f = module.load_function(name).map_err(|e| Error::device_from("cuda custom kernel", format!("no kernel named {name}"), e))?;
-        self.ctx.bind_to_thread().map_err(|e| dev_err("cuda launch", e))?;
         // SAFETY: the caller (crate::cuda::Kernel::launch, an unsafe fn) guarantees that `params` match
-        // the kernel's parameters; cuLaunchKernel copies them.
-        unsafe {
-            result::launch_kernel(
-                f.cu_function(),
-                (grid[0], grid[1], grid[2]),
-                (block[0], block[1], block[2]),
-                0,
-                self.stream.cu_stream(),
-                params,
-            )
-        }
-        .map_err(|e| Error::device_from("cuda launch", format!("launching {name}"), e))
+        // the kernel's parameters.
+        unsafe { self.run(&f, name, grid, block, params) }
     }
     fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(|e| dev_err("cuda synchronize (a kernel failed)", e))
