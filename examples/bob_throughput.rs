@@ -29,7 +29,7 @@
 //! name and a function building its parameters and its loss on a device; add new ones to [`workloads`].
 
 mod common;
-use common::median;
+use common::{median, Machine};
 use metagrad::cuda;
 use metagrad::{grad, hvp, no_grad, DType, Device, Result, Tape, Tensor, Var};
 use std::process::ExitCode;
@@ -101,6 +101,18 @@ fn workloads() -> Vec<Workload> {
             name: "attention_b1_h4_n512_d64_composite",
             about: "the same attention through the matmul + softmax composite path",
             build: |d| attention(false, [1, 4, 512, 64], d),
+            gpu_only: false,
+        },
+        Workload {
+            name: "attention_b1_h4_n2048_d64",
+            about: "Σ attention(Q, K, V) ∘ R, Q, K, V 1x4x2048x64, non-causal, scale 1/8, f32; fused attention",
+            build: |d| attention(true, [1, 4, 2048, 64], d),
+            gpu_only: false,
+        },
+        Workload {
+            name: "attention_b1_h4_n4096_d64",
+            about: "Σ attention(Q, K, V) ∘ R, Q, K, V 1x4x4096x64, non-causal, scale 1/8, f32; fused attention",
+            build: |d| attention(true, [1, 4, 4096, 64], d),
             gpu_only: false,
         },
         gpu_attention("attention_b4_h16_n512_d64", 512, true),
@@ -208,12 +220,39 @@ struct Timing {
     min_ms: [f64; 3],
     /// Peak device memory during the workload (CUDA only).
     peak_bytes: Option<usize>,
+    /// Growth of the peak resident memory during one BoB (CPU only), MiB.
+    peak_rss_mib: Option<f64>,
     /// Effective TFLOP/s of the BoB for attention workloads, counting 24·N²·d flops per head.
     bob_tflops: Option<f64>,
 }
 
 fn min(v: &[f64]) -> f64 {
     v.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+/// A field of /proc/self/status in MiB (`VmRSS`, `VmHWM`), if readable.
+fn status_mib(field: &str) -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse::<f64>().ok().map(|kib| kib / 1024.0)
+}
+
+/// The growth of this process's peak resident memory while `f` runs, in MiB: the CPU buffer cache is
+/// emptied first (so the baseline is live memory), the high-water mark is reset through
+/// /proc/self/clear_refs, and VmHWM is read afterwards. `None` where /proc does not allow it.
+fn peak_rss_growth<R>(f: impl FnOnce() -> R) -> (R, Option<f64>) {
+    metagrad::release_memory();
+    let before = status_mib("VmRSS");
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let r = f();
+    let peak = status_mib("VmHWM");
+    (
+        r,
+        match (reset, before, peak) {
+            (true, Some(b), Some(p)) => Some(p - b),
+            _ => None,
+        },
+    )
 }
 
 /// Milliseconds since `t`, after the device's queued work has finished.
@@ -273,6 +312,16 @@ fn measure(w: &Workload, reps: usize, d: Device) -> Result<Timing> {
             bob.push(t_h);
         }
     }
+    // Peak host memory of one more BoB, on the CPU (after the timed ones, so the caches are warm).
+    let peak_rss_mib = if d == Device::Cpu {
+        let (vars, loss, _) = taped()?;
+        let refs: Vec<&Var> = vars.iter().collect();
+        let (hv, peak) = peak_rss_growth(|| hvp(&loss, &refs, &dirs));
+        hv?;
+        peak
+    } else {
+        None
+    };
     let bob_ms = median(bob.clone());
     let bob_tflops = w.name.starts_with("attention").then(|| {
         let s = p.params[0].dims();
@@ -282,6 +331,7 @@ fn measure(w: &Workload, reps: usize, d: Device) -> Result<Timing> {
     let peak_bytes = if d != Device::Cpu { Some(cuda::memory_stats(d)?.peak_bytes_in_use) } else { None };
     Ok(Timing {
         peak_bytes,
+        peak_rss_mib,
         bob_tflops,
         name: w.name,
         about: w.about,
@@ -300,10 +350,21 @@ struct Args {
     reps: usize,
     workload: Option<String>,
     cuda: bool,
+    /// Only the workloads the peers (benches/peers) also run.
+    peer_set: bool,
 }
 
+/// The workloads benches/peers/torch_cpu.py and jax_cpu.py run too.
+const PEER_SET: &[&str] = &[
+    "mlp_784_512_512_10_b512",
+    "attention_b1_h4_n512_d64",
+    "attention_b1_h4_n2048_d64",
+    "attention_b1_h4_n4096_d64",
+    "conv_b32_c3_32_32_hw32_k3",
+];
+
 fn parse_args() -> std::result::Result<Args, String> {
-    let mut args = Args { json: false, reps: 10, workload: None, cuda: false };
+    let mut args = Args { json: false, reps: 10, workload: None, cuda: false, peer_set: false };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -315,6 +376,7 @@ fn parse_args() -> std::result::Result<Args, String> {
                     v.parse().ok().filter(|&r: &usize| r > 0).ok_or_else(|| format!("--reps needs a positive integer, got '{v}'"))?;
             }
             "--workload" => args.workload = Some(value("--workload")?),
+            "--peer-set" => args.peer_set = true,
             "--device" => {
                 let d = value("--device")?;
                 args.cuda = match d.as_str() {
@@ -324,7 +386,7 @@ fn parse_args() -> std::result::Result<Args, String> {
                 };
             }
             "-h" | "--help" => {
-                return Err("usage: bob_throughput [--json] [--reps N] [--workload NAME] [--device cpu|cuda]".into());
+                return Err("usage: bob_throughput [--json] [--reps N] [--workload NAME | --peer-set] [--device cpu|cuda]".into());
             }
             other => return Err(format!("unknown argument '{other}' (try --help)")),
         }
@@ -353,13 +415,19 @@ fn main() -> ExitCode {
     };
     let device_name = if args.cuda { cuda::device_name(device).unwrap_or_else(|e| e.to_string()) } else { "cpu".to_string() };
     let all: Vec<Workload> = workloads().into_iter().filter(|w| args.cuda || !w.gpu_only).collect();
-    let chosen: Vec<&Workload> = all.iter().filter(|w| args.workload.as_deref().is_none_or(|n| n == w.name)).collect();
+    let chosen: Vec<&Workload> = all
+        .iter()
+        .filter(|w| args.workload.as_deref().is_none_or(|n| n == w.name))
+        .filter(|w| !args.peer_set || PEER_SET.contains(&w.name))
+        .filter(|w| args.peer_set || args.workload.is_some() || args.cuda || !w.name.contains("n2048") && !w.name.contains("n4096"))
+        .collect();
     if chosen.is_empty() {
         let names: Vec<&str> = all.iter().map(|w| w.name).collect();
         eprintln!("bob_throughput: unknown workload '{}' (available: {})", args.workload.unwrap_or_default(), names.join(", "));
         return ExitCode::from(2);
     }
     let threads = rayon::current_num_threads();
+    let machine = Machine::measure();
     // A workload that fails (e.g. the N×N composite attention running out of device memory) is
     // reported as such, and the others still run; the exit status says whether any failed.
     let (mut results, mut failed) = (Vec::new(), Vec::new());
@@ -379,6 +447,9 @@ fn main() -> ExitCode {
         }
         if let Some(f) = t.bob_tflops {
             s += &format!(", \"bob_tflops\": {f:.3}");
+        }
+        if let Some(m) = t.peak_rss_mib {
+            s += &format!(", \"peak_rss_mib\": {m:.1}");
         }
         s
     };
@@ -407,9 +478,14 @@ fn main() -> ExitCode {
             })
             .collect();
         entries.extend(failed.iter().map(|(n, e)| format!("  \"{n}\": {{\"error\": \"{e}\"}}")));
+        entries.push(format!("  \"machine\": {{{}}}", machine.json_fields()));
         println!("{{\n{}\n}}", entries.join(",\n"));
     } else {
-        println!("device {device} ({device_name}), {threads} CPU threads, medians over {} reps (ms)\n", args.reps);
+        println!("{}", machine.line());
+        println!(
+            "device {device} ({device_name}), {threads} CPU threads, medians over {} reps (ms); figures vary across machines\n",
+            args.reps
+        );
         println!("{:<28} {:>10} {:>10} {:>10} {:>10} {:>8}   min fwd/bwd/bob", "workload", "fwd", "fwd(nograd)", "bwd", "bob", "bob/bwd");
         for t in &results {
             println!(

@@ -58,3 +58,11 @@ pub use tensor::Tensor;
 pub fn cpu_isa() -> &'static str {
     backend::cpu::best_isa().name()
 }
+
+/// Returns the memory the CPU backend keeps for reuse to the allocator: buffers of dead tensors cached
+/// for later outputs of the same size (at most 256 MiB) and the per-thread scratch of the fused
+/// attention kernels. Nothing live is touched; later ops allocate afresh. (CUDA devices have
+/// [`cuda::empty_cache`].)
+pub fn release_memory() {
+    backend::cpu::release_memory()
+}

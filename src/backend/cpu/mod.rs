@@ -18,6 +18,8 @@ pub(crate) mod math;
 mod matmul;
 pub(crate) mod pool;
 mod reduce;
+pub(crate) mod simd;
+mod transpose;
 mod update;
 
 use crate::backend::spec::{
@@ -121,6 +123,14 @@ pub(crate) fn best_isa() -> Isa {
 #[cfg(test)]
 pub(crate) fn set_isa_cap(isa: Isa) {
     CAP.store(isa as u8, Ordering::Relaxed);
+}
+
+/// Returns the CPU backend's cached memory to the allocator: the buffer cache of dead tensors and
+/// every thread's attention scratch (on the calling thread and the rayon pool's).
+pub(crate) fn release_memory() {
+    pool::clear();
+    attention::release_scratch();
+    rayon::broadcast(|_| attention::release_scratch());
 }
 
 /// Whether the element-wise kernels may use their AVX2+FMA copies.

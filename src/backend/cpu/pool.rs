@@ -97,6 +97,14 @@ pub(crate) fn for_overwrite<T: Element>(op: &'static str, n: usize) -> Result<Ve
     }
 }
 
+/// Frees every cached buffer.
+pub(crate) fn clear() {
+    let mut p = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    p.f32.clear();
+    p.f64.clear();
+    p.bytes = 0;
+}
+
 /// Takes a dying buffer into the cache (large f32/f64 ones only), evicting the oldest past the cap.
 pub(crate) fn recycle<T: Element>(v: Vec<T>) {
     if v.len() * std::mem::size_of::<T>() < MIN_BYTES || v.len() * std::mem::size_of::<T>() > CAP_BYTES / 4 {

@@ -1,121 +1,11 @@
-//! The GEMM on strips: an 8-row register tile of explicit SIMD fused multiply-adds, compiled for
-//! AVX-512, AVX2+FMA and portable code, and the per-thread scratch buffers the passes carve their
-//! strips from.
+//! The GEMM on strips: an 8-row register tile of explicit SIMD fused multiply-adds (registers from
+//! `cpu::simd`), and the per-thread scratch buffers the passes carve their strips from.
 
 use crate::backend::cpu::float::Float;
+use crate::backend::cpu::simd::{Reg, Simd};
+use crate::backend::cpu::Isa;
 use crate::dtype::DType;
 use std::cell::RefCell;
-
-/// One SIMD register of `T` lanes. The micro-kernel is written with these rather than left to the
-/// auto-vectorizer, whose treatment of a register tile is fragile (it may keep the tile in memory and
-/// gather/scatter it).
-pub(super) trait Reg<T>: Copy {
-    const LANES: usize;
-    fn zero() -> Self;
-    fn splat(x: T) -> Self;
-    /// Loads the first LANES elements of `x`.
-    fn load(x: &[T]) -> Self;
-    /// Stores into the first LANES elements of `x`.
-    fn store(self, x: &mut [T]);
-    /// self·b + c, one correctly rounded FMA per lane (so every register width gives the same bits).
-    fn fma(self, b: Self, c: Self) -> Self;
-}
-
-/// The portable register: four lanes in an array.
-#[derive(Clone, Copy)]
-pub(super) struct Lanes4<T>([T; 4]);
-impl<T: Float> Reg<T> for Lanes4<T> {
-    const LANES: usize = 4;
-    #[inline(always)]
-    fn zero() -> Self {
-        Lanes4([T::ZERO; 4])
-    }
-    #[inline(always)]
-    fn splat(x: T) -> Self {
-        Lanes4([x; 4])
-    }
-    #[inline(always)]
-    fn load(x: &[T]) -> Self {
-        Lanes4(x[..4].try_into().unwrap())
-    }
-    #[inline(always)]
-    fn store(self, x: &mut [T]) {
-        x[..4].copy_from_slice(&self.0)
-    }
-    #[inline(always)]
-    fn fma(self, b: Self, c: Self) -> Self {
-        Lanes4(std::array::from_fn(|l| self.0[l].mul_add(b.0[l], c.0[l])))
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::Reg;
-    use std::arch::x86_64::*;
-    macro_rules! reg {
-        ($ty:ty, $t:ty, $l:expr, $zero:ident, $splat:ident, $load:ident, $store:ident, $fma:ident) => {
-            impl Reg<$t> for $ty {
-                const LANES: usize = $l;
-                #[inline(always)]
-                fn zero() -> Self {
-                    // SAFETY (all five): these registers are used only by code that the multiversion
-                    // dispatcher runs after checking the CPU has the instruction set; loads and stores
-                    // go through slices of at least LANES elements (checked by slicing).
-                    unsafe { $zero() }
-                }
-                #[inline(always)]
-                fn splat(x: $t) -> Self {
-                    unsafe { $splat(x) }
-                }
-                #[inline(always)]
-                fn load(x: &[$t]) -> Self {
-                    unsafe { $load(x[..$l].as_ptr()) }
-                }
-                #[inline(always)]
-                fn store(self, x: &mut [$t]) {
-                    unsafe { $store(x[..$l].as_mut_ptr(), self) }
-                }
-                #[inline(always)]
-                fn fma(self, b: Self, c: Self) -> Self {
-                    unsafe { $fma(self, b, c) }
-                }
-            }
-        };
-    }
-    reg!(__m512, f32, 16, _mm512_setzero_ps, _mm512_set1_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_fmadd_ps);
-    reg!(__m512d, f64, 8, _mm512_setzero_pd, _mm512_set1_pd, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_fmadd_pd);
-    reg!(__m256, f32, 8, _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_fmadd_ps);
-    reg!(__m256d, f64, 4, _mm256_setzero_pd, _mm256_set1_pd, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_fmadd_pd);
-}
-
-/// An instruction set: the register tile is MR rows × NV registers.
-pub(super) trait Simd {
-    const NV: usize;
-    type R32: Reg<f32>;
-    type R64: Reg<f64>;
-}
-pub(super) struct Portable;
-impl Simd for Portable {
-    const NV: usize = 1;
-    type R32 = Lanes4<f32>;
-    type R64 = Lanes4<f64>;
-}
-#[cfg(target_arch = "x86_64")]
-pub(super) struct Avx2;
-#[cfg(target_arch = "x86_64")]
-impl Simd for Avx2 {
-    const NV: usize = 1;
-    type R32 = std::arch::x86_64::__m256;
-    type R64 = std::arch::x86_64::__m256d;
-}
-#[cfg(target_arch = "x86_64")]
-pub(super) struct Avx512;
-#[cfg(target_arch = "x86_64")]
-impl Simd for Avx512 {
-    const NV: usize = 2;
-    type R32 = std::arch::x86_64::__m512;
-    type R64 = std::arch::x86_64::__m512d;
-}
 
 /// Rows of the register tile, and of the panels A is read in.
 pub(super) const MR: usize = 8;
@@ -149,7 +39,9 @@ pub(super) fn gemm<T: Float, S: Simd>(acc: bool, m: usize, n: usize, k: usize, a
     }
     // Float is implemented for f32 and f64 only, so these casts are identities.
     use bytemuck::{cast_slice as cs, cast_slice_mut as cm};
-    match (T::DTYPE, S::NV) {
+    // Two AVX-512 registers per tile row; one otherwise.
+    let nv = if S::ISA == Isa::Avx512 { 2 } else { 1 };
+    match (T::DTYPE, nv) {
         (DType::F32, 2) => tiles::<f32, S::R32, 2>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc),
         (DType::F32, _) => tiles::<f32, S::R32, 1>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc),
         (_, 2) => tiles::<f64, S::R64, 2>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc),
@@ -287,6 +179,11 @@ thread_local! {
 
 /// A buffer from this thread's pool, given back on drop.
 pub(super) struct Scratch(Vec<f64>);
+
+/// Frees this thread's cached scratch buffers.
+pub(crate) fn release_scratch() {
+    POOL.with(|p| p.borrow_mut().clear());
+}
 
 pub(super) fn scratch() -> Scratch {
     Scratch(POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default())

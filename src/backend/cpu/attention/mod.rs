@@ -41,6 +41,7 @@ use super::float::Float;
 use super::pool;
 use crate::backend::spec::{AttnShape, Need};
 use crate::error::Result;
+pub(crate) use gemm::release_scratch;
 use gemm::{scratch, Scratch, MR};
 use rayon::prelude::*;
 use rows::{bb_row_task, bwd_row_task, dot_lanes, fwd_task, ld, Ctx};
@@ -243,6 +244,7 @@ fn row_dots<T: Float>(d_o: &[T], o: &[T], w: usize, dd: &mut [T]) {
 
 /// Forward: O [heads, nq, dv] and the row logsumexp ℓ [heads, nq] of the scaled, masked scores.
 pub(crate) fn forward<T: AttnFloat>(op: &'static str, g: AttnShape, q: &[T], k: &[T], v: &[T]) -> Result<(Vec<T>, Vec<T>)> {
+    let isa = super::best_isa();
     use Layout::*;
     // Every element of both is written by a task.
     let mut o = pool::for_overwrite(op, g.heads * g.nq * g.dv)?;
@@ -253,7 +255,7 @@ pub(crate) fn forward<T: AttnFloat>(op: &'static str, g: AttnShape, q: &[T], k: 
     let cx = Ctx { q, k, v, qt, kp, ..Ctx::new(g) };
     let tk = tasks(g.heads, g.nq, block(g.nk));
     let (os, ls) = (split(&mut o, &tk, g.dv), split(&mut lse, &tk, 1));
-    tk.into_par_iter().zip(os).zip(ls).for_each(|(((h, i0, nr), o), l)| fwd_task(&cx, h, i0, nr, o, l));
+    tk.into_par_iter().zip(os).zip(ls).for_each(|(((h, i0, nr), o), l)| fwd_task(isa, &cx, h, i0, nr, o, l));
     Ok((o, lse))
 }
 
@@ -268,6 +270,7 @@ pub(crate) fn backward<T: AttnFloat>(
     d_o: &[T],
     need: Need,
 ) -> Result<Vec<T>> {
+    let isa = super::best_isa();
     use Layout::*;
     let (nq, nk) = (g.heads * g.nq, g.heads * g.nk);
     let mut out = pool::zeroed(op, nq * g.d + nk * (g.d + g.dv))?;
@@ -291,7 +294,7 @@ pub(crate) fn backward<T: AttnFloat>(
     tk.into_par_iter().zip(dqs).zip(pks.into_par_iter().zip(pvs)).for_each(|((t, dq), (pk, pv))| {
         pk.fill(T::ZERO);
         pv.fill(T::ZERO);
-        blocks(blk, t, [dq], [g.d], |h, i0, nr, [dq]| bwd_row_task(&cx, need, h, i0, nr, dq, (&mut *pk, &mut *pv)));
+        blocks(blk, t, [dq], [g.d], |h, i0, nr, [dq]| bwd_row_task(isa, &cx, need, h, i0, nr, dq, (&mut *pk, &mut *pv)));
     });
     if need.kv {
         reduce(pk, ng, cx.c, dk);
@@ -311,6 +314,7 @@ pub(crate) fn backward_backward<T: AttnFloat>(
     [a, b, e]: [&[T]; 3],
     need: Need,
 ) -> Result<Vec<T>> {
+    let isa = super::best_isa();
     use Layout::*;
     let (nq, nk) = (g.heads * g.nq, g.heads * g.nk);
     let mut out = pool::zeroed(op, nq * (g.d + g.dv) + nk * (g.d + g.dv))?;
@@ -345,7 +349,7 @@ pub(crate) fn backward_backward<T: AttnFloat>(
         pk.fill(T::ZERO);
         pv.fill(T::ZERO);
         blocks(blk, t, [qb, db, dbr, rh], [g.d, g.dv, 1, 1], |h, i0, nr, [qb, db, dbr, rh]| {
-            bb_row_task(&cx, need, h, i0, nr, qb, db, (dbr, rh), (&mut *pk, &mut *pv));
+            bb_row_task(isa, &cx, need, h, i0, nr, qb, db, (dbr, rh), (&mut *pk, &mut *pv));
         });
     });
     if need.kv {

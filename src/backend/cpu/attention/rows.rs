@@ -2,12 +2,10 @@
 //! strips of score-shaped quantities, and the `multiversion!` copies of each task for every
 //! instruction set.
 
-use super::gemm::Portable;
-use super::gemm::{gemm, scratch, Simd, A, MR};
-#[cfg(target_arch = "x86_64")]
-use super::gemm::{Avx2, Avx512};
+use super::gemm::{gemm, scratch, A, MR};
 use super::AttnFloat;
 use crate::backend::cpu::float::Float;
+use crate::backend::cpu::simd::{multiversion, Simd};
 use crate::backend::spec::{AttnShape, Need};
 
 // Element-wise pieces.
@@ -309,39 +307,10 @@ fn bb_rows<T: AttnFloat, S: Simd>(
     }
 }
 
-/// Defines `$name`, which runs `$imp` compiled for the best instruction set this CPU has (the same
-/// generic code; only the register tile and the vector width change).
-macro_rules! multiversion {
-    ($(fn $name:ident($($arg:ident: $ty:ty),* $(,)?) = $imp:ident;)*) => {$(
-        #[allow(clippy::too_many_arguments)]
-        pub(super) fn $name<T: AttnFloat>($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-                #[allow(clippy::too_many_arguments)]
-                fn avx512<T: AttnFloat>($($arg: $ty),*) {
-                    $imp::<T, Avx512>($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                #[allow(clippy::too_many_arguments)]
-                fn avx2<T: AttnFloat>($($arg: $ty),*) {
-                    $imp::<T, Avx2>($($arg),*)
-                }
-                match crate::backend::cpu::best_isa() as u8 {
-                    // SAFETY: isa_level() checked that the CPU has these features.
-                    2 => return unsafe { avx512::<T>($($arg),*) },
-                    // SAFETY: as above.
-                    1 => return unsafe { avx2::<T>($($arg),*) },
-                    _ => {}
-                }
-            }
-            $imp::<T, Portable>($($arg),*)
-        }
-    )*};
-}
-
+// One copy of each task per instruction set (the same generic code; only the register tile and the
+// vector width change).
 multiversion! {
-    fn fwd_task(cx: &Ctx<T>, h: usize, i0: usize, nr: usize, o: &mut [T], lse: &mut [T]) = fwd_rows;
-    fn bwd_row_task(cx: &Ctx<T>, need: Need, h: usize, i0: usize, nr: usize, dq: &mut [T], kv: (&mut [T], &mut [T])) = bwd_rows;
-    fn bb_row_task(cx: &Ctx<T>, need: Need, h: usize, i0: usize, nr: usize, qbar: &mut [T], dobar: &mut [T], stats: (&mut [T], &mut [T]), kv: (&mut [T], &mut [T])) = bb_rows;
+    pub(super) fn fwd_task<T: AttnFloat>(cx: &Ctx<T>, h: usize, i0: usize, nr: usize, o: &mut [T], lse: &mut [T]) = fwd_rows;
+    pub(super) fn bwd_row_task<T: AttnFloat>(cx: &Ctx<T>, need: Need, h: usize, i0: usize, nr: usize, dq: &mut [T], kv: (&mut [T], &mut [T])) = bwd_rows;
+    pub(super) fn bb_row_task<T: AttnFloat>(cx: &Ctx<T>, need: Need, h: usize, i0: usize, nr: usize, qbar: &mut [T], dobar: &mut [T], stats: (&mut [T], &mut [T]), kv: (&mut [T], &mut [T])) = bb_rows;
 }

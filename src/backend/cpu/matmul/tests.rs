@@ -1,0 +1,106 @@
+//! The matmul against the scalar FMA chain: every instruction set, layout, block edge and thread count.
+
+use super::super::{detect, set_isa_cap};
+use super::*;
+
+/// The reference: each element an FMA chain over k ascending from zero.
+fn reference<T: Tiled>(a: &[T], b: &[T], m: usize, k: usize, n: usize, ta: bool, tb: bool) -> Vec<T> {
+    let p = Problem { a, b, m, k, n, ta, tb };
+    let mut c = vec![T::ZERO; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = T::ZERO;
+            for q in 0..k {
+                s = p.a_at(i, q).mul_add(p.b_at(q, j), s);
+            }
+            c[i * n + j] = s;
+        }
+    }
+    c
+}
+
+fn matmul_t<T: Tiled>(a: &[T], b: &[T], m: usize, k: usize, n: usize, ta: bool, tb: bool) -> Vec<T> {
+    let mut c = vec![T::ZERO; m * n];
+    matmul_t_into("test", &mut c, a, b, m, k, n, ta, tb).unwrap();
+    c
+}
+
+/// Shapes around every tile and block edge; k up to several k blocks (kc ≤ 1024).
+const SHAPES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (3, 5, 7),
+    (4, 16, 16),
+    (6, 16, 8),
+    (9, 33, 17),
+    (7, 300, 37),
+    (13, 2, 40),
+    (5, 0, 3),
+    (25, 700, 70),
+    (12, 2100, 33),
+    (130, 64, 65),
+];
+
+#[test]
+fn matches_naive_f64() {
+    for &(m, k, n) in SHAPES {
+        let a: Vec<f64> = (0..m * k).map(|i| ((i * 7 % 13) as f64 - 6.0) / 3.0).collect();
+        let b: Vec<f64> = (0..k * n).map(|i| ((i * 5 % 11) as f64 - 5.0) / 7.0).collect();
+        let c = matmul_t(&a, &b, m, k, n, false, false);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f64 = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+                assert!((c[i * n + j] - want).abs() < 1e-9 * (1.0 + want.abs()), "{m}x{k}x{n} at ({i},{j})");
+            }
+        }
+    }
+}
+
+/// Every instruction set, every layout, f32 and f64: the same bits as the scalar FMA chain.
+/// (Capping the level is process-wide, and harmless to tests running beside this one: every level
+/// gives the same bits.)
+#[test]
+fn every_instruction_set_and_layout_gives_the_bits_of_the_fma_chain() {
+    fn check<T: Tiled>(cast: impl Fn(f32) -> T) {
+        for &(m, k, n) in SHAPES {
+            let a: Vec<T> = (0..m * k).map(|i| cast(((i * 7919 % 1013) as f32).sin())).collect();
+            let b: Vec<T> = (0..k * n).map(|i| cast(((i * 104729 % 997) as f32).cos())).collect();
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let want: Vec<u64> = reference(&a, &b, m, k, n, ta, tb).iter().map(|x| x.to_f64().to_bits()).collect();
+                for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512].into_iter().filter(|&i| i <= detect()) {
+                    set_isa_cap(isa);
+                    let got: Vec<u64> = matmul_t(&a, &b, m, k, n, ta, tb).iter().map(|x| x.to_f64().to_bits()).collect();
+                    assert!(got == want, "{isa:?} {m}x{k}x{n} ta={ta} tb={tb} ({})", std::any::type_name::<T>());
+                }
+                set_isa_cap(Isa::Avx512);
+            }
+        }
+    }
+    check::<f32>(|x| x);
+    check::<f64>(|x| x as f64 * 1.000_000_1);
+}
+
+/// Small (run on the calling thread) and large (split into tasks) products, rows or columns split:
+/// the same bits as the reference for any thread count.
+#[test]
+fn same_bits_for_any_thread_count() {
+    for (m, k, n) in [(37, 129, 45), (83, 301, 77), (40, 300, 260)] {
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1013) as f32).sin()).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729 % 997) as f32).cos()).collect();
+        let want: Vec<u32> = reference(&a, &b, m, k, n, false, true).iter().map(|x| x.to_bits()).collect();
+        for t in [1, 2, 3, 8] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+            let got = pool.install(|| matmul_t(&a, &b, m, k, n, false, true));
+            assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want, "{m}x{k}x{n} on {t} threads");
+        }
+    }
+}
+
+#[test]
+fn cache_sizes_and_blocks_are_sane() {
+    let c = Caches::get();
+    assert!(c.l1d >= 8 << 10 && c.l2 >= c.l1d && c.l3 >= 1 << 10, "{c:?}");
+    let b = Blocks::new(12, 32, 4);
+    assert!(b.kc >= 64 && b.kc.is_multiple_of(8) && b.mc.is_multiple_of(12) && b.nc.is_multiple_of(32), "{b:?}");
+    assert_eq!(cpu_count("0-3,8"), 5);
+    assert_eq!(cpu_count("0"), 1);
+}
