@@ -3,11 +3,11 @@
 //! Each output element is computed from its inputs alone, so these are trivially deterministic; they
 //! parallelize over fixed chunks of the output, and run on the calling thread below [`CHUNK`]
 //! elements. The closures passed to [`map`] and [`zip`] are fixed at compile time (one instantiation
-//! per function), so the loops inline and vectorize; the AVX2+FMA copies make `mul_add` one instruction
-//! and give the same bits as the portable ones (the same IEEE operations per element).
+//! per function), so the loops inline and vectorize; the AVX-512 and AVX2+FMA copies make `mul_add` one
+//! instruction and give the same bits as the portable ones (the same IEEE operations per element).
 
 use super::float::Float;
-use super::{for_chunks, has_avx2_fma, pool, CHUNK};
+use super::{best_isa, for_chunks, pool, Isa, CHUNK};
 use crate::backend::spec::{broadcast_strides, BinaryOp, UnaryOp};
 use crate::error::Result;
 use rayon::prelude::*;
@@ -144,19 +144,33 @@ unsafe fn map_slice_avx2<T: Copy, F: Fn(T) -> T>(out: &mut [T], xs: &[T], f: &F)
     map_slice(out, xs, f)
 }
 
+/// [`map_slice`] compiled for AVX-512 (16 f32 or 8 f64 lanes; same bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn map_slice_avx512<T: Copy, F: Fn(T) -> T>(out: &mut [T], xs: &[T], f: &F) {
+    map_slice(out, xs, f)
+}
+
+#[inline(always)]
+fn map_slice_dispatch<T: Copy, F: Fn(T) -> T>(isa: Isa, out: &mut [T], xs: &[T], f: &F) {
+    match isa {
+        // SAFETY: the caller got `isa` from best_isa(), which checked these features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { map_slice_avx512(out, xs, f) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { map_slice_avx2(out, xs, f) },
+        _ => map_slice(out, xs, f),
+    }
+}
+
 /// `f` applied to every element (parallel over fixed chunks).
 pub(crate) fn map<T: Float, F: Fn(T) -> T + Sync>(op: &'static str, xs: &[T], f: &F) -> Result<Vec<T>> {
     let mut out = pool::for_overwrite(op, xs.len())?;
-    let simd = has_avx2_fma();
+    let isa = best_isa();
     for_chunks(&mut out, CHUNK, xs.len(), |i, o| {
         let x = xs.get(i * CHUNK..i * CHUNK + o.len()).unwrap_or_default();
-        #[cfg(target_arch = "x86_64")]
-        if simd {
-            // SAFETY: has_avx2_fma() checked that the CPU supports AVX2 and FMA.
-            return unsafe { map_slice_avx2(o, x, f) };
-        }
-        let _ = simd;
-        map_slice(o, x, f)
+        map_slice_dispatch(isa, o, x, f)
     });
     Ok(out)
 }
@@ -199,15 +213,24 @@ unsafe fn zip_row_avx2<T: Copy, F: Fn(T, T) -> T>(out: &mut [T], a: &[T], sa: us
     zip_row(out, a, sa, b, sb, f)
 }
 
-#[inline(always)]
-fn zip_row_dispatch<T: Copy, F: Fn(T, T) -> T>(simd: bool, out: &mut [T], a: &[T], sa: usize, b: &[T], sb: usize, f: &F) {
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: the caller got `simd` from has_avx2_fma().
-        return unsafe { zip_row_avx2(out, a, sa, b, sb, f) };
-    }
-    let _ = simd;
+/// [`zip_row`] compiled for AVX-512 (same bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn zip_row_avx512<T: Copy, F: Fn(T, T) -> T>(out: &mut [T], a: &[T], sa: usize, b: &[T], sb: usize, f: &F) {
     zip_row(out, a, sa, b, sb, f)
+}
+
+#[inline(always)]
+fn zip_row_dispatch<T: Copy, F: Fn(T, T) -> T>(isa: Isa, out: &mut [T], a: &[T], sa: usize, b: &[T], sb: usize, f: &F) {
+    match isa {
+        // SAFETY: the caller got `isa` from best_isa(), which checked these features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { zip_row_avx512(out, a, sa, b, sb, f) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { zip_row_avx2(out, a, sa, b, sb, f) },
+        _ => zip_row(out, a, sa, b, sb, f),
+    }
 }
 
 /// `f(a, b)` element-wise with NumPy broadcasting of `a` (dims `ad`) and `b` (dims `bd`) to `out`
@@ -223,9 +246,9 @@ pub(crate) fn zip<T: Float, F: Fn(T, T) -> T + Sync>(
 ) -> Result<Vec<T>> {
     let n: usize = out.iter().product();
     let mut o = pool::for_overwrite(op, n)?;
-    let simd = has_avx2_fma();
+    let isa = best_isa();
     if ad == out && bd == out {
-        for_chunks(&mut o, CHUNK, n, |i, o| zip_row_dispatch(simd, o, &a[i * CHUNK..], 1, &b[i * CHUNK..], 1, &f));
+        for_chunks(&mut o, CHUNK, n, |i, o| zip_row_dispatch(isa, o, &a[i * CHUNK..], 1, &b[i * CHUNK..], 1, &f));
         return Ok(o);
     }
     if n == 0 {
@@ -248,7 +271,7 @@ pub(crate) fn zip<T: Float, F: Fn(T, T) -> T + Sync>(
                 oa += i * sa[d];
                 ob += i * sb[d];
             }
-            zip_row_dispatch(simd, orow, &a[oa..], la, &b[ob..], lb, &f);
+            zip_row_dispatch(isa, orow, &a[oa..], la, &b[ob..], lb, &f);
         }
     });
     Ok(o)

@@ -19,6 +19,7 @@ mod matmul;
 pub(crate) mod pool;
 mod reduce;
 pub(crate) mod simd;
+mod tile;
 mod transpose;
 mod update;
 
@@ -89,6 +90,13 @@ fn detect() -> Isa {
     Isa::Portable
 }
 
+/// The best level this CPU supports (detected once). Code compiled for a level runs only at or below
+/// this one; the cap (`METAGRAD_MAX_ISA`) only steers which level callers ask for.
+pub(crate) fn detected() -> Isa {
+    static DETECTED: OnceLock<Isa> = OnceLock::new();
+    *DETECTED.get_or_init(detect)
+}
+
 /// A cap on the level used, from `METAGRAD_MAX_ISA` (`portable`, `avx2`, `avx512`; unset: no cap).
 /// 255 means "not read yet".
 static CAP: AtomicU8 = AtomicU8::new(255);
@@ -110,9 +118,7 @@ fn cap() -> u8 {
 /// The instruction set the kernels use: the best this CPU runs, capped by `METAGRAD_MAX_ISA`. Every
 /// kernel gives the same bits on every level; this only picks the fastest copy.
 pub(crate) fn best_isa() -> Isa {
-    static DETECTED: OnceLock<Isa> = OnceLock::new();
-    let d = *DETECTED.get_or_init(detect);
-    match cap().min(d as u8) {
+    match cap().min(detected() as u8) {
         0 => Isa::Portable,
         1 => Isa::Avx2,
         _ => Isa::Avx512,
@@ -131,11 +137,6 @@ pub(crate) fn release_memory() {
     pool::clear();
     attention::release_scratch();
     rayon::broadcast(|_| attention::release_scratch());
-}
-
-/// Whether the element-wise kernels may use their AVX2+FMA copies.
-pub(crate) fn has_avx2_fma() -> bool {
-    best_isa() >= Isa::Avx2
 }
 
 /// The typed buffer of a CPU tensor.

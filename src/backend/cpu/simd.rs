@@ -33,6 +33,11 @@ pub(crate) trait Reg<T>: Copy {
     /// # Safety
     /// `p` must be valid for writing LANES elements.
     unsafe fn store_ptr(self, p: *mut T);
+    /// Stores the first `n` lanes (n ≤ LANES) to `p` and leaves the memory after them untouched.
+    ///
+    /// # Safety
+    /// `p` must be valid for writing `n` elements.
+    unsafe fn store_first(self, p: *mut T, n: usize);
 }
 
 /// The portable register: four lanes in an array.
@@ -70,6 +75,11 @@ impl<T: Float> Reg<T> for Lanes4<T> {
         // SAFETY: the caller's contract (4 writable elements).
         unsafe { std::ptr::write_unaligned(p as *mut [T; 4], self.0) }
     }
+    #[inline(always)]
+    unsafe fn store_first(self, p: *mut T, n: usize) {
+        // SAFETY: the caller's contract (n writable elements, n ≤ 4).
+        unsafe { std::ptr::copy_nonoverlapping(self.0.as_ptr(), p, n.min(4)) }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -77,7 +87,7 @@ mod x86 {
     use super::Reg;
     use std::arch::x86_64::*;
     macro_rules! reg {
-        ($ty:ty, $t:ty, $l:expr, $zero:ident, $splat:ident, $load:ident, $store:ident, $fma:ident) => {
+        ($ty:ty, $t:ty, $l:expr, $zero:ident, $splat:ident, $load:ident, $store:ident, $fma:ident, $first:ident) => {
             impl Reg<$t> for $ty {
                 const LANES: usize = $l;
                 #[inline(always)]
@@ -111,13 +121,41 @@ mod x86 {
                 unsafe fn store_ptr(self, p: *mut $t) {
                     unsafe { $store(p, self) }
                 }
+                #[inline(always)]
+                unsafe fn store_first(self, p: *mut $t, n: usize) {
+                    unsafe { $first(p, self, n) }
+                }
             }
         };
     }
-    reg!(__m512, f32, 16, _mm512_setzero_ps, _mm512_set1_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_fmadd_ps);
-    reg!(__m512d, f64, 8, _mm512_setzero_pd, _mm512_set1_pd, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_fmadd_pd);
-    reg!(__m256, f32, 8, _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_fmadd_ps);
-    reg!(__m256d, f64, 4, _mm256_setzero_pd, _mm256_set1_pd, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_fmadd_pd);
+    reg!(__m512, f32, 16, _mm512_setzero_ps, _mm512_set1_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_fmadd_ps, first_ps512);
+    reg!(__m512d, f64, 8, _mm512_setzero_pd, _mm512_set1_pd, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_fmadd_pd, first_pd512);
+    reg!(__m256, f32, 8, _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_fmadd_ps, first_ps256);
+    reg!(__m256d, f64, 4, _mm256_setzero_pd, _mm256_set1_pd, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_fmadd_pd, first_pd256);
+
+    // Masked stores of the first n lanes (masked-off lanes are not written and cannot fault).
+    // SAFETY (all four): called only from `store_first`, under its contract, where the features exist.
+    #[inline(always)]
+    unsafe fn first_ps512(p: *mut f32, v: __m512, n: usize) {
+        unsafe { _mm512_mask_storeu_ps(p, ((1u32 << n.min(16)) - 1) as __mmask16, v) }
+    }
+    #[inline(always)]
+    unsafe fn first_pd512(p: *mut f64, v: __m512d, n: usize) {
+        unsafe { _mm512_mask_storeu_pd(p, ((1u32 << n.min(8)) - 1) as __mmask8, v) }
+    }
+    /// A lane mask of the first n of `lanes` 32-bit (`wide` = 1) or 64-bit (`wide` = 2) lanes.
+    #[inline(always)]
+    unsafe fn mask256(n: usize, wide: i64) -> __m256i {
+        unsafe { _mm256_cmpgt_epi32(_mm256_set1_epi32((n as i64 * wide) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)) }
+    }
+    #[inline(always)]
+    unsafe fn first_ps256(p: *mut f32, v: __m256, n: usize) {
+        unsafe { _mm256_maskstore_ps(p, mask256(n.min(8), 1), v) }
+    }
+    #[inline(always)]
+    unsafe fn first_pd256(p: *mut f64, v: __m256d, n: usize) {
+        unsafe { _mm256_maskstore_pd(p, mask256(n.min(4), 2), v) }
+    }
 }
 
 /// An instruction set as a type: its registers for f32 and f64, and its level.
@@ -156,14 +194,14 @@ impl Simd for Avx512 {
 }
 
 /// Defines functions `$name(isa, args…)` that run `$imp::<T, S>(args…)` compiled for the instruction
-/// set `isa` (at most [`super::best_isa`]; a caller reads that once per kernel call, so that all its
-/// parts agree on the tile shapes): the same generic code, inlined into a `#[target_feature]` copy per
+/// set `isa` (a caller reads [`super::best_isa`] once per kernel call and passes it to every part, so
+/// that they agree on the tile shapes; levels above what the CPU has are lowered to it): the same generic code, inlined into a `#[target_feature]` copy per
 /// level. The features each copy enables are exactly those `detect` checks for its level.
 macro_rules! multiversion {
     ($($vis:vis fn $name:ident<$T:ident: $bound:path>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $imp:ident;)*) => {$(
         #[allow(clippy::too_many_arguments)]
         $vis fn $name<$T: $bound>(isa: $crate::backend::cpu::Isa, $($arg: $ty),*) $(-> $ret)? {
-            let isa = isa.min($crate::backend::cpu::best_isa());
+            let isa = isa.min($crate::backend::cpu::detected());
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
@@ -177,7 +215,7 @@ macro_rules! multiversion {
                     $imp::<$T, $crate::backend::cpu::simd::Avx2>($($arg),*)
                 }
                 match isa {
-                    // SAFETY: best_isa() checked that the CPU has these features, and isa is at most it.
+                    // SAFETY: detected() checked that the CPU has these features, and isa is at most it.
                     $crate::backend::cpu::Isa::Avx512 => return unsafe { avx512::<$T>($($arg),*) },
                     // SAFETY: as above.
                     $crate::backend::cpu::Isa::Avx2 => return unsafe { avx2::<$T>($($arg),*) },

@@ -20,22 +20,28 @@ pub(crate) trait Transpose<T>: Reg<T> {
     unsafe fn transpose(rows: &[*const T], dst: *mut T, ds: usize);
 }
 
-/// dst[kk·ds + r] = rows[r][kk] for every row r and kk < kc: a block of `rows.len()` rows × kc transposed
+/// dst[kk·ds + r] = row(r)[kk] for every row r < n and kk < kc: a block of n rows × kc transposed
 /// through L×L register transposes (a partial group of rows through a small buffer, the last kc % L
-/// columns element by element).
+/// columns element by element). The rows come from a function, so callers build no pointer list.
 ///
 /// # Safety
-/// Each row must be valid for reading kc elements, and `dst` for writing kc rows of `rows.len()`
-/// elements at stride `ds`.
+/// Each row must be valid for reading kc elements, and `dst` for writing kc rows of n elements at
+/// stride `ds`.
 #[inline(always)]
-pub(crate) unsafe fn transpose_rows<T: Float, R: Transpose<T>>(rows: &[*const T], kc: usize, dst: *mut T, ds: usize) {
+pub(crate) unsafe fn transpose_rows<T: Float, R: Transpose<T>>(
+    n: usize,
+    row: impl Fn(usize) -> *const T,
+    kc: usize,
+    dst: *mut T,
+    ds: usize,
+) {
     let l = R::LANES;
     let full = kc / l * l;
     let mut buf = [T::ZERO; 256];
-    for (g, group) in rows.chunks(l).enumerate() {
-        let n = group.len();
+    for g in 0..n.div_ceil(l) {
+        let n = l.min(n - g * l);
         // A partial group repeats its first row (valid memory) and keeps only its own rows.
-        let ptrs: [*const T; 16] = std::array::from_fn(|r| group[if r < n { r } else { 0 }]);
+        let ptrs: [*const T; 16] = std::array::from_fn(|r| row(g * l + if r < n { r } else { 0 }));
         for k0 in (0..full).step_by(l) {
             let at: [*const T; 16] = std::array::from_fn(|r| ptrs[r].wrapping_add(k0));
             // SAFETY: rows hold kc ≥ k0 + l elements; dst rows k0.. hold the group's n columns.
@@ -45,13 +51,13 @@ pub(crate) unsafe fn transpose_rows<T: Float, R: Transpose<T>>(rows: &[*const T]
                 } else {
                     R::transpose(&at[..l], buf.as_mut_ptr(), l);
                     for c in 0..l {
-                        std::ptr::copy_nonoverlapping(buf.as_ptr().add(c * l), dst.add((k0 + c) * ds + g * l), n);
+                        R::load_ptr(buf.as_ptr().add(c * l)).store_first(dst.add((k0 + c) * ds + g * l), n);
                     }
                 }
             }
         }
         for kk in full..kc {
-            for (r, &p) in group.iter().enumerate() {
+            for (r, &p) in ptrs.iter().enumerate().take(n) {
                 // SAFETY: as above.
                 unsafe { *dst.add(kk * ds + g * l + r) = *p.add(kk) };
             }
@@ -259,7 +265,7 @@ mod tests {
             let rows: Vec<*const T> = (0..nrows).map(|r| src[r * (kc + 2)..].as_ptr()).collect();
             let mut got = vec![T::ZERO; kc * (nrows + 1)];
             // SAFETY: rows hold kc + 2 elements; dst kc rows of nrows + 1.
-            unsafe { transpose_rows::<T, R>(&rows, kc, got.as_mut_ptr(), nrows + 1) };
+            unsafe { transpose_rows::<T, R>(nrows, |r| rows[r], kc, got.as_mut_ptr(), nrows + 1) };
             for kk in 0..kc {
                 for r in 0..nrows {
                     assert_eq!(got[kk * (nrows + 1) + r], src[r * (kc + 2) + kk], "{nrows}x{kc} at ({kk}, {r})");

@@ -18,12 +18,17 @@
 //! The gathered operand is never packed element by element: the source images are copied once per call
 //! into planes with zero margins (column stride 1; other column strides get one resampled copy per
 //! column tap), so row t of X̂ for one destination row is a contiguous run at an offset computed per
-//! (tap, row), with a shared zero row standing for rows outside the image. A register tile of MR×NR
-//! outputs then accumulates with fused multiply-adds, reading those runs directly (AVX-512 or AVX2+FMA
-//! when the CPU has them, chosen at run time; portable code otherwise). The weight gradient transposes
-//! each image's dY once per task into NR-wide panels and keeps every tile in registers over the
-//! image's rows. Column strides above 1 in the input gradient read zeros where the stride skips a
-//! pixel (correct, up to stride_w times the work).
+//! (tap, row), with a shared zero row standing for rows outside the image. The offsets are located
+//! once per call for every destination row and tap ([`Located`]); a task adds its image's offset.
+//! All three products then run the register tile of [`super::tile`] (the matmul's micro-kernel):
+//! - forward and input gradient: A (weights) packed in MR-tall panels, B's rows read in place at the
+//!   located offsets ([`super::tile::Gathered`]), one tile column per NR destination pixels of a row;
+//! - weight gradient: the broadcast operand read in place (the MR taps' gathered rows,
+//!   [`super::tile::RowPtrs`]), dY transposed per output row into NR-wide panels shared by every tile
+//!   of taps.
+//!
+//! Column strides above 1 in the input gradient read zeros where the stride skips a pixel (correct,
+//! up to stride_w times the work).
 //!
 //! Determinism: every output element is one chain of correctly rounded FMAs over its reduction index in
 //! ascending order, starting from zero, whatever the tile size, instruction set or thread count, so all
@@ -35,10 +40,13 @@
 //! forward pass is bitwise equal to the composite path; the gradients round differently (same math).
 
 use super::float::Float;
+use super::tile::{self, aligned, tile_into, Caches, Gathered, Packed, PackedA, RowPtrs, TileJob, Tiled, C};
+use super::transpose::{transpose_rows, Transpose};
 use super::{best_isa, pool, Isa};
 use crate::backend::spec::ConvShape;
 use crate::error::Result;
 use rayon::prelude::*;
+use std::ops::Range;
 
 impl ConvShape {
     /// Source axes of tap (ki, kj) for the forward gather: output pixel → input pixel.
@@ -67,10 +75,15 @@ impl Axis {
     #[inline(always)]
     fn src(&self, d: usize) -> Option<usize> {
         let v = (d * self.mul) as isize + self.off;
-        if v < 0 || !(v as usize).is_multiple_of(self.div) {
+        if v < 0 {
             return None;
         }
-        let s = v as usize / self.div;
+        // A division only where a stride makes one (the common unit case is a plain shift).
+        let s = match self.div {
+            1 => v as usize,
+            div if (v as usize).is_multiple_of(div) => v as usize / div,
+            _ => return None,
+        };
         (s < self.len).then_some(s)
     }
 }
@@ -83,12 +96,19 @@ impl Axis {
 /// and each column tap is an offset into them; otherwise each column tap gets its own resampled copy
 /// (zeros where the padding or the stride leaves a hole). Either way the arithmetic that follows sees
 /// exactly the values (zeros included) that im2col would give it.
-struct Planes<T> {
+struct Planes<T: Float> {
     data: Vec<T>,
     rows: usize,
     wp: usize,
     shift: Vec<usize>,
     zero: usize,
+}
+
+impl<T: Float> Drop for Planes<T> {
+    fn drop(&mut self) {
+        // The next call of the same shape gets these pages back without faulting them in again.
+        pool::recycle(std::mem::take(&mut self.data));
+    }
 }
 
 impl<T: Float> Planes<T> {
@@ -109,16 +129,23 @@ impl<T: Float> Planes<T> {
         } else {
             (0..cols.len()).map(|kj| kj * block).collect()
         };
-        let mut data = pool::zeroed(op, blocks * block)?;
-        let plane = rows * src_w;
-        // block is 0 when the destination rows are empty (wp = 0): nothing to copy then.
-        if plane > 0 && block > 0 {
+        // Every element is written once below (margins, data and the zero row), so no clearing pass.
+        let mut data = pool::for_overwrite(op, blocks * block)?;
+        if block > 0 {
             for (kj, blk) in data.chunks_mut(block).enumerate() {
-                blk[..count * rows * wp].par_chunks_mut(rows * wp).enumerate().for_each(|(pl, dst)| {
-                    let src = &srcs[pl / per][(pl % per) * plane..(pl % per + 1) * plane];
-                    for (s, d) in src.chunks_exact(src_w).zip(dst.chunks_exact_mut(wp)) {
+                let (body, zero_row) = blk.split_at_mut(count * rows * wp);
+                zero_row.fill(T::ZERO);
+                if body.is_empty() {
+                    continue;
+                }
+                body.par_chunks_mut(rows * wp).enumerate().for_each(|(pl, dst)| {
+                    let src = &srcs[pl / per][(pl % per) * rows * src_w..][..rows * src_w];
+                    for (r, d) in dst.chunks_exact_mut(wp).enumerate() {
+                        let s = &src[r * src_w..][..src_w];
                         if unit {
+                            d[..left].fill(T::ZERO);
                             d[left..left + src_w].copy_from_slice(s);
+                            d[left + src_w..].fill(T::ZERO);
                         } else {
                             for (dc, v) in d.iter_mut().enumerate() {
                                 *v = cols[kj].src(dc).map_or(T::ZERO, |c| s[c]);
@@ -138,68 +165,6 @@ impl<T: Float> Planes<T> {
     }
 }
 
-/// The register tile: acc[r][j] += Σ_t a[r][t]·b[boffs[t] + j] over t ascending, one FMA per step.
-#[inline(always)]
-fn micro<T: Float, const MR: usize, const NR: usize>(a: [&[T]; MR], b: &[T], boffs: &[usize], mut acc: [[T; NR]; MR]) -> [[T; NR]; MR] {
-    let a: [&[T]; MR] = std::array::from_fn(|r| &a[r][..boffs.len()]);
-    for (t, &o) in boffs.iter().enumerate() {
-        let bv: [T; NR] = *<&[T; NR]>::try_from(&b[o..o + NR]).unwrap();
-        for r in 0..MR {
-            let av = a[r][t];
-            for j in 0..NR {
-                acc[r][j] = av.mul_add(bv[j], acc[r][j]);
-            }
-        }
-    }
-    acc
-}
-
-/// Defines `$name`, which runs `$job.run::<MR, NR>($args)` compiled for the given instruction set: the
-/// kernels are `#[inline(always)]`, so they are generated anew inside each `#[target_feature]` copy.
-macro_rules! isa_variants {
-    ($name:ident, $job:ident, ($($arg:ident: $ty:ty),*)) => {
-        fn $name<T: Float, const MR: usize, const NR: usize>(isa: Isa, job: &$job<T>, $($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f,avx2,fma")]
-            unsafe fn avx512<T: Float, const MR: usize, const NR: usize>(job: &$job<T>, $($arg: $ty),*) {
-                job.run::<MR, NR>($($arg),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2<T: Float, const MR: usize, const NR: usize>(job: &$job<T>, $($arg: $ty),*) {
-                job.run::<MR, NR>($($arg),*)
-            }
-            match isa {
-                // SAFETY: `best_isa` found the features.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { avx512::<T, MR, NR>(job, $($arg),*) },
-                // SAFETY: as above.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { avx2::<T, MR, NR>(job, $($arg),*) },
-                _ => job.run::<MR, NR>($($arg),*),
-            }
-        }
-    };
-}
-
-/// A pointer to an output buffer shared by parallel tasks that write disjoint elements.
-#[derive(Clone, Copy)]
-struct Out<T>(*mut T, usize);
-// SAFETY: tasks only write disjoint ranges through `write` (see its callers), and the buffer outlives them.
-unsafe impl<T: Send> Send for Out<T> {}
-unsafe impl<T: Send> Sync for Out<T> {}
-impl<T: Copy> Out<T> {
-    /// Copies `src` to elements [at, at + src.len()).
-    ///
-    /// # Safety
-    /// No other task may access that range concurrently.
-    #[inline(always)]
-    unsafe fn write(self, at: usize, src: &[T]) {
-        assert!(at + src.len() <= self.1);
-        std::ptr::copy_nonoverlapping(src.as_ptr(), self.0.add(at), src.len());
-    }
-}
-
 /// Row t of a gathered operand: plane `plane + i·per_img` of image i, row map `rows`, column tap `kj`.
 #[derive(Clone, Copy, Debug)]
 struct Tap {
@@ -208,42 +173,94 @@ struct Tap {
     kj: usize,
 }
 
+/// Where the taps' runs are for destination rows `rows`: per row and tap, the offset of its run in
+/// image 0's planes, and a mask that is all ones where the tap reads inside the image (so its run moves
+/// with the image: image i's is at offset + (mask & i·image stride)) and zero where it reads the zero
+/// row (which does not move). Computed once per call for all the images.
+struct Located {
+    rel: Vec<usize>,
+    inside: Vec<usize>,
+    taps: usize,
+}
+
+impl Located {
+    fn new<T: Float>(planes: &Planes<T>, taps: &[Tap], rows: Range<usize>) -> Located {
+        let n = taps.len();
+        let (mut rel, mut inside) = (Vec::with_capacity(rows.len() * n), Vec::with_capacity(rows.len() * n));
+        for dr in rows {
+            for tap in taps {
+                let src = tap.rows.src(dr);
+                rel.push(planes.row(tap.plane, src, tap.kj));
+                inside.push(if src.is_some() { usize::MAX } else { 0 });
+            }
+        }
+        Located { rel, inside, taps: n }
+    }
+
+    /// The offsets of the runs of taps `t0..t0 + out.len()` for destination row `d` (counted from the
+    /// first located row) of the image at offset `img`, into `out`.
+    #[inline(always)]
+    fn fill(&self, d: usize, t0: usize, img: usize, out: &mut [usize]) {
+        let at = d * self.taps + t0;
+        let (rel, inside) = (&self.rel[at..][..out.len()], &self.inside[at..][..out.len()]);
+        for ((o, &r), &m) in out.iter_mut().zip(rel).zip(inside) {
+            *o = r + (m & img);
+        }
+    }
+}
+
 /// Destination pixels per parallel task of the gathered-B product (rounded to whole rows).
 const PIXELS_PER_TASK: usize = 256;
 
-/// out[i, m, q] = Σ_t a[m, t]·B_i[t, q] for images i, rows m < m_rows and destination pixels q of a
-/// dst_h × dst_w grid, where `a` is m_rows × taps.len() (row-major, zero rows padding it to whole
-/// tiles) and row t of B_i is `taps[t]` read from `planes`. Each output is one FMA chain over t ascending.
-struct GatheredB<'a, T> {
+/// out[i, m, q] = Σ_t A[m, t]·B_i[t, q] for images i, rows m < m_rows and destination pixels q of a
+/// dst_h × dst_w grid, where A is packed in MR-tall panels ([m tile][t][MR], zero rows below m_rows) and
+/// row t of B_i is `taps[t]` read in place from `planes`. Each output is one FMA chain over t ascending.
+struct GatheredB<'a, T: Float> {
     a: &'a [T],
+    mr: usize,
     m_rows: usize,
+    kc: usize,
     planes: &'a Planes<T>,
     taps: &'a [Tap],
+    loc: &'a Located,
     per_img: usize,
-    dst_h: usize,
     dst_w: usize,
-    out: Out<T>,
+    out: C<T>,
 }
 
-impl<T: Float> GatheredB<'_, T> {
-    /// Image i, destination rows `rows`.
+/// Images `imgs`, destination rows `rows` of a [`GatheredB`]. The B rows of each destination row are
+/// located once for all the images (an offset per tap, plus the image's offset where the tap reads
+/// inside the image), then every NR-wide run of the row is one column of tiles.
+struct GatheredTask<'a, T: Float> {
+    job: &'a GatheredB<'a, T>,
+    imgs: Range<usize>,
+    rows: Range<usize>,
+}
+
+impl<T: Float> TileJob<T> for GatheredTask<'_, T> {
+    type Out = ();
     #[inline(always)]
-    fn run<const MR: usize, const NR: usize>(&self, i: usize, rows: std::ops::Range<usize>) {
-        let (kt, pixels) = (self.taps.len(), self.dst_h * self.dst_w);
-        let data = &self.planes.data;
+    fn run<R: Transpose<T>, const MR: usize, const NV: usize>(self) {
+        let GatheredTask { job: j, imgs, rows } = self;
+        assert_eq!(MR, j.mr, "A packed for another tile");
+        let (kt, nr, p) = (j.taps.len(), NV * R::LANES, j.planes);
         let mut boffs = vec![0usize; kt];
-        for dr in rows {
-            for (b, tap) in boffs.iter_mut().zip(self.taps) {
-                *b = self.planes.row(tap.plane + i * self.per_img, tap.rows.src(dr), tap.kj);
-            }
-            for dc in (0..self.dst_w).step_by(NR) {
-                let w = NR.min(self.dst_w - dc);
-                for m0 in (0..self.m_rows).step_by(MR) {
-                    let arows = std::array::from_fn(|r| &self.a[(m0 + r) * kt..(m0 + r + 1) * kt]);
-                    let acc = micro::<T, MR, NR>(arows, &data[dc..], &boffs, [[T::ZERO; NR]; MR]);
-                    for r in 0..MR.min(self.m_rows - m0) {
-                        // SAFETY: the task for (image i, these rows) alone writes these elements.
-                        unsafe { self.out.write((i * self.m_rows + m0 + r) * pixels + dr * self.dst_w + dc, &acc[r][..w]) };
+        for i in imgs {
+            let img = i * j.per_img * p.rows * p.wp;
+            for dr in rows.clone() {
+                j.loc.fill(dr, 0, img, &mut boffs);
+                for dc in (0..j.dst_w).step_by(nr) {
+                    let w = nr.min(j.dst_w - dc);
+                    for pc in (0..kt).step_by(j.kc) {
+                        let kb = j.kc.min(kt - pc);
+                        let b = Gathered::new(&p.data[dc..], &boffs[pc..pc + kb], nr);
+                        for mt in 0..j.m_rows.div_ceil(MR) {
+                            let a = PackedA::new(&j.a[(mt * kt + pc) * MR..], kb, MR);
+                            let (m, h) = (mt * MR, MR.min(j.m_rows - mt * MR));
+                            // SAFETY: rows (i, m..m + h) and pixels dr·dst_w + dc.. + w lie inside the
+                            // output, and only this task (these images and rows) writes them.
+                            unsafe { tile_into::<T, R, _, _, MR, NV>(kb, a, b, j.out, i * j.m_rows + m, dr * j.dst_w + dc, h, w, pc == 0) };
+                        }
                     }
                 }
             }
@@ -251,11 +268,10 @@ impl<T: Float> GatheredB<'_, T> {
     }
 }
 
-isa_variants!(gathered_b_rows, GatheredB, (i: usize, rows: std::ops::Range<usize>));
-
-/// Runs [`GatheredB`] over all images in parallel tasks of whole destination rows.
+/// Runs [`GatheredB`] over all images in parallel tasks of whole destination rows; `a` is m_rows ×
+/// taps.len(), row-major; `planes` were laid out for destination rows `T::tile(isa, _).1` wide.
 #[allow(clippy::too_many_arguments)]
-fn gemm_gathered_b<T: Float, const MR: usize, const NR: usize>(
+fn gemm_gathered_b<T: Tiled>(
     op: &'static str,
     isa: Isa,
     a: &[T],
@@ -267,52 +283,50 @@ fn gemm_gathered_b<T: Float, const MR: usize, const NR: usize>(
     (dst_h, dst_w): (usize, usize),
 ) -> Result<Vec<T>> {
     let kt = taps.len();
-    let mut out = pool::zeroed(op, imgs * m_rows * dst_h * dst_w)?;
-    if out.is_empty() || kt == 0 {
+    if kt == 0 {
+        return pool::zeroed(op, imgs * m_rows * dst_h * dst_w);
+    }
+    let mut out = pool::for_overwrite(op, imgs * m_rows * dst_h * dst_w)?;
+    if out.is_empty() {
         return Ok(out);
     }
-    let mut padded = a.to_vec();
-    padded.resize(m_rows.div_ceil(MR) * MR * kt, T::ZERO);
-    let rows_per_task = PIXELS_PER_TASK.div_ceil(dst_w.div_ceil(NR) * NR).max(1);
-    let groups = dst_h.div_ceil(rows_per_task);
-    let job = GatheredB { a: &padded, m_rows, planes, taps, per_img, dst_h, dst_w, out: Out(out.as_mut_ptr(), out.len()) };
-    (0..imgs * groups).into_par_iter().for_each(|task| {
-        let (i, g) = (task / groups, task % groups);
-        gathered_b_rows::<T, MR, NR>(isa, &job, i, g * rows_per_task..((g + 1) * rows_per_task).min(dst_h));
-    });
-    Ok(out)
-}
-
-/// Runs `$f::<T, MR, NR>` with the register tile chosen for `$isa` and T's width.
-macro_rules! dispatch {
-    ($op:expr, $isa:expr, $T:ty, $f:ident ( $($arg:expr),* )) => {{
-        let wide = std::mem::size_of::<$T>() == 4;
-        match ($isa, wide) {
-            (Isa::Avx512, true) => $f::<$T, 8, 32>($op, $isa, $($arg),*),
-            (Isa::Avx512, false) => $f::<$T, 8, 16>($op, $isa, $($arg),*),
-            (_, true) => $f::<$T, 4, 16>($op, $isa, $($arg),*),
-            (_, false) => $f::<$T, 4, 8>($op, $isa, $($arg),*),
+    // A in MR-tall panels: panel[t][r] = A[m0 + r, t].
+    let (mr, nr) = T::tile(isa, m_rows);
+    let mut packed = pool::zeroed(op, m_rows.div_ceil(mr) * mr * kt)?;
+    for (m, row) in a.chunks_exact(kt).enumerate() {
+        let panel = &mut packed[m / mr * mr * kt..];
+        for (t, &v) in row.iter().enumerate() {
+            panel[t * mr + m % mr] = v;
         }
-    }};
+    }
+    let rows_per_task = PIXELS_PER_TASK.div_ceil(dst_w.div_ceil(nr) * nr).max(1);
+    let groups = dst_h.div_ceil(rows_per_task);
+    // Equal k blocks rather than full ones and a sliver (the sliver would pay a whole tile's loads and stores).
+    let kc = kt.div_ceil(kt.div_ceil(Caches::get().kc(mr, std::mem::size_of::<T>())));
+    let c = C { ptr: out.as_mut_ptr(), ld: dst_h * dst_w };
+    let loc = Located::new(planes, taps, 0..dst_h);
+    let job = GatheredB { a: &packed, mr, m_rows, kc, planes, taps, loc: &loc, per_img, dst_w, out: c };
+    // Tasks: row groups × runs of images, about four per thread (work stealing evens out a core slowed
+    // by something else); each task locates its rows' B rows once for all its images.
+    let runs = (4 * rayon::current_num_threads()).div_ceil(groups).clamp(1, imgs);
+    let per_run = imgs.div_ceil(runs);
+    (0..imgs.div_ceil(per_run) * groups).into_par_iter().for_each(|task| {
+        let (r, g) = (task / groups, task % groups);
+        let (imgs, rows) = (r * per_run..((r + 1) * per_run).min(imgs), g * rows_per_task..((g + 1) * rows_per_task).min(dst_h));
+        tile::run(isa, mr, GatheredTask { job: &job, imgs, rows });
+    });
+    pool::recycle(packed);
+    Ok(out)
 }
 
 /// y = Σ_i conv(x_i, w_i) for pairs (x_i [n, c, h, w], w_i [o, c, kh, kw]): [n, o, ho, wo]. The
 /// reduction runs over pair 0's (c, ki, kj) in ascending order, then pair 1's, and so on.
 /// Operand lengths are checked by the caller (`CpuStorage::conv`).
-pub(crate) fn conv2d_forward<T: Float>(op: &'static str, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Result<Vec<T>> {
+pub(crate) fn conv2d_forward<T: Tiled>(op: &'static str, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Result<Vec<T>> {
     forward_with(op, best_isa(), s, pairs)
 }
 
-fn forward_with<T: Float>(op: &'static str, isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Result<Vec<T>> {
-    dispatch!(op, isa, T, forward_tiled(s, pairs))
-}
-
-fn forward_tiled<T: Float, const MR: usize, const NR: usize>(
-    op: &'static str,
-    isa: Isa,
-    s: &ConvShape,
-    pairs: &[(&[T], &[T])],
-) -> Result<Vec<T>> {
+fn forward_with<T: Tiled>(op: &'static str, isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Result<Vec<T>> {
     let k = s.c * s.kh * s.kw;
     // A = [w_0 | w_1 | ...]: row o holds every pair's weights for output channel o.
     let mut a = Vec::with_capacity(s.o * k * pairs.len());
@@ -333,26 +347,18 @@ fn forward_tiled<T: Float, const MR: usize, const NR: usize>(
     }
     let cols: Vec<Axis> = (0..s.kw).map(|kj| s.fwd_axes(0, kj).1).collect();
     let xs: Vec<&[T]> = pairs.iter().map(|p| p.0).collect();
-    let planes = Planes::new(op, &xs, s.n * s.c, s.h, &cols, s.wo.div_ceil(NR) * NR)?;
-    gemm_gathered_b::<T, MR, NR>(op, isa, &a, s.o, &planes, &taps, s.c, s.n, (s.ho, s.wo))
+    let nr = T::tile(isa, 0).1;
+    let planes = Planes::new(op, &xs, s.n * s.c, s.h, &cols, s.wo.div_ceil(nr) * nr)?;
+    gemm_gathered_b(op, isa, &a, s.o, &planes, &taps, s.c, s.n, (s.ho, s.wo))
 }
 
 /// dx = Σ_i conv_transpose(dy_i, w_i) for pairs (dy_i [n, o, ho, wo], w_i [o, c, kh, kw]): [n, c, h, w].
 /// The reduction runs over pair 0's (o, ki, kj) in ascending order, then pair 1's, and so on.
-pub(crate) fn conv2d_backward_input<T: Float>(op: &'static str, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Result<Vec<T>> {
+pub(crate) fn conv2d_backward_input<T: Tiled>(op: &'static str, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Result<Vec<T>> {
     backward_input_with(op, best_isa(), s, pairs)
 }
 
-fn backward_input_with<T: Float>(op: &'static str, isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Result<Vec<T>> {
-    dispatch!(op, isa, T, backward_input_tiled(s, pairs))
-}
-
-fn backward_input_tiled<T: Float, const MR: usize, const NR: usize>(
-    op: &'static str,
-    isa: Isa,
-    s: &ConvShape,
-    pairs: &[(&[T], &[T])],
-) -> Result<Vec<T>> {
+fn backward_input_with<T: Tiled>(op: &'static str, isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Result<Vec<T>> {
     let taps_per = s.kh * s.kw;
     let k = s.o * taps_per;
     let kt = k * pairs.len();
@@ -378,119 +384,131 @@ fn backward_input_tiled<T: Float, const MR: usize, const NR: usize>(
     }
     let cols: Vec<Axis> = (0..s.kw).map(|kj| s.bwd_axes(0, kj).1).collect();
     let dys: Vec<&[T]> = pairs.iter().map(|p| p.0).collect();
-    let planes = Planes::new(op, &dys, s.n * s.o, s.ho, &cols, s.w.div_ceil(NR) * NR)?;
-    gemm_gathered_b::<T, MR, NR>(op, isa, &a, s.c, &planes, &taps, s.o, s.n, (s.h, s.w))
+    let nr = T::tile(isa, 0).1;
+    let planes = Planes::new(op, &dys, s.n * s.o, s.ho, &cols, s.w.div_ceil(nr) * nr)?;
+    gemm_gathered_b(op, isa, &a, s.c, &planes, &taps, s.o, s.n, (s.h, s.w))
 }
 
 /// Most partial sums of the weight gradient (contiguous groups of images, reduced in group order).
 const MAX_SPLITS: usize = 16;
 /// Rows of dWᵀ (taps (c, ki, kj)) per parallel task of the weight gradient: large, because each task
-/// transposes its images' output gradients once for all its rows.
+/// packs its images' output gradients once for all its rows.
 const ROWS_PER_TASK: usize = 512;
 
 /// dw = Σ_i correlate(x_i, dy_i) for pairs (x_i [n, c, h, w], dy_i [n, o, ho, wo]): [o, c, kh, kw].
 ///
 /// The batch is cut into `min(n, 16)` contiguous groups of images; within a group the sum runs over
 /// pairs, then images, then output pixels, ascending; the group partials are added in group order.
-pub(crate) fn conv2d_backward_weight<T: Float>(op: &'static str, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Result<Vec<T>> {
+pub(crate) fn conv2d_backward_weight<T: Tiled>(op: &'static str, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Result<Vec<T>> {
     backward_weight_with(op, best_isa(), s, pairs)
 }
 
-fn backward_weight_with<T: Float>(op: &'static str, isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Result<Vec<T>> {
-    dispatch!(op, isa, T, weight_tiled(s, pairs))
-}
-
-/// One task of the weight gradient: dWᵀ[t, o] += Σ X̂[t, p]·dY[o, p] over taps `trows` and the pixels of
-/// images `imgs`, into acc[t − trows.start][o] (o padded to whole panels). The broadcast operand is the
-/// gathered input (rows read from [`Planes`]), the vector operand dYᵀ, transposed one image at a time
-/// into panels; each tile stays in registers over an image's output rows.
-struct WeightGrad<'a, T> {
+/// The weight gradient as a product: dWᵀ[t, o] = Σ_p X̂[t, p]·dY[o, p] with t = (c, ki, kj) and p
+/// running over (pair, image, output pixel) of one group of images, one output row at a time. The
+/// broadcast operand is read in place: row t of a tile is the gathered input row of tap t (a run of
+/// [`Planes`]), so only dY is packed, into NR-wide panels (a register transpose per output row), and
+/// those panels serve every tile of taps.
+struct WeightGrad<'a, T: Float> {
     s: &'a ConvShape,
     pairs: &'a [(&'a [T], &'a [T])],
     planes: &'a Planes<T>,
+    /// Every tap (plane = channel within the image), located for every output row.
+    loc: &'a Located,
+    /// The tile height.
+    mr: usize,
+    /// The padded width of the partials' rows (whole NR panels).
+    opad: usize,
 }
 
-impl<T: Float> WeightGrad<'_, T> {
+/// One task of a [`WeightGrad`]: the taps `trows` over the images `imgs`, accumulated into
+/// acc[t − trows.start][o].
+struct WeightTask<'a, T: Float> {
+    job: &'a WeightGrad<'a, T>,
+    imgs: Range<usize>,
+    trows: Range<usize>,
+    acc: &'a mut [T],
+}
+
+impl<T: Float> TileJob<T> for WeightTask<'_, T> {
+    type Out = Result<()>;
     #[inline(always)]
-    fn run<const MR: usize, const NR: usize>(&self, imgs: std::ops::Range<usize>, trows: std::ops::Range<usize>, acc: &mut [T]) {
-        let (s, planes) = (self.s, self.planes);
-        let (taps, wo, pixels, panels) = (s.kh * s.kw, s.wo, s.ho * s.wo, s.o.div_ceil(NR));
-        let op = panels * NR;
-        let mut bp = vec![T::ZERO; panels * pixels * NR]; // dYᵀ of one image: [panel][pixel][NR]
-        let boffs: Vec<usize> = (0..wo).map(|t| t * NR).collect();
-        let zeros = vec![T::ZERO; wo];
-        // Per tap of this task: (plane within the image, row map, column tap).
-        let tap_info: Vec<(usize, Axis, usize)> = trows
-            .clone()
-            .map(|t| {
-                let (c, ki, kj) = (t / taps, t / s.kw % s.kh, t % s.kw);
-                (c, s.fwd_axes(ki, kj).0, kj)
-            })
-            .collect();
-        for (p, (_, dy)) in self.pairs.iter().enumerate() {
+    fn run<R: Transpose<T>, const MR: usize, const NV: usize>(self) -> Result<()> {
+        let WeightTask { job, imgs, trows, acc } = self;
+        assert_eq!(MR, job.mr, "tile height");
+        let (s, planes, nr) = (job.s, job.planes, NV * R::LANES);
+        let (wo, pixels, panels) = (s.wo, s.ho * s.wo, s.o.div_ceil(nr));
+        assert_eq!(job.opad, panels * nr, "partials padded for another tile");
+        let mut b_buf = pool::for_overwrite::<T>("conv2d", panels * wo * nr + 64)?;
+        let bp = aligned(&mut b_buf, panels * wo * nr);
+        let mut offs = vec![0usize; trows.len()];
+        let zero_row = &planes.data[planes.zero..][..wo];
+        let c = C { ptr: acc.as_mut_ptr(), ld: job.opad };
+        for (p, (_, dy)) in job.pairs.iter().enumerate() {
             for i in imgs.clone() {
-                for o in 0..s.o {
-                    let src = &dy[(i * s.o + o) * pixels..][..pixels];
-                    let (panel, j) = (o / NR, o % NR);
-                    for (q, &v) in src.iter().enumerate() {
-                        bp[(panel * pixels + q) * NR + j] = v;
+                let img = (p * s.n + i) * s.c * planes.rows * planes.wp;
+                for dr in 0..s.ho {
+                    // B: this output row of dYᵀ, one wo × NR panel per NR output channels.
+                    for (q, dst) in bp.chunks_exact_mut(wo * nr).enumerate() {
+                        let cols = nr.min(s.o - q * nr);
+                        if cols < nr {
+                            dst.fill(T::ZERO);
+                        }
+                        let src = |j: usize| dy[(i * s.o + q * nr + j) * pixels + dr * wo..][..wo].as_ptr();
+                        // SAFETY: each source row holds wo elements (sliced in `src`); dst holds wo rows of nr.
+                        unsafe { transpose_rows::<T, R>(cols, src, wo, dst.as_mut_ptr(), nr) };
                     }
-                }
-                let plane0 = (p * s.n + i) * s.c;
-                for m0 in trows.clone().step_by(MR) {
-                    let base = (m0 - trows.start) * op;
-                    for panel in 0..panels {
-                        let mut tile = [[T::ZERO; NR]; MR];
-                        for r in 0..MR {
-                            tile[r].copy_from_slice(&acc[base + r * op + panel * NR..][..NR]);
-                        }
-                        for dr in 0..s.ho {
-                            let mut arows: [&[T]; MR] = [&zeros[..]; MR];
-                            for (a, &(c, rows, kj)) in arows.iter_mut().zip(&tap_info[m0 - trows.start..]) {
-                                let at = planes.row(plane0 + c, rows.src(dr), kj);
-                                *a = &planes.data[at..at + wo];
-                            }
-                            tile = micro::<T, MR, NR>(arows, &bp[(panel * pixels + dr * wo) * NR..], &boffs, tile);
-                        }
-                        for r in 0..MR {
-                            acc[base + r * op + panel * NR..][..NR].copy_from_slice(&tile[r]);
+                    job.loc.fill(dr, trows.start, img, &mut offs);
+                    for m0 in (0..offs.len()).step_by(MR) {
+                        let h = MR.min(offs.len() - m0);
+                        // A: the MR taps' gathered input rows (the zero row below the last tap).
+                        let rows: [&[T]; MR] = std::array::from_fn(|r| if r < h { &planes.data[offs[m0 + r]..][..wo] } else { zero_row });
+                        let a = RowPtrs::new(rows, wo);
+                        for q in 0..panels {
+                            let b = Packed::new(&bp[q * wo * nr..], wo, nr);
+                            // SAFETY: rows m0.. + h and columns q·nr.. + nr lie inside this task's own
+                            // accumulator (opad = panels·nr columns).
+                            unsafe { tile_into::<T, R, _, _, MR, NV>(wo, a, b, c, m0, q * nr, h, nr, false) };
                         }
                     }
                 }
             }
         }
+        pool::recycle(b_buf);
+        Ok(())
     }
 }
 
-isa_variants!(weight_rows, WeightGrad, (imgs: std::ops::Range<usize>, trows: std::ops::Range<usize>, acc: &mut [T]));
-
 /// dWᵀ[t, o] = Σ X̂[t, p]·dY[o, p], reduced per group of images, then over the groups in order.
-fn weight_tiled<T: Float, const MR: usize, const NR: usize>(
-    op: &'static str,
-    isa: Isa,
-    s: &ConvShape,
-    pairs: &[(&[T], &[T])],
-) -> Result<Vec<T>> {
+fn backward_weight_with<T: Tiled>(op: &'static str, isa: Isa, s: &ConvShape, pairs: &[(&[T], &[T])]) -> Result<Vec<T>> {
     let k = s.c * s.kh * s.kw;
     let mut dw = pool::zeroed(op, s.o * k)?;
     if dw.is_empty() || s.n == 0 || s.ho * s.wo == 0 {
         return Ok(dw);
     }
+    // Tiles of at most 8 taps: their row pointers stay in registers (see `RowPtrs`).
+    let (mr, nr) = T::tile(isa, 8);
     let cols: Vec<Axis> = (0..s.kw).map(|kj| s.fwd_axes(0, kj).1).collect();
     let xs: Vec<&[T]> = pairs.iter().map(|p| p.0).collect();
     let planes = Planes::new(op, &xs, s.n * s.c, s.h, &cols, s.wo)?;
     let splits = s.n.min(MAX_SPLITS);
-    let rows_per_task = ROWS_PER_TASK.div_ceil(MR) * MR;
+    let rows_per_task = ROWS_PER_TASK.min(k).div_ceil(mr) * mr;
     let groups = k.div_ceil(rows_per_task);
-    let opad = s.o.div_ceil(NR) * NR;
+    let opad = s.o.div_ceil(nr) * nr;
     // partial[split][t][o] (t padded to whole tasks, o padded to whole panels).
     let mut partial = pool::zeroed(op, splits * groups * rows_per_task * opad)?;
-    let job = WeightGrad { s, pairs, planes: &planes };
-    partial.par_chunks_mut(rows_per_task * opad).enumerate().for_each(|(task, acc)| {
+    let taps: Vec<Tap> = (0..k)
+        .map(|t| {
+            let (c, ki, kj) = (t / (s.kh * s.kw), t / s.kw % s.kh, t % s.kw);
+            Tap { plane: c, rows: s.fwd_axes(ki, kj).0, kj }
+        })
+        .collect();
+    let loc = Located::new(&planes, &taps, 0..s.ho);
+    let job = WeightGrad { s, pairs, planes: &planes, loc: &loc, mr, opad };
+    partial.par_chunks_mut(rows_per_task * opad).enumerate().try_for_each(|(task, acc)| {
         let (split, g) = (task / groups, task % groups);
         let imgs = split * s.n / splits..(split + 1) * s.n / splits;
-        weight_rows::<T, MR, NR>(isa, &job, imgs, g * rows_per_task..((g + 1) * rows_per_task).min(k), acc);
-    });
+        tile::run(isa, mr, WeightTask { job: &job, imgs, trows: g * rows_per_task..((g + 1) * rows_per_task).min(k), acc })
+    })?;
     // dw[o, t] = Σ_split partial[split][t][o], splits in order.
     dw.par_chunks_mut(k).enumerate().for_each(|(o, row)| {
         for (t, v) in row.iter_mut().enumerate() {
@@ -502,6 +520,7 @@ fn weight_tiled<T: Float, const MR: usize, const NR: usize>(
             *v = sum;
         }
     });
+    pool::recycle(partial);
     Ok(dw)
 }
 

@@ -121,3 +121,97 @@ fn kernels_match_the_definition_and_agree_bitwise_across_instruction_sets() {
         close(&conv2d_backward_weight("t", s, &[(&x, &dy), (&x2, &dy2)]).unwrap(), &add(&dw0, &dw1), "dw pairs");
     }
 }
+
+/// The documented summation orders, written as plain loops: each output one FMA chain from zero over
+/// (pair, reduction channel, ki, kj) ascending, zeros of the padding included; the weight gradient per
+/// contiguous group of images (min(n, 16) groups), groups added in order.
+fn chains<T: Tiled>(s: &ConvShape, pairs: &[(&[T], &[T], &[T])]) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let xi = |n: usize, c: usize, oh: usize, ow: usize, ki: usize, kj: usize| {
+        let r = (oh * s.stride.0 + ki * s.dilation.0) as isize - s.padding.0 as isize;
+        let q = (ow * s.stride.1 + kj * s.dilation.1) as isize - s.padding.1 as isize;
+        (r >= 0 && q >= 0 && r < s.h as isize && q < s.w as isize).then(|| ((n * s.c + c) * s.h + r as usize) * s.w + q as usize)
+    };
+    let wi = |o: usize, c: usize, ki: usize, kj: usize| ((o * s.c + c) * s.kh + ki) * s.kw + kj;
+    let yi = |n: usize, o: usize, oh: usize, ow: usize| ((n * s.o + o) * s.ho + oh) * s.wo + ow;
+    let mut y = vec![T::ZERO; s.y_len()];
+    for (n, o, oh, ow) in itertools(s.n, s.o, s.ho, s.wo) {
+        let mut acc = T::ZERO;
+        for &(x, w, _) in pairs {
+            for (c, ki, kj) in (0..s.c).flat_map(|c| (0..s.kh).flat_map(move |ki| (0..s.kw).map(move |kj| (c, ki, kj)))) {
+                acc = w[wi(o, c, ki, kj)].mul_add(xi(n, c, oh, ow, ki, kj).map_or(T::ZERO, |i| x[i]), acc);
+            }
+        }
+        y[yi(n, o, oh, ow)] = acc;
+    }
+    let mut dx = vec![T::ZERO; s.x_len()];
+    for (n, c, h, wc) in itertools(s.n, s.c, s.h, s.w) {
+        let mut acc = T::ZERO;
+        for &(_, w, dy) in pairs {
+            for (o, ki, kj) in (0..s.o).flat_map(|o| (0..s.kh).flat_map(move |ki| (0..s.kw).map(move |kj| (o, ki, kj)))) {
+                // Output pixel reaching (h, wc) through tap (ki, kj), if the stride lands on it.
+                let src = |x: usize, k: usize, st: usize, p: usize, d: usize, len: usize| {
+                    let v = (x + p) as isize - (k * d) as isize;
+                    (v >= 0 && (v as usize).is_multiple_of(st) && (v as usize / st) < len).then(|| v as usize / st)
+                };
+                let oh = src(h, ki, s.stride.0, s.padding.0, s.dilation.0, s.ho);
+                let ow = src(wc, kj, s.stride.1, s.padding.1, s.dilation.1, s.wo);
+                let g = match (oh, ow) {
+                    (Some(oh), Some(ow)) => dy[yi(n, o, oh, ow)],
+                    _ => T::ZERO,
+                };
+                acc = w[wi(o, c, ki, kj)].mul_add(g, acc);
+            }
+        }
+        dx[((n * s.c + c) * s.h + h) * s.w + wc] = acc;
+    }
+    let splits = s.n.min(16);
+    let mut dw = vec![T::ZERO; s.w_len()];
+    for (o, c, ki, kj) in itertools(s.o, s.c, s.kh, s.kw) {
+        let mut total = T::ZERO;
+        for split in 0..splits {
+            let mut acc = T::ZERO;
+            for &(x, _, dy) in pairs {
+                for n in split * s.n / splits..(split + 1) * s.n / splits {
+                    for (oh, ow) in (0..s.ho).flat_map(|oh| (0..s.wo).map(move |ow| (oh, ow))) {
+                        acc = xi(n, c, oh, ow, ki, kj).map_or(T::ZERO, |i| x[i]).mul_add(dy[yi(n, o, oh, ow)], acc);
+                    }
+                }
+            }
+            total = if split == 0 { acc } else { total + acc };
+        }
+        dw[wi(o, c, ki, kj)] = total;
+    }
+    (y, dx, dw)
+}
+
+/// (a, b, c, d) over a × b × c × d, row-major.
+fn itertools(a: usize, b: usize, c: usize, d: usize) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+    (0..a).flat_map(move |i| (0..b).flat_map(move |j| (0..c).flat_map(move |k| (0..d).map(move |l| (i, j, k, l)))))
+}
+
+fn bitwise_case<T: Tiled>(s: &ConvShape, seed: usize) {
+    let gen = |len: usize, sd: usize| data(len, sd).into_iter().map(T::from_f64).collect::<Vec<T>>();
+    let (x, w, dy) = (gen(s.x_len(), seed), gen(s.w_len(), seed + 1), gen(s.y_len(), seed + 2));
+    let (x2, w2, dy2) = (gen(s.x_len(), seed + 3), gen(s.w_len(), seed + 4), gen(s.y_len(), seed + 5));
+    let (y, dx, dw) = chains(s, &[(&x, &w, &dy), (&x2, &w2, &dy2)]);
+    assert!(conv2d_forward("t", s, &[(&x, &w), (&x2, &w2)]).unwrap() == y, "{s:?}: forward");
+    assert!(conv2d_backward_input("t", s, &[(&dy, &w), (&dy2, &w2)]).unwrap() == dx, "{s:?}: input gradient");
+    assert!(conv2d_backward_weight("t", s, &[(&x, &dy), (&x2, &dy2)]).unwrap() == dw, "{s:?}: weight gradient");
+}
+
+#[test]
+fn kernels_give_the_bits_of_their_documented_fma_chains() {
+    let cases = [
+        shape(2, 3, 7, 6, 5, (3, 3), (1, 1), (1, 1), (1, 1)),
+        shape(3, 2, 9, 8, 4, (3, 2), (2, 3), (2, 1), (1, 2)),
+        shape(1, 4, 5, 5, 3, (1, 1), (2, 2), (0, 0), (1, 1)),
+        shape(2, 1, 6, 40, 33, (2, 3), (1, 1), (0, 3), (2, 1)),
+        // Tiles and blocks: channels past one register tile, rows past one k block, a batch past 16.
+        shape(18, 5, 12, 35, 14, (3, 3), (1, 1), (1, 1), (1, 1)),
+        shape(2, 40, 9, 9, 70, (3, 3), (1, 1), (1, 1), (1, 1)),
+    ];
+    for (i, s) in cases.iter().enumerate() {
+        bitwise_case::<f32>(s, 100 + i);
+        bitwise_case::<f64>(s, 200 + i);
+    }
+}

@@ -18,8 +18,9 @@
 //! The inner loop walks along rows of C, so consecutive tiles touch the same rows of C (the same pages,
 //! sequential lines the hardware prefetcher follows). This is BLIS's loop nest with the roles of the two
 //! operands as in its column-major micro-kernels. The blocking comes from the caches this CPU reports
-//! (L1d sizes kc, L2 sizes nc, L3 sizes mc) and the register tile from the instruction set: 12×32 f32
-//! (12×16 f64) with AVX-512, 6×16 (6×8) with AVX2, 4×8 portable.
+//! (L1d sizes kc, L2 sizes nc, L3 sizes mc) and the register tile ([`super::tile`], shared with the
+//! convolutions) from the instruction set: 12×32 f32 (12×16 f64) with AVX-512, 6×16 (6×8) with AVX2,
+//! 4×8 portable, or a shorter one where m would leave most of the last row of tiles empty.
 //!
 //! # Why the bits never change
 //! Each element of C is one chain of correctly rounded fused multiply-adds over k in ascending order,
@@ -34,66 +35,15 @@
 //! thread.
 
 use super::float::Float;
-use super::simd::{multiversion, Reg, Simd};
+use super::pool;
+use super::tile::{self, aligned, tile_into, Caches, Packed, PackedA, TileJob, Tiled, C};
 use super::transpose::{transpose_rows, Transpose};
-use super::{pool, Isa};
 use crate::error::{shape_err, Result};
 use rayon::prelude::*;
 use std::ops::Range;
-use std::sync::OnceLock;
 
 /// Products of at most this many multiply-adds (about 10 µs of one core) run on the calling thread.
 const SEQUENTIAL_MACS: usize = 1 << 20;
-
-/// The data caches of this CPU, per core (bytes), from Linux's sysfs; conservative defaults where it
-/// says nothing.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Caches {
-    /// Level-1 data cache.
-    pub l1d: usize,
-    /// Level-2 cache.
-    pub l2: usize,
-    /// The level-3 cache's share per core.
-    pub l3: usize,
-}
-
-impl Caches {
-    /// This machine's caches (read once).
-    pub(crate) fn get() -> Caches {
-        static CACHES: OnceLock<Caches> = OnceLock::new();
-        *CACHES.get_or_init(|| {
-            let mut c = Caches { l1d: 32 << 10, l2: 1 << 20, l3: 2 << 20 };
-            for i in 0..8 {
-                let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
-                let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).map(|s| s.trim().to_string());
-                let (Ok(level), Ok(kind), Ok(size)) = (read("level"), read("type"), read("size")) else { break };
-                let bytes = match size.strip_suffix('K') {
-                    Some(k) => k.parse::<usize>().map(|k| k << 10),
-                    None => size.strip_suffix('M').map_or_else(|| size.parse::<usize>(), |m| m.parse::<usize>().map(|m| m << 20)),
-                };
-                let Ok(bytes) = bytes else { continue };
-                let sharing = read("shared_cpu_list").map_or(1, |l| cpu_count(&l)).max(1);
-                match (level.as_str(), kind.as_str()) {
-                    ("1", "Data") => c.l1d = bytes,
-                    ("2", _) => c.l2 = bytes / sharing,
-                    ("3", _) => c.l3 = bytes / sharing,
-                    _ => {}
-                }
-            }
-            c
-        })
-    }
-}
-
-/// The number of CPUs in a sysfs list such as "0-3,8".
-fn cpu_count(list: &str) -> usize {
-    list.split(',')
-        .map(|r| match r.split_once('-') {
-            Some((a, b)) => b.trim().parse::<usize>().unwrap_or(0).saturating_sub(a.trim().parse::<usize>().unwrap_or(0)) + 1,
-            None => 1,
-        })
-        .sum()
-}
 
 /// The block sizes of one product: kc (k per block), mc (rows of A per block), nc (columns of B per
 /// block), for an MR×NR tile of `size`-byte elements.
@@ -107,8 +57,7 @@ struct Blocks {
 impl Blocks {
     fn new(mr: usize, nr: usize, size: usize) -> Blocks {
         let c = Caches::get();
-        // An A panel (MR×kc) fills half of L1, leaving room for the B panel streaming through.
-        let kc = (c.l1d / 2 / (mr * size)).clamp(64, 1024) / 8 * 8;
+        let kc = c.kc(mr, size);
         // A B block (kc×nc) fills half of L2.
         let nc = (c.l2 / 2 / (kc * size)).clamp(nr, 8192) / nr * nr;
         // An A block (mc×kc) fills half of this core's share of L3.
@@ -143,7 +92,7 @@ pub(crate) fn matmul_t_into<T: Tiled>(
     }
     // One instruction set for the whole call: the orchestration and the kernels agree on the tile.
     let isa = super::best_isa();
-    let (mr, nr) = tile(isa, std::mem::size_of::<T>());
+    let (mr, nr) = T::tile(isa, m);
     // A narrow C (n well below the tile width) wastes most of each tile on padding; Cᵀ = op(B)ᵀ·op(A)ᵀ
     // is the same products in the same order (one FMA chain over k per element), so compute that and
     // transpose it back when its tiles are fuller.
@@ -181,7 +130,9 @@ pub(crate) fn matmul_t_into<T: Tiled>(
             // The B block, packed once and shared by every row task (it stays in the L2 of each core
             // that reads it).
             let panels = &mut bp[..jn.div_ceil(nr) * kb * nr];
-            let pack = |(q, dst): (usize, &mut [T])| pack_b_panel(isa, &p, dst, jc + q * nr, nr.min(jn - q * nr), pc, kb);
+            let pack = |(q, dst): (usize, &mut [T])| {
+                tile::run(isa, mr, PackB { p: &p, dst, j0: jc + q * nr, cols: nr.min(jn - q * nr), p0: pc, kc: kb })
+            };
             if parallel {
                 panels.par_chunks_mut(kb * nr).enumerate().for_each(pack);
             } else {
@@ -195,7 +146,7 @@ pub(crate) fn matmul_t_into<T: Tiled>(
             let task = |t: usize| {
                 let (r, g) = (t / groups, t % groups);
                 let q = g * per_group..((g + 1) * per_group).min(npanels);
-                row_task(isa, op, &p, &block, r * mt, ((r + 1) * mt).min(m), q, out)
+                tile::run(isa, mr, RowTask { op, p: &p, b: &block, i0: r * mt, i1: ((r + 1) * mt).min(m), q, c: out })
             };
             if parallel {
                 (0..row_tasks * groups).into_par_iter().try_for_each(task)?;
@@ -206,17 +157,6 @@ pub(crate) fn matmul_t_into<T: Tiled>(
     }
     pool::recycle(b_buf);
     Ok(())
-}
-
-/// The register tile (MR, NR) for a level and an element size.
-fn tile(isa: Isa, size: usize) -> (usize, usize) {
-    match (isa, size) {
-        (Isa::Avx512, 4) => (12, 32),
-        (Isa::Avx512, _) => (12, 16),
-        (Isa::Avx2, 4) => (6, 16),
-        (Isa::Avx2, _) => (6, 8),
-        (Isa::Portable, _) => (4, 8),
-    }
 }
 
 /// The operands of one product (see [`matmul_t_into`]).
@@ -255,30 +195,39 @@ impl<T: Float> Problem<'_, T> {
             }
         } else {
             // Row-major A: the rows×kc block transposed in registers.
-            let src: Vec<*const T> = (0..rows).map(|r| self.a[(i0 + r) * self.k + p0..][..kc].as_ptr()).collect();
+            let src = |r: usize| self.a[(i0 + r) * self.k + p0..][..kc].as_ptr();
             assert!(dst.len() >= kc * MR);
-            // SAFETY: each row holds kc elements (sliced above); dst holds kc rows of MR ≥ rows.
-            unsafe { transpose_rows::<T, R>(&src, kc, dst.as_mut_ptr(), MR) };
+            // SAFETY: each row holds kc elements (sliced in `src`); dst holds kc rows of MR ≥ rows.
+            unsafe { transpose_rows::<T, R>(rows, src, kc, dst.as_mut_ptr(), MR) };
         }
     }
 
     /// Packs columns j0..j0 + cols (≤ NR) of op(B), rows p0..p0 + kc, into `dst` as kc × NR (zero
     /// padded right of the last column). Stores are contiguous NR-wide rows.
     #[inline(always)]
-    fn pack_b<R: Transpose<T>, const NR: usize>(&self, dst: &mut [T], j0: usize, cols: usize, p0: usize, kc: usize) {
-        if cols < NR {
+    fn pack_b<R: Transpose<T>, const NV: usize>(&self, dst: &mut [T], j0: usize, cols: usize, p0: usize, kc: usize) {
+        let nr = NV * R::LANES;
+        if cols < nr {
             dst.fill(T::ZERO);
         }
         if !self.tb {
-            for (kk, d) in dst.chunks_exact_mut(NR).take(kc).enumerate() {
-                copy_upto::<T, NR>(d, &self.b[(p0 + kk) * self.n + j0..], cols);
+            for (kk, d) in dst.chunks_exact_mut(nr).take(kc).enumerate() {
+                let src = &self.b[(p0 + kk) * self.n + j0..];
+                if cols == nr {
+                    // Whole rows as register moves (no memcpy call).
+                    for v in 0..NV {
+                        R::load(&src[v * R::LANES..]).store(&mut d[v * R::LANES..]);
+                    }
+                } else {
+                    d[..cols].copy_from_slice(&src[..cols]);
+                }
             }
         } else {
             // B stored n×k: the cols×kc block transposed in registers.
-            let src: Vec<*const T> = (0..cols).map(|j| self.b[(j0 + j) * self.k + p0..][..kc].as_ptr()).collect();
-            assert!(dst.len() >= kc * NR);
-            // SAFETY: each row holds kc elements (sliced above); dst holds kc rows of NR ≥ cols.
-            unsafe { transpose_rows::<T, R>(&src, kc, dst.as_mut_ptr(), NR) };
+            let src = |j: usize| self.b[(j0 + j) * self.k + p0..][..kc].as_ptr();
+            assert!(dst.len() >= kc * nr);
+            // SAFETY: each row holds kc elements (sliced in `src`); dst holds kc rows of nr ≥ cols.
+            unsafe { transpose_rows::<T, R>(cols, src, kc, dst.as_mut_ptr(), nr) };
         }
     }
 
@@ -312,216 +261,61 @@ pub(super) struct Block<'a, T> {
     b: &'a [T],
 }
 
-/// C, shared by tasks that write disjoint parts of it.
-#[derive(Clone, Copy)]
-pub(super) struct C<T> {
-    ptr: *mut T,
-    ld: usize,
-}
-// SAFETY: tasks write disjoint parts (their `Part`s do not overlap), and the buffer outlives them.
-unsafe impl<T: Send> Send for C<T> {}
-unsafe impl<T: Send> Sync for C<T> {}
-
-multiversion! {
-    fn pack_b_panel<T: Tiled>(p: &Problem<'_, T>, dst: &mut [T], j0: usize, cols: usize, p0: usize, kc: usize) = pack_b_isa;
-    fn row_task<T: Tiled>(op: &'static str, p: &Problem<'_, T>, b: &Block<'_, T>, i0: usize, i1: usize, q: Range<usize>, c: C<T>) -> Result<()> = rows_isa;
+/// Packs one B panel (see [`Problem::pack_b`]).
+struct PackB<'a, T> {
+    p: &'a Problem<'a, T>,
+    dst: &'a mut [T],
+    j0: usize,
+    cols: usize,
+    p0: usize,
+    kc: usize,
 }
 
-#[inline(always)]
-fn pack_b_isa<T: Tiled, S: Simd>(p: &Problem<'_, T>, dst: &mut [T], j0: usize, cols: usize, p0: usize, kc: usize) {
-    T::pack_b::<S>(p, dst, j0, cols, p0, kc)
+impl<T: Float> TileJob<T> for PackB<'_, T> {
+    type Out = ();
+    #[inline(always)]
+    fn run<R: Transpose<T>, const MR: usize, const NV: usize>(self) {
+        self.p.pack_b::<R, NV>(self.dst, self.j0, self.cols, self.p0, self.kc)
+    }
 }
-
-#[inline(always)]
-fn rows_isa<T: Tiled, S: Simd>(
-    op: &'static str,
-    p: &Problem<'_, T>,
-    b: &Block<'_, T>,
-    i0: usize,
-    i1: usize,
-    q: Range<usize>,
-    c: C<T>,
-) -> Result<()> {
-    T::rows::<S>(op, p, b, i0, i1, q, c)
-}
-
-/// The register tile of each element type and instruction set, as types and constants: f32 and f64
-/// pick their register type from the instruction set `S` and the tile (MR rows, NV registers of NR
-/// columns) from [`tile`].
-pub(super) trait Tiled: Float {
-    fn pack_b<S: Simd>(p: &Problem<'_, Self>, dst: &mut [Self], j0: usize, cols: usize, p0: usize, kc: usize);
-    fn rows<S: Simd>(
-        op: &'static str,
-        p: &Problem<'_, Self>,
-        b: &Block<'_, Self>,
-        i0: usize,
-        i1: usize,
-        q: Range<usize>,
-        c: C<Self>,
-    ) -> Result<()>;
-}
-
-macro_rules! tiled {
-    ($t:ty, $R:ident, [$($isa:ident => ($mr:expr, $nv:expr, $nr:expr)),*]) => {
-        impl Tiled for $t {
-            #[inline(always)]
-            fn pack_b<S: Simd>(p: &Problem<'_, $t>, dst: &mut [$t], j0: usize, cols: usize, p0: usize, kc: usize) {
-                match S::ISA {
-                    $(Isa::$isa => p.pack_b::<S::$R, $nr>(dst, j0, cols, p0, kc),)*
-                }
-            }
-            #[inline(always)]
-            fn rows<S: Simd>(op: &'static str, p: &Problem<'_, $t>, b: &Block<'_, $t>, i0: usize, i1: usize, q: Range<usize>, c: C<$t>) -> Result<()> {
-                match S::ISA {
-                    $(Isa::$isa => rows::<$t, S::$R, $mr, $nv, $nr>(op, p, b, i0, i1, q, c),)*
-                }
-            }
-        }
-    };
-}
-tiled!(f32, R32, [Avx512 => (12, 2, 32), Avx2 => (6, 2, 16), Portable => (4, 2, 8)]);
-tiled!(f64, R64, [Avx512 => (12, 2, 16), Avx2 => (6, 2, 8), Portable => (4, 2, 8)]);
 
 /// Rows i0..i1 of C against the panels `q` of one packed B block: packs the rows' A block (MR-tall
 /// panels, its own buffer), then for each A panel (stays in L1) sweeps the B panels (stream from L2).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn rows<T: Float, R: Transpose<T>, const MR: usize, const NV: usize, const NR: usize>(
+struct RowTask<'a, T> {
     op: &'static str,
-    p: &Problem<'_, T>,
-    b: &Block<'_, T>,
+    p: &'a Problem<'a, T>,
+    b: &'a Block<'a, T>,
     i0: usize,
     i1: usize,
     q: Range<usize>,
     c: C<T>,
-) -> Result<()> {
-    assert!(NR == NV * R::LANES, "tile width");
-    let (im, kb) = (i1 - i0, b.kb);
-    let mut a_buf = pool::for_overwrite::<T>(op, im.div_ceil(MR) * MR * kb + 64)?;
-    let ap = aligned(&mut a_buf, im.div_ceil(MR) * MR * kb);
-    for (q, dst) in ap.chunks_exact_mut(kb * MR).enumerate() {
-        p.pack_a::<R, MR>(dst, i0 + q * MR, MR.min(im - q * MR), b.pc, kb);
-    }
-    for r in 0..im.div_ceil(MR) {
-        let (i, h) = (i0 + r * MR, MR.min(im - r * MR));
-        let apanel = &ap[r * kb * MR..(r + 1) * kb * MR];
-        for q in q.clone() {
-            let (j, w) = (b.jc + q * NR, NR.min(b.jn - q * NR));
-            let bpanel = &b.b[q * kb * NR..(q + 1) * kb * NR];
-            // SAFETY: rows i..i + h and columns j..j + w lie inside C and inside this task's rows
-            // (no other task touches them); C has ld = n columns.
-            unsafe { tile_into::<T, R, MR, NV>(kb, apanel, bpanel, c, i, j, h, w, b.pc == 0) };
-        }
-    }
-    pool::recycle(a_buf);
-    Ok(())
 }
 
-/// C[i..i + h, j..j + w] = (0 if `first`, else itself) + the tile product of the panels.
-///
-/// # Safety
-/// The block of C must be valid for reads and writes and accessed by no one else meanwhile.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_into<T: Float, R: Reg<T>, const MR: usize, const NV: usize>(
-    kc: usize,
-    a: &[T],
-    b: &[T],
-    c: C<T>,
-    i: usize,
-    j: usize,
-    h: usize,
-    w: usize,
-    first: bool,
-) {
-    let l = R::LANES;
-    let at = |r: usize| c.ptr.wrapping_add((i + r) * c.ld + j);
-    if h == MR && w == NV * l {
-        // SAFETY: a full tile inside C (the caller's contract).
-        unsafe { micro::<T, R, MR, NV>(kc, a, b, at(0), c.ld, first) };
-        return;
-    }
-    // An edge tile: through a buffer, loading and storing only the valid part.
-    let mut buf = [[T::ZERO; 64]; MR];
-    if !first {
-        for (r, row) in buf.iter_mut().enumerate().take(h) {
-            // SAFETY: row r of the valid block.
-            unsafe { std::ptr::copy_nonoverlapping(at(r), row.as_mut_ptr(), w) };
+impl<T: Float> TileJob<T> for RowTask<'_, T> {
+    type Out = Result<()>;
+    #[inline(always)]
+    fn run<R: Transpose<T>, const MR: usize, const NV: usize>(self) -> Result<()> {
+        let RowTask { op, p, b, i0, i1, q, c } = self;
+        let (im, kb, nr) = (i1 - i0, b.kb, NV * R::LANES);
+        let mut a_buf = pool::for_overwrite::<T>(op, im.div_ceil(MR) * MR * kb + 64)?;
+        let ap = aligned(&mut a_buf, im.div_ceil(MR) * MR * kb);
+        for (q, dst) in ap.chunks_exact_mut(kb * MR).enumerate() {
+            p.pack_a::<R, MR>(dst, i0 + q * MR, MR.min(im - q * MR), b.pc, kb);
         }
-    }
-    // SAFETY: buf rows hold NV·LANES ≤ 64 elements.
-    unsafe { micro::<T, R, MR, NV>(kc, a, b, buf.as_mut_ptr() as *mut T, 64, first) };
-    for (r, row) in buf.iter().enumerate().take(h) {
-        // SAFETY: as above.
-        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), at(r), w) };
-    }
-}
-
-/// The register tile: c[r·ldc + col] = (0 if `first`, else itself) + Σ_kk a[kk·MR + r]·b[kk·NR + col],
-/// kk ascending, one FMA per step.
-///
-/// # Safety
-/// `c` must be valid for MR rows of NV·LANES elements at stride `ldc`; `a` holds kc·MR and `b` kc·NR
-/// elements (checked).
-#[inline(always)]
-unsafe fn micro<T: Float, R: Reg<T>, const MR: usize, const NV: usize>(kc: usize, a: &[T], b: &[T], c: *mut T, ldc: usize, first: bool) {
-    let l = R::LANES;
-    let nr = NV * l;
-    assert!(a.len() >= kc * MR && b.len() >= kc * nr);
-    let mut acc = [[R::zero(); NV]; MR];
-    if !first {
-        for (r, row) in acc.iter_mut().enumerate() {
-            for (v, x) in row.iter_mut().enumerate() {
-                // SAFETY: inside the tile (the caller's contract).
-                *x = unsafe { R::load_ptr(c.add(r * ldc + v * l)) };
+        for r in 0..im.div_ceil(MR) {
+            let (i, h) = (i0 + r * MR, MR.min(im - r * MR));
+            let apanel = PackedA::new(&ap[r * kb * MR..(r + 1) * kb * MR], kb, MR);
+            for q in q.clone() {
+                let (j, w) = (b.jc + q * nr, nr.min(b.jn - q * nr));
+                let bpanel = Packed::new(&b.b[q * kb * nr..(q + 1) * kb * nr], kb, nr);
+                // SAFETY: rows i..i + h and columns j..j + w lie inside C and inside this task's rows
+                // (no other task touches them); C has ld = n columns.
+                unsafe { tile_into::<T, R, _, _, MR, NV>(kb, apanel, bpanel, c, i, j, h, w, b.pc == 0) };
             }
         }
+        pool::recycle(a_buf);
+        Ok(())
     }
-    let (ap, bp) = (a.as_ptr(), b.as_ptr());
-    for kk in 0..kc {
-        // The B panel streams from L2: ask for its rows a few steps ahead.
-        for v in 0..NV {
-            prefetch(bp.wrapping_add((kk + PREFETCH_AHEAD) * nr + v * l));
-        }
-        // SAFETY: kk < kc, and the panels hold kc rows (asserted above).
-        let bv: [R; NV] = std::array::from_fn(|v| unsafe { R::load_ptr(bp.add(kk * nr + v * l)) });
-        for (r, row) in acc.iter_mut().enumerate() {
-            // SAFETY: as above.
-            let x = R::splat(unsafe { *ap.add(kk * MR + r) });
-            for (v, y) in row.iter_mut().enumerate() {
-                *y = x.fma(bv[v], *y);
-            }
-        }
-    }
-    for (r, row) in acc.iter().enumerate() {
-        for (v, x) in row.iter().enumerate() {
-            // SAFETY: inside the tile (the caller's contract).
-            unsafe { x.store_ptr(c.add(r * ldc + v * l)) };
-        }
-    }
-}
-
-/// How many k steps ahead the micro-kernel prefetches the B panel.
-const PREFETCH_AHEAD: usize = 8;
-
-/// Asks the CPU to bring the cache line of `p` into L1 (a hint: it never faults, any address is fine).
-#[inline(always)]
-fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch does not access memory architecturally.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
-/// The first `len` elements of `buf` from its first 64-byte boundary (`buf` has 64 spare elements), so
-/// that no vector load of the micro-kernel straddles two cache lines.
-#[inline(always)]
-fn aligned<T>(buf: &mut [T], len: usize) -> &mut [T] {
-    let skip = buf.as_ptr().align_offset(64).min(buf.len() - len);
-    &mut buf[skip..skip + len]
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The matmul against the scalar FMA chain: every instruction set, layout, block edge and thread count.
 
-use super::super::{detect, set_isa_cap};
+use super::super::{detect, set_isa_cap, Isa};
 use super::*;
 
 /// The reference: each element an FMA chain over k ascending from zero.
@@ -101,6 +101,4 @@ fn cache_sizes_and_blocks_are_sane() {
     assert!(c.l1d >= 8 << 10 && c.l2 >= c.l1d && c.l3 >= 1 << 10, "{c:?}");
     let b = Blocks::new(12, 32, 4);
     assert!(b.kc >= 64 && b.kc.is_multiple_of(8) && b.mc.is_multiple_of(12) && b.nc.is_multiple_of(32), "{b:?}");
-    assert_eq!(cpu_count("0-3,8"), 5);
-    assert_eq!(cpu_count("0"), 1);
 }
