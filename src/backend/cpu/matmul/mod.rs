@@ -246,7 +246,10 @@ impl<T: Float> Problem<'_, T> {
 #[inline(always)]
 fn copy_upto<T: Copy, const N: usize>(dst: &mut [T], src: &[T], w: usize) {
     if w == N {
-        dst[..N].copy_from_slice(&src[..N]);
+        // As arrays: `copy_from_slice` of a constant length can still become a memcpy call.
+        let s: [T; N] = src[..N].try_into().unwrap();
+        let d: &mut [T; N] = (&mut dst[..N]).try_into().unwrap();
+        *d = s;
     } else {
         dst[..w].copy_from_slice(&src[..w]);
     }
