@@ -120,7 +120,7 @@ fn describe(state: Option<usize>) -> String {
 }
 
 /// Runs `schedule` on a [`Simulator`] with `schedule.slots()` slots, validating every action, and returns
-/// what it measured. An invalid or incomplete schedule is an [`Error::Invalid`] naming the action.
+/// what it measured. An invalid or incomplete schedule is an [`Error::Invalid`](crate::Error::Invalid) naming the action.
 pub fn simulate(schedule: &Schedule) -> Result<ScheduleStats> {
     let mut sim = Simulator::new(schedule.steps(), schedule.slots());
     schedule.for_each(&mut |a| sim.apply(a))?;
