@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // each example uses a subset
 
+pub mod mgdata;
+
 use std::time::Instant;
 
 /// The median of timings (the mean of the two middle ones for an even count); `v` must not be empty.
