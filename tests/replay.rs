@@ -89,7 +89,8 @@ fn rand(shape: &[usize], seed: u64, dt: DType) -> Tensor {
 #[test]
 fn optimizer_paths_are_bitwise_identical() {
     for dt in [DType::F32, DType::F64] {
-        let shapes = [vec![3, 5], vec![7], vec![]];
+        // Below, at and across the fused kernel's 16-element blocks and its parallel chunks.
+        let shapes = [vec![3, 5], vec![7], vec![], vec![37], vec![200, 201]];
         let mk = |seed: u64| -> Vec<Tensor> { shapes.iter().enumerate().map(|(i, s)| rand(s, seed * 10 + i as u64, dt)).collect() };
         let (p, g, b) = (mk(1), mk(2), mk(3));
         let v: Vec<Tensor> = mk(4)
@@ -188,6 +189,54 @@ fn diverging_training_names_the_step() {
     match metagradient(&Diverges, &z, ScheduleKind::KAry { k: 2 }) {
         Err(Error::NonFinite { step, msg }) => assert_eq!(step, 1, "{msg}"),
         other => panic!("expected NonFinite at step 1, got {other:?}"),
+    }
+}
+
+/// x_{t+1} = x_t · (z at step `at`, else 1), x_0 = 1e200: overflows to infinity at step `at` of 100
+/// and stays there (the state is scanned once per segment of CHECK_EVERY steps, not after every step).
+struct DivergesAt(usize);
+impl Training for DivergesAt {
+    fn steps(&self) -> usize {
+        100
+    }
+    fn initial_state(&self) -> Result<Vec<Tensor>> {
+        Ok(vec![Tensor::zeros([3], DType::F64), Tensor::from_vec(vec![1e200f64, 1.0], [2])?])
+    }
+    fn step(&self, _: &StepCtx, t: usize, s: &[Var], z: &[Var]) -> Result<Vec<Var>> {
+        let x = if t == self.0 { s[1].mul(&z[0])? } else { s[1].mul_scalar(1.0)? };
+        Ok(vec![s[0].mul_scalar(1.0)?, x])
+    }
+    fn output(&self, s: &[Var]) -> Result<Var> {
+        s[1].sum_all()
+    }
+}
+
+#[test]
+fn divergence_inside_a_check_segment_names_its_step_and_tensor() {
+    use metagrad::replay::{train_with, CHECK_EVERY};
+    let z = vec![Tensor::scalar(1e200, DType::F64)];
+    // At a segment's first, middle and last step, in training and in every schedule's replays.
+    for at in [0, CHECK_EVERY - 1, CHECK_EVERY, 37, 99] {
+        let mut seen = 0;
+        let err = train_with(&DivergesAt(at), &z, |_| {
+            seen += 1;
+            Ok(())
+        });
+        match err {
+            Err(Error::NonFinite { step, msg }) => {
+                assert_eq!(step, at, "{msg}");
+                assert!(msg.contains("tensor 1"), "{msg}");
+            }
+            other => panic!("expected NonFinite at step {at}, got {other:?}"),
+        }
+        // The observer saw the steps up to the end of the failing segment, at most.
+        assert!(seen > at && seen <= (at / CHECK_EVERY + 1) * CHECK_EVERY, "at {at}: observed {seen} steps");
+        for kind in [ScheduleKind::KAry { k: 3 }, ScheduleKind::StoreAll] {
+            match metagradient(&DivergesAt(at), &z, kind) {
+                Err(Error::NonFinite { step, .. }) => assert_eq!(step, at, "{kind:?}"),
+                other => panic!("{kind:?}: expected NonFinite at step {at}, got {other:?}"),
+            }
+        }
     }
 }
 

@@ -103,6 +103,33 @@ fn zeros_ones_full_in_every_dtype() {
 }
 
 #[test]
+fn all_finite_finds_one_bad_value_anywhere_in_every_dtype() {
+    // The scan works in chunks: a NaN or ±∞ at the first, a middle, a chunk-edge or the last position
+    // is found, while the largest finite values and subnormals are finite (the oracle: f64::is_finite
+    // of the value as stored).
+    let n = 1000;
+    for dt in ALL {
+        let base = Tensor::randn([n], DType::F64, 7).try_to_dtype(dt).unwrap();
+        assert!(base.all_finite(), "{dt}");
+        let big = match dt {
+            DType::F64 => f64::MAX,
+            DType::F32 => f32::MAX as f64,
+            DType::BF16 => bf16::MAX.to_f64(),
+            DType::F16 => f16::MAX.to_f64(),
+        };
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, big, -big, 1e-310, 0.0] {
+            for at in [0, 255, 256, 511, 700, n - 1] {
+                let mut v = base.to_vec_f64();
+                v[at] = bad;
+                let t = Tensor::from_vec(v, [n]).unwrap().try_to_dtype(dt).unwrap();
+                let stored = t.to_vec_f64()[at];
+                assert_eq!(t.all_finite(), stored.is_finite(), "{dt}: {bad} stored as {stored} at {at}");
+            }
+        }
+    }
+}
+
+#[test]
 fn arange_values_and_dtypes() {
     let a = Tensor::arange(0.0, 1.0, 5, DType::F64);
     assert_eq!(a.dims(), &[5]);

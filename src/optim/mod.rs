@@ -44,9 +44,12 @@ fn check(op: &'static str, params: &[Var], rest: &[&[Var]], hypers: &[&Var]) -> 
     Ok(())
 }
 
-/// Whether the update must be recorded (some operand is tracked and recording is on).
+/// Whether the update must be recorded: recording is on, some operand is tracked, and this is not an
+/// untaped training step (whose result nobody differentiates; see [`crate::replay::StepCtx`]).
 fn taped(all: &[&[Var]], hypers: &[&Var]) -> bool {
-    crate::is_grad_enabled() && (all.iter().any(|s| s.iter().any(Var::is_tracked)) || hypers.iter().any(|h| h.is_tracked()))
+    crate::is_grad_enabled()
+        && !crate::mode::in_untaped_step()
+        && (all.iter().any(|s| s.iter().any(Var::is_tracked)) || hypers.iter().any(|h| h.is_tracked()))
 }
 
 /// The device of the parameters (the CPU when there are none).

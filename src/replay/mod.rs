@@ -88,7 +88,10 @@ pub struct StepInfo<'a> {
 /// `step` must be a pure function of `(t, state, meta)`: choose step t's batch (and any randomness, from
 /// a counter-based generator keyed by t) deterministically from t, so that a replayed step reproduces the
 /// original bit for bit. The optimizers in [`crate::optim`] take the fast untaped path or the taped path
-/// by themselves, with identical results.
+/// by themselves, with identical results: in an untaped step (training, replays; the forward pass is
+/// still recorded there for [`StepCtx::grad`]) their update is computed by the fused kernel and not
+/// recorded, since nothing differentiates an untaped step's result. So do not differentiate through an
+/// optimizer update inside a step; the taped step records it for the metagradient.
 pub trait Training {
     /// The number of steps T (at least 1).
     fn steps(&self) -> usize;
@@ -166,7 +169,10 @@ fn advance(tr: &impl Training, t: usize, state: Vec<Tensor>, meta: &[Var]) -> Re
     let tape = Tape::new();
     let s: Vec<Var> = state.iter().map(|x| tape.var(x.clone())).collect();
     let ctx = StepCtx::new(false);
-    let out = tr.step(&ctx, t, &s, meta)?;
+    let out = {
+        let _untaped = crate::mode::untaped_step(true);
+        tr.step(&ctx, t, &s, meta)?
+    };
     check_state("train", t, &state, &out)?;
     Ok((out.into_iter().map(|v| v.value().clone()).collect(), ctx.loss()))
 }
@@ -186,6 +192,51 @@ fn check_finite(t: usize, state: &[Tensor]) -> Result<()> {
     Ok(())
 }
 
+/// Untaped steps between two scans of the state for NaN and infinity. Scanning every state after
+/// every step reads the whole state once more per step (about a tenth of a small model's step on the
+/// CPU, a download per tensor on a GPU); a diverged run stays non-finite, so scanning once per segment
+/// finds it, and re-running the failed segment step by step names the step.
+pub const CHECK_EVERY: usize = 16;
+
+/// Untaped steps `from..to` from state `s` (s_from), calling `observe` after each. The state is scanned
+/// for NaN and infinity every [`CHECK_EVERY`] steps and at `to`; when a scan fails, the segment is
+/// re-run from its first state with a scan after every step, so the error names the first step that
+/// produced a non-finite state (training is deterministic, so the re-run reproduces it).
+fn run_steps(
+    tr: &impl Training,
+    from: usize,
+    to: usize,
+    mut s: Vec<Tensor>,
+    z: &[Var],
+    observe: &mut dyn FnMut(&StepInfo<'_>) -> Result<()>,
+) -> Result<Vec<Tensor>> {
+    let mut start = (from, s.clone());
+    for t in from..to {
+        let (next, loss) = advance(tr, t, s, z)?;
+        observe(&StepInfo { step: t, loss, state: &next })?;
+        s = next;
+        if t + 1 == to || (t + 1 - start.0) % CHECK_EVERY == 0 {
+            if first_non_finite(s.iter())?.is_some() {
+                let (mut u, mut r) = (start.0, start.1.clone());
+                while u <= t {
+                    r = advance(tr, u, r, z)?.0;
+                    check_finite(u, &r)?;
+                    u += 1;
+                }
+                return Err(Error::NonFinite {
+                    step: t,
+                    msg: format!(
+                        "the state after steps {}..={t} is not finite, but re-running them is: the step is not deterministic",
+                        start.0
+                    ),
+                });
+            }
+            start = (t + 1, s.clone());
+        }
+    }
+    Ok(s)
+}
+
 /// Trains from s_0 for T steps (untaped) and returns s_T. A NaN or infinity in a state is an
 /// [`Error::NonFinite`] naming the step that produced it.
 pub fn train(tr: &impl Training, meta: &[Tensor]) -> Result<Vec<Tensor>> {
@@ -193,17 +244,12 @@ pub fn train(tr: &impl Training, meta: &[Tensor]) -> Result<Vec<Tensor>> {
 }
 
 /// [`train`], calling `observe` after every step with the step, its loss and the new state (to log a
-/// loss curve, save checkpoints, or stop early by returning an error).
+/// loss curve, save checkpoints, or stop early by returning an error). The state is scanned for NaN
+/// and infinity every [`CHECK_EVERY`] steps, so `observe` may see up to `CHECK_EVERY − 1` non-finite
+/// states before the error that names the step producing the first one.
 pub fn train_with(tr: &impl Training, meta: &[Tensor], mut observe: impl FnMut(&StepInfo<'_>) -> Result<()>) -> Result<Vec<Tensor>> {
     let z = constants(meta);
-    let mut s = tr.initial_state()?;
-    for t in 0..tr.steps() {
-        let (next, loss) = advance(tr, t, s, &z)?;
-        check_finite(t, &next)?;
-        observe(&StepInfo { step: t, loss, state: &next })?;
-        s = next;
-    }
-    Ok(s)
+    run_steps(tr, 0, tr.steps(), tr.initial_state()?, &z, &mut observe)
 }
 
 /// φ(s_T) after a plain training run; a non-finite state or φ is an [`Error::NonFinite`].
@@ -242,13 +288,10 @@ pub fn metagradient(tr: &impl Training, meta: &[Tensor], kind: ScheduleKind) -> 
             Action::Restore { slot, .. } => working = Some(arena.load(slot)?),
             Action::Free { slot } => arena.free(slot)?,
             Action::Advance { from, to } => {
-                let mut s = working.take().ok_or_else(|| lost("advances"))?;
+                let s = working.take().ok_or_else(|| lost("advances"))?;
                 let clock = Instant::now();
-                for t in from..to {
-                    s = advance(tr, t, s, &zc)?.0;
-                    // A diverged run would surface as NaN adjoints at step T − 1; name the step instead.
-                    check_finite(t, &s)?;
-                }
+                // A diverged run would surface as NaN adjoints at step T − 1; name the step instead.
+                let s = run_steps(tr, from, to, s, &zc, &mut |_| Ok(()))?;
                 stats.replay_seconds += clock.elapsed().as_secs_f64();
                 stats.replayed_steps += (to - from) as u64;
                 working = Some(s);
@@ -263,8 +306,13 @@ pub fn metagradient(tr: &impl Training, meta: &[Tensor], kind: ScheduleKind) -> 
                 check_state("metagradient", t, &s0, &out)?;
                 let objective = if t + 1 == steps {
                     final_state = out.iter().map(|v| v.value().clone()).collect();
+                    // The last step runs only here, taped: s_T gets the scan the replays give the others.
+                    check_finite(t, &final_state)?;
                     let y = tr.output(&out)?;
                     phi = y.value().to_scalar()?;
+                    if !phi.is_finite() {
+                        return Err(Error::NonFinite { step: t, msg: format!("the output φ(s_T) is {phi}") });
+                    }
                     y
                 } else {
                     // ⟨s̄_{t+1}, h_t(s_t, z)⟩: its gradient is the vector-Jacobian product we need.

@@ -277,27 +277,33 @@ pub(crate) fn zip<T: Float, F: Fn(T, T) -> T + Sync>(
     Ok(o)
 }
 
-/// `N` outputs per index: `out[j][k] = f(k)[j]`, computed in parallel over fixed chunks (fused
-/// multi-output kernels such as optimizer updates).
-pub(crate) fn zip_n<T: Float, const N: usize>(
+/// `N` outputs from `M` inputs of one length: `(out[0][k], …, out[N−1][k]) = f(in[0][k], …, in[M−1][k])`,
+/// in parallel over fixed chunks (fused multi-output kernels such as optimizer updates).
+///
+/// Each chunk runs in blocks of [`BLOCK`] elements computed into registers-sized local arrays, so the
+/// loop has no bounds checks and no aliasing between the outputs, and vectorizes like [`map`] (with the
+/// same ISA copies: `mul_add` is one instruction there, and the bits are the same everywhere).
+pub(crate) fn zip_n<T: Float, const M: usize, const N: usize>(
     op: &'static str,
-    len: usize,
-    f: impl Fn(usize) -> [T; N] + Sync + Send,
+    ins: [&[T]; M],
+    f: impl Fn([T; M]) -> [T; N] + Sync + Send,
 ) -> Result<[Vec<T>; N]> {
+    let len = ins.first().map_or(0, |p| p.len());
+    if ins.iter().any(|i| i.len() != len) {
+        return crate::error::invalid(op, "fused update: operands of different lengths");
+    }
     let mut outs: Vec<Vec<T>> = (0..N).map(|_| pool::for_overwrite(op, len)).collect::<Result<_>>()?;
     let mut chunks: Vec<std::slice::ChunksMut<'_, T>> = outs.iter_mut().map(|o| o.chunks_mut(CHUNK)).collect();
     let mut jobs: Vec<(usize, Vec<&mut [T]>)> = Vec::new();
     for c in 0..len.div_ceil(CHUNK) {
         jobs.push((c, chunks.iter_mut().filter_map(Iterator::next).collect()));
     }
+    let isa = best_isa();
     let run = |(c, mut parts): (usize, Vec<&mut [T]>)| {
-        let len = parts.first().map_or(0, |p| p.len());
-        for k in 0..len {
-            let v = f(c * CHUNK + k);
-            for (p, x) in parts.iter_mut().zip(v) {
-                p[k] = x;
-            }
-        }
+        let at = c * CHUNK;
+        let n = parts.first().map_or(0, |p| p.len());
+        let chunk_ins = ins.map(|i| &i[at..at + n]);
+        zip_n_dispatch(isa, &chunk_ins, &mut parts, &f);
     };
     if len <= CHUNK {
         jobs.into_iter().for_each(run);
@@ -306,4 +312,69 @@ pub(crate) fn zip_n<T: Float, const N: usize>(
     }
     let mut it = outs.into_iter();
     Ok(std::array::from_fn(|_| it.next().unwrap_or_default()))
+}
+
+/// Elements per block of [`zip_n`]: one AVX-512 register of f32.
+const BLOCK: usize = 16;
+
+#[inline(always)]
+fn zip_n_slices<T: Float, const M: usize, const N: usize>(ins: &[&[T]; M], outs: &mut [&mut [T]], f: &impl Fn([T; M]) -> [T; N]) {
+    let len = outs.first().map_or(0, |o| o.len());
+    let mut at = 0;
+    while at < len {
+        let b = BLOCK.min(len - at);
+        let mut ys = [[T::ZERO; BLOCK]; N];
+        if b == BLOCK {
+            let xs: [&[T; BLOCK]; M] = std::array::from_fn(|m| ins[m][at..at + BLOCK].try_into().expect("a full block"));
+            for i in 0..BLOCK {
+                let y = f(std::array::from_fn(|m| xs[m][i]));
+                for j in 0..N {
+                    ys[j][i] = y[j];
+                }
+            }
+        } else {
+            for i in 0..b {
+                let y = f(std::array::from_fn(|m| ins[m][at + i]));
+                for j in 0..N {
+                    ys[j][i] = y[j];
+                }
+            }
+        }
+        for (o, y) in outs.iter_mut().zip(&ys) {
+            o[at..at + b].copy_from_slice(&y[..b]);
+        }
+        at += b;
+    }
+}
+
+/// [`zip_n_slices`] compiled for AVX2+FMA (same bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn zip_n_avx2<T: Float, const M: usize, const N: usize>(ins: &[&[T]; M], outs: &mut [&mut [T]], f: &impl Fn([T; M]) -> [T; N]) {
+    zip_n_slices(ins, outs, f)
+}
+
+/// [`zip_n_slices`] compiled for AVX-512 (same bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn zip_n_avx512<T: Float, const M: usize, const N: usize>(ins: &[&[T]; M], outs: &mut [&mut [T]], f: &impl Fn([T; M]) -> [T; N]) {
+    zip_n_slices(ins, outs, f)
+}
+
+#[inline(always)]
+fn zip_n_dispatch<T: Float, const M: usize, const N: usize>(
+    isa: Isa,
+    ins: &[&[T]; M],
+    outs: &mut [&mut [T]],
+    f: &impl Fn([T; M]) -> [T; N],
+) {
+    match isa {
+        // SAFETY: the caller got `isa` from best_isa(), which checked these features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { zip_n_avx512(ins, outs, f) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { zip_n_avx2(ins, outs, f) },
+        _ => zip_n_slices(ins, outs, f),
+    }
 }

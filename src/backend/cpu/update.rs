@@ -10,7 +10,6 @@ use crate::error::{invalid, Result};
 
 /// The update `u` of tensors `t` with scalar hyperparameters `h` (see [`Update`] for the order).
 pub(crate) fn update<T: Float>(op: &'static str, u: Update, t: &[&[T]], h: &[T]) -> Result<Vec<Vec<T>>> {
-    let len = t.first().map_or(0, |p| p.len());
     match u {
         Update::Sgd { momentum, nesterov } => {
             let (&[p, g, ref rest @ ..], &[lr, wd, ref mu @ ..]) = (t, h) else {
@@ -21,17 +20,19 @@ pub(crate) fn update<T: Float>(op: &'static str, u: Update, t: &[&[T]], h: &[T])
                 (false, [], []) => (None, T::ZERO),
                 _ => return invalid(op, "sgd update: wrong operand count"),
             };
-            let [np, nb] = zip_n(op, len, |k| {
-                let g1 = g[k] + p[k] * wd;
-                let (step, v1) = match b {
-                    Some(b) => {
-                        let v1 = b[k] * m + g1;
-                        (if nesterov { g1 + v1 * m } else { v1 }, v1)
-                    }
-                    None => (g1, T::ZERO),
-                };
-                [p[k] - step * lr, v1]
-            })?;
+            // The same operations with and without a buffer (a zero buffer is never read).
+            let [np, nb] = match b {
+                Some(b) => zip_n(op, [p, g, b], |[p, g, b]| {
+                    let g1 = g + p * wd;
+                    let v1 = b * m + g1;
+                    let step = if nesterov { g1 + v1 * m } else { v1 };
+                    [p - step * lr, v1]
+                })?,
+                None => {
+                    let [np] = zip_n(op, [p, g], |[p, g]| [p - (g + p * wd) * lr])?;
+                    [np, Vec::new()]
+                }
+            };
             Ok(if momentum { vec![np, nb] } else { vec![np] })
         }
         Update::Adam { decoupled, eps, eps_root, t: step } => {
@@ -44,18 +45,63 @@ pub(crate) fn update<T: Float>(op: &'static str, u: Update, t: &[&[T]], h: &[T])
             let e = T::from_f64((step as f64) + 1.0);
             let (bc1, bc2) = ((-one).mul_add(b1.powf(e), one), (-one).mul_add(b2.powf(e), one));
             let (er, ep) = (T::from_f64(eps_root), T::from_f64(eps));
-            let out = zip_n(op, len, |k| {
-                let gk = if decoupled { g[k] } else { g[k] + p[k] * wd };
-                let m1 = m[k] * b1 + gk * c1;
-                let v1 = v[k] * b2 + (gk * gk) * c2;
+            let out = zip_n(op, [p, g, m, v], |[p, g, m, v]| {
+                let gk = if decoupled { g } else { g + p * wd };
+                let m1 = m * b1 + gk * c1;
+                let v1 = v * b2 + (gk * gk) * c2;
                 let denom = one.mul_add(one.mul_add(v1 / bc2, er).sqrt(), ep);
                 let mut upd = (m1 / bc1) / denom;
                 if decoupled {
-                    upd += p[k] * wd;
+                    upd += p * wd;
                 }
-                [p[k] - upd * lr, m1, v1]
+                [p - upd * lr, m1, v1]
             })?;
             Ok(out.into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::{set_isa_cap, Isa};
+
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        (0..n).map(|i| (((i as u64 * 2654435761 + seed) % 1000) as f32 - 500.0) / 250.0).collect()
+    }
+
+    /// Every ISA copy of the fused kernels, on lengths below, at and across the 16-element blocks and
+    /// the parallel chunks, gives the bits of the formula written as a plain scalar loop.
+    #[test]
+    fn fused_updates_give_the_scalar_formula_bits_at_every_isa() {
+        for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+            set_isa_cap(isa);
+            for n in [0, 5, 16, 37, 40_003] {
+                let (p, g, b) = (data(n, 1), data(n, 2), data(n, 3));
+                let v: Vec<f32> = data(n, 4).iter().map(|x| x * x).collect();
+                let (lr, wd, mu) = (0.05f32, 1e-3f32, 0.9f32);
+                let out = update("t", Update::Sgd { momentum: true, nesterov: true }, &[&p, &g, &b], &[lr, wd, mu]).unwrap();
+                for k in 0..n {
+                    let g1 = g[k] + p[k] * wd;
+                    let v1 = b[k] * mu + g1;
+                    let want = p[k] - (g1 + v1 * mu) * lr;
+                    assert_eq!((out[0][k].to_bits(), out[1][k].to_bits()), (want.to_bits(), v1.to_bits()), "sgd {isa:?} n={n} k={k}");
+                }
+                let (b1, b2) = (0.9f32, 0.999f32);
+                let u = Update::Adam { decoupled: true, eps: 1e-8, eps_root: 1e-9, t: 6 };
+                let out = update("t", u, &[&p, &g, &b, &v], &[lr, b1, b2, wd]).unwrap();
+                let (c1, c2) = ((-1f32).mul_add(b1, 1.0), (-1f32).mul_add(b2, 1.0));
+                let (bc1, bc2) = ((-1f32).mul_add(b1.powf(7.0), 1.0), (-1f32).mul_add(b2.powf(7.0), 1.0));
+                for k in 0..n {
+                    let m1 = b[k] * b1 + g[k] * c1;
+                    let v1 = v[k] * b2 + (g[k] * g[k]) * c2;
+                    let denom = 1f32.mul_add(1f32.mul_add(v1 / bc2, 1e-9).sqrt(), 1e-8);
+                    let want = p[k] - ((m1 / bc1) / denom + p[k] * wd) * lr;
+                    let got = (out[0][k].to_bits(), out[1][k].to_bits(), out[2][k].to_bits());
+                    assert_eq!(got, (want.to_bits(), m1.to_bits(), v1.to_bits()), "adam {isa:?} n={n} k={k}");
+                }
+            }
+        }
+        set_isa_cap(Isa::Avx512);
     }
 }
