@@ -215,7 +215,7 @@ fn run_steps(
         let (next, loss) = advance(tr, t, s, z)?;
         observe(&StepInfo { step: t, loss, state: &next })?;
         s = next;
-        if t + 1 == to || (t + 1 - start.0) % CHECK_EVERY == 0 {
+        if t + 1 == to || (t + 1 - start.0).is_multiple_of(CHECK_EVERY) {
             if first_non_finite(s.iter())?.is_some() {
                 let (mut u, mut r) = (start.0, start.1.clone());
                 while u <= t {
