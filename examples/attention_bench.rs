@@ -77,6 +77,8 @@ fn measure(w: &Workload, fused: bool, reps: usize) -> Result<[f64; 3]> {
 }
 
 fn main() -> Result<()> {
+    // Kernels called from main run their tasks here instead of waking the pool (see the docs).
+    metagrad::use_calling_thread()?;
     let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("usage: attention_bench [reps] [n] [d]")).collect();
     let (reps, n, d) = (args.first().copied().unwrap_or(15), args.get(1).copied().unwrap_or(512), args.get(2).copied().unwrap_or(64));
     let (b, h) = (1, 4);

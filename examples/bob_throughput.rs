@@ -395,6 +395,8 @@ fn parse_args() -> std::result::Result<Args, String> {
 }
 
 fn main() -> ExitCode {
+    // Kernels called from main run their tasks here instead of waking the pool (see the docs).
+    metagrad::use_calling_thread().expect("rayon is not used before main");
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

@@ -80,6 +80,8 @@ impl Problem {
 }
 
 fn main() -> Result<()> {
+    // Kernels called from main run their tasks here instead of waking the pool (see the docs).
+    metagrad::use_calling_thread()?;
     let (mut reps, mut paths) = (10usize, vec![(0, true), (1, false)]);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {

@@ -13,6 +13,8 @@ use metagrad::Tensor;
 use std::time::Instant;
 
 fn main() {
+    // Kernels called from main run their tasks here instead of waking the pool (see the docs).
+    metagrad::use_calling_thread().expect("rayon is not used before main");
     let json = std::env::args().any(|a| a == "--json");
     let machine = Machine::measure();
     // (key, name, m, k, n, A transposed, B transposed): the MLP benchmark's products, then 2048³.

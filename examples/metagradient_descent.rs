@@ -140,6 +140,8 @@ fn lr_curve(eta: &Tensor, steps: usize) -> Result<Vec<f64>> {
 }
 
 fn main() -> Result<()> {
+    // Kernels called from main run their tasks here instead of waking the pool (see the docs).
+    metagrad::use_calling_thread()?;
     let args: Vec<String> = std::env::args().collect();
     let (iters, steps, k) = (arg(&args, "--iters", 8usize), arg(&args, "--steps", 120usize), arg(&args, "--k", 4usize));
     let out_dir = std::path::PathBuf::from(arg(&args, "--out", "mgd_out".to_string()));

@@ -23,6 +23,8 @@ fn list(v: &[f64]) -> String {
 }
 
 fn main() {
+    // Kernels called from main run their tasks here instead of waking the pool (see the docs).
+    metagrad::use_calling_thread().expect("rayon is not used before main");
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (mut kind, mut k, mut stepwise) = (None, 2usize, false);
     let mut it = args.iter();

@@ -19,6 +19,8 @@ use metagrad::DType;
 use std::time::Instant;
 
 fn main() -> metagrad::Result<()> {
+    // Kernels called from main run their tasks here instead of waking the pool (see the docs).
+    metagrad::use_calling_thread()?;
     let args: Vec<String> = std::env::args().collect();
     let reps: usize = args.iter().position(|a| a == "--reps").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(7);
     let p = ReferenceProblem::new(Reference::R1, DType::F64);

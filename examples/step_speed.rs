@@ -330,6 +330,8 @@ fn run_gpt(reps: usize) -> Result<String> {
 }
 
 fn main() {
+    // Kernels called from main run their tasks here instead of waking the pool (see the docs).
+    metagrad::use_calling_thread().expect("rayon is not used before main");
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |f: &str| args.iter().any(|a| a == f);
     let value = |f: &str| args.iter().position(|a| a == f).and_then(|i| args.get(i + 1)).and_then(|v| v.parse::<usize>().ok());

@@ -59,6 +59,25 @@ pub fn cpu_isa() -> &'static str {
     backend::cpu::best_isa().name()
 }
 
+/// Makes the calling thread (normally `main`'s) a worker of rayon's global thread pool, which the CPU
+/// kernels run on. Call it once, at the start of the program, before anything uses rayon.
+///
+/// Without it, each parallel kernel called from the main thread hands its tasks to the pool's threads
+/// and sleeps until they finish: two thread wake-ups per kernel, tens of microseconds on a busy or
+/// virtual machine, which on a small model's training step (kernels of 10–100 µs) cost more than the
+/// parallelism gains. With it, the calling thread runs the kernel's tasks itself while the other
+/// workers steal the rest; the pool then has `n − 1` threads of its own besides it, `n` being the
+/// thread count rayon would choose (`RAYON_NUM_THREADS`, else the CPU count). Results are the same
+/// bits either way. An error if the global pool exists already (some code used rayon first).
+///
+/// Keep the calling thread out of blocking waits on work it spawned into the pool itself
+/// (`rayon::spawn` then a channel receive): the pool's other workers run such jobs, and with one
+/// thread there are none, so with `n = 1` the pool is left as rayon makes it and the kernels run on the
+/// calling thread.
+pub fn use_calling_thread() -> Result<()> {
+    backend::cpu::use_calling_thread()
+}
+
 /// Returns the memory the CPU backend keeps for reuse to the allocator: buffers of dead tensors cached
 /// for later outputs of the same size (at most 256 MiB) and the per-thread scratch of the fused
 /// attention kernels. Nothing live is touched; later ops allocate afresh. (CUDA devices have

@@ -341,7 +341,10 @@ fn zip_n_slices<T: Float, const M: usize, const N: usize>(ins: &[&[T]; M], outs:
             }
         }
         for (o, y) in outs.iter_mut().zip(&ys) {
-            o[at..at + b].copy_from_slice(&y[..b]);
+            match <&mut [T; BLOCK]>::try_from(&mut o[at..at + b]) {
+                Ok(o) => *o = *y, // a fixed-size copy: register moves, not a memmove call
+                Err(_) => o[at..at + b].copy_from_slice(&y[..b]),
+            }
         }
         at += b;
     }

@@ -131,6 +131,18 @@ pub(crate) fn set_isa_cap(isa: Isa) {
     CAP.store(isa as u8, Ordering::Relaxed);
 }
 
+/// See [`crate::use_calling_thread`].
+pub(crate) fn use_calling_thread() -> crate::Result<()> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n = std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&v| v > 0).unwrap_or(n);
+    let builder = rayon::ThreadPoolBuilder::new().num_threads(n);
+    let builder = if n > 1 { builder.use_current_thread() } else { builder };
+    builder.build_global().map_err(|e| crate::Error::Invalid {
+        op: "use_calling_thread",
+        msg: format!("rayon's global thread pool could not be set up ({e}); call this first thing in main"),
+    })
+}
+
 /// Returns the CPU backend's cached memory to the allocator: the buffer cache of dead tensors and
 /// every thread's attention scratch (on the calling thread and the rayon pool's).
 pub(crate) fn release_memory() {
