@@ -45,7 +45,7 @@ def suite(name, py, threads):
     if name == "matmul":
         progs = [("ours", ours("matmul_gflops", "--json")), ("torch", peer("torch_cpu.py", "--workload", "matmul"))]
         rows = []
-        for key in ["512x784x512", "512x512x512", "512x512x10", "784x512x512", "2048x2048x2048"]:
+        for key in ["512x784x512", "512x512x512", "512x512x10", "784x512x512", "64x784x128", "784x64x128", "2048x2048x2048"]:
             rows.append((f"{key} GFLOP/s", lambda r, k=key: r["ours"][k]["gflops_median"], lambda r, k=key: r["torch"]["matmul"][k]["gflops_median"], "rate", "torch"))
         rows.append(("512x512x512 (Bᵀ) GFLOP/s", lambda r: r["ours"]["512x512x512_tb"]["gflops_median"], lambda r: r["torch"]["matmul"]["512x512x512"]["gflops_median"], "rate", "torch"))
         return progs, rows

@@ -17,13 +17,16 @@ fn main() {
     metagrad::use_calling_thread().expect("rayon is not used before main");
     let json = std::env::args().any(|a| a == "--json");
     let machine = Machine::measure();
-    // (key, name, m, k, n, A transposed, B transposed): the MLP benchmark's products, then 2048³.
-    let shapes: [(&str, &str, usize, usize, usize, bool, bool); 6] = [
+    // (key, name, m, k, n, A transposed, B transposed): the MLP benchmark's products, the step_mlp
+    // training step's (batch 64), then 2048³.
+    let shapes: [(&str, &str, usize, usize, usize, bool, bool); 8] = [
         ("512x784x512", "fwd layer 1      x·W1", 512, 784, 512, false, false),
         ("512x512x512", "fwd layer 2      h·W2", 512, 512, 512, false, false),
         ("512x512x10", "fwd layer 3      h·W3", 512, 512, 10, false, false),
         ("784x512x512", "bwd dW1        xᵀ·g1", 784, 512, 512, true, false),
         ("512x512x512_tb", "bwd dh1       g2·W2ᵀ", 512, 512, 512, false, true),
+        ("64x784x128", "step_mlp fwd     x·W1", 64, 784, 128, false, false),
+        ("784x64x128", "step_mlp bwd   xᵀ·g1", 784, 64, 128, true, false),
         ("2048x2048x2048", "square           A·B", 2048, 2048, 2048, false, false),
     ];
     if !json {

@@ -21,7 +21,8 @@ WARMUPS = 2
 WORKLOADS = ["mlp_784_512_512_10_b512", *ATTENTION, "conv_b32_c3_32_32_hw32_k3", "matmul"]
 # (m, k, n) of the matmul workload: the MLP's products (784x512x512 is the shape of xᵀ·g, timed as a
 # contiguous [784, 512] @ [512, 512]) and a large square one.
-MATMUL_SHAPES = [(512, 784, 512), (512, 512, 512), (512, 512, 10), (784, 512, 512), (2048, 2048, 2048)]
+# The MLP benchmark's products, the step_mlp training step's (batch 64), then 2048³.
+MATMUL_SHAPES = [(512, 784, 512), (512, 512, 512), (512, 512, 10), (784, 512, 512), (64, 784, 128), (784, 64, 128), (2048, 2048, 2048)]
 
 
 def parse_args(framework):

@@ -48,11 +48,26 @@ fn cached<T: Element>(n: usize) -> Option<Vec<T>> {
 }
 
 /// A new buffer of `n` copies of `v`, or [`Error::OutOfMemory`] naming `op` when the allocation fails
-/// or its size overflows (never an abort).
-pub(crate) fn filled<T: Copy>(op: &'static str, n: usize, v: T) -> Result<Vec<T>> {
+/// or its size overflows (never an abort). A zero `v` (all bytes zero) comes from the allocator's zeroed
+/// memory (`calloc`: large blocks are fresh pages, zero already), so nothing is written up front; a
+/// checkpoint arena of hundreds of megabytes costs no pass over memory before it is used.
+pub(crate) fn filled<T: bytemuck::Pod>(op: &'static str, n: usize, v: T) -> Result<Vec<T>> {
     let oom = || Error::oom(op, "a result buffer", (n as u128).checked_mul(std::mem::size_of::<T>() as u128), "cpu");
     if n.checked_mul(std::mem::size_of::<T>()).is_none_or(|b| b > isize::MAX as usize) {
         return Err(oom());
+    }
+    if n > 0 && std::mem::size_of::<T>() > 0 && bytemuck::bytes_of(&v).iter().all(|&b| b == 0) {
+        let layout = std::alloc::Layout::array::<T>(n).map_err(|_| oom())?;
+        // SAFETY: the layout's size is nonzero (n > 0, T not zero-sized); all-zero bytes are a valid T
+        // (Pod); the pointer comes from the global allocator with T's array layout of capacity n, as
+        // Vec::from_raw_parts requires, and all n elements are initialized (zeroed).
+        unsafe {
+            let p = std::alloc::alloc_zeroed(layout).cast::<T>();
+            if p.is_null() {
+                return Err(oom());
+            }
+            return Ok(Vec::from_raw_parts(p, n, n));
+        }
     }
     let mut out = Vec::new();
     out.try_reserve_exact(n).map_err(|_| oom())?;
@@ -60,12 +75,12 @@ pub(crate) fn filled<T: Copy>(op: &'static str, n: usize, v: T) -> Result<Vec<T>
     Ok(out)
 }
 
-/// `f` of every element of `v`, into a new buffer (fallible allocation, see [`filled`]).
-pub(crate) fn map<A: Copy, B: Copy>(op: &'static str, v: &[A], f: impl Fn(A) -> B) -> Result<Vec<B>> {
-    let mut out = Vec::new();
-    out.try_reserve_exact(v.len())
-        .map_err(|_| Error::oom(op, "a result buffer", Some((v.len() * std::mem::size_of::<B>()) as u128), "cpu"))?;
-    out.extend(v.iter().map(|&x| f(x)));
+/// `f` of every element of `v`, into a buffer from the cache when one fits (see [`for_overwrite`]).
+pub(crate) fn map<A: Copy, B: Element>(op: &'static str, v: &[A], f: impl Fn(A) -> B) -> Result<Vec<B>> {
+    let mut out = for_overwrite(op, v.len())?;
+    for (o, &x) in out.iter_mut().zip(v) {
+        *o = f(x);
+    }
     Ok(out)
 }
 
