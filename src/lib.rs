@@ -43,7 +43,7 @@ pub mod shape;
 pub mod tensor;
 
 pub use autodiff::{
-    grad, grad_with, hvp, is_grad_enabled, jvp, no_grad, vjp, with_grad_mode, BackwardFn, CustomOp, GradOptions, Tape, Var,
+    grad, grad_with, hvp, is_grad_enabled, jvp, no_grad, vjp, vjp_many, with_grad_mode, BackwardFn, CustomOp, GradOptions, Tape, Var,
 };
 pub use device::Device;
 pub use dtype::DType;

@@ -157,3 +157,34 @@ fn mixed_devices_are_one_clear_error() {
         assert!(matches!(e, Error::Device { .. }) && e.to_string().contains("cpu") && e.to_string().contains("cuda:0"), "{e}");
     }
 }
+
+/// vjp_many seeds several outputs in one backward pass: the same bits as the gradient of the recorded
+/// Σᵢ ⟨outputᵢ, cᵢ⟩ (outputs sharing nodes, one untracked), and a clear error on a count mismatch.
+#[test]
+fn vjp_many_equals_the_gradient_of_the_summed_inner_products() {
+    use metagrad::{grad, vjp_many, GradOptions};
+    let tape = Tape::new();
+    let x = tape.var(Tensor::randn([5, 4], DType::F64, 1));
+    let w = tape.var(Tensor::randn([4, 3], DType::F64, 2));
+    let h = x.matmul(&w).unwrap().tanh().unwrap();
+    let outs =
+        [h.clone(), h.mul(&h).unwrap().sum(&[0], false).unwrap(), x.mul_scalar(2.0).unwrap(), Var::constant(Tensor::ones([2], DType::F64))];
+    let cs: Vec<Var> =
+        outs.iter().enumerate().map(|(i, o)| Var::constant(Tensor::randn(o.shape().clone(), DType::F64, 10 + i as u64))).collect();
+    let got = vjp_many(
+        &outs.iter().collect::<Vec<_>>(),
+        &cs.iter().collect::<Vec<_>>(),
+        &[&x, &w],
+        GradOptions { create_graph: false, retain_graph: true },
+    )
+    .unwrap();
+    let mut dot = outs[0].mul(&cs[0]).unwrap().sum_all().unwrap();
+    for (o, c) in outs.iter().zip(&cs).skip(1) {
+        dot = dot.add(&o.mul(c).unwrap().sum_all().unwrap()).unwrap();
+    }
+    let want = grad(&dot, &[&x, &w], false).unwrap();
+    for (g, e) in got.iter().zip(&want) {
+        assert!(g.value().bit_eq(e.value()), "{:?} vs {:?}", g.value(), e.value());
+    }
+    assert!(vjp_many(&[&h], &[], &[&x], GradOptions::default()).is_err());
+}

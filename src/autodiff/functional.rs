@@ -1,7 +1,7 @@
 //! Derivative operators built on [`grad_with`]: vector-Jacobian products, Hessian-vector products
 //! (reverse over reverse) and Jacobian-vector products (the double-VJP trick).
 
-use super::{grad, grad_with, GradOptions, Tape, Var};
+use super::{grad, grad_with, vjp_many, GradOptions, Tape, Var};
 use crate::error::{Error, Result};
 use crate::Tensor;
 
@@ -46,8 +46,9 @@ pub fn hvp(loss: &Var, wrt: &[&Var], v: &[Tensor]) -> Result<Vec<Tensor>> {
     check_like("hvp", wrt, v)?;
     let g = grad(loss, wrt, true)?;
     let vs: Vec<Var> = v.iter().map(|t| Var::constant(t.clone())).collect();
-    let dot = inner("hvp", &g, &vs)?;
-    Ok(grad(&dot, wrt, false)?.into_iter().map(|g| g.value().clone()).collect())
+    // ∇⟨∇loss, v⟩: the backward pass seeded with v at the gradients (no recorded inner product).
+    let hv = vjp_many(&g.iter().collect::<Vec<_>>(), &vs.iter().collect::<Vec<_>>(), wrt, GradOptions::default())?;
+    Ok(hv.into_iter().map(|g| g.value().clone()).collect())
 }
 
 /// The Jacobian-vector product J·v of `output` with respect to `wrt` (one direction per variable),

@@ -233,16 +233,28 @@ pub fn grad(output: &Var, wrt: &[&Var], create_graph: bool) -> Result<Vec<Var>> 
 /// The vector-Jacobian product `cotangentᵀ · ∂output/∂wrt` for each of `wrt`; `cotangent` has the
 /// output's shape and may itself be a tracked variable (the result is then differentiable in it too).
 pub fn grad_with(output: &Var, wrt: &[&Var], cotangent: &Var, opts: GradOptions) -> Result<Vec<Var>> {
-    if cotangent.shape() != output.shape() || cotangent.dtype() != output.dtype() {
-        return Err(Error::Autodiff {
-            msg: format!(
-                "cotangent of shape {} {} does not match output of shape {} {}",
-                cotangent.shape(),
-                cotangent.dtype(),
-                output.shape(),
-                output.dtype()
-            ),
-        });
+    vjp_many(&[output], &[cotangent], wrt, opts)
+}
+
+/// The vector-Jacobian product of several outputs at once: `Σᵢ cotangentᵢᵀ · ∂outputᵢ/∂wrt` for each
+/// of `wrt` (one backward pass), as [`grad_with`] of `Σᵢ ⟨outputᵢ, cotangentᵢ⟩` would give it, without
+/// recording that sum. Outputs may share nodes; untracked outputs contribute nothing.
+pub fn vjp_many(outputs: &[&Var], cotangents: &[&Var], wrt: &[&Var], opts: GradOptions) -> Result<Vec<Var>> {
+    if outputs.len() != cotangents.len() {
+        return Err(Error::Autodiff { msg: format!("{} outputs but {} cotangents", outputs.len(), cotangents.len()) });
+    }
+    for (output, cotangent) in outputs.iter().zip(cotangents) {
+        if cotangent.shape() != output.shape() || cotangent.dtype() != output.dtype() {
+            return Err(Error::Autodiff {
+                msg: format!(
+                    "cotangent of shape {} {} does not match output of shape {} {}",
+                    cotangent.shape(),
+                    cotangent.dtype(),
+                    output.shape(),
+                    output.dtype()
+                ),
+            });
+        }
     }
     let zeros = |v: &Var| Tensor::full_on(0.0, v.shape().clone(), v.dtype(), v.value().device()).map(Var::constant);
     if let Some(i) = wrt.iter().position(|v| !v.is_tracked()) {
@@ -254,9 +266,15 @@ pub fn grad_with(output: &Var, wrt: &[&Var], cotangent: &Var, opts: GradOptions)
             ),
         });
     }
-    let Some((tape, out_id)) = output.node.clone() else {
+    let seeds: Vec<(&Tape, usize, &Var)> =
+        outputs.iter().zip(cotangents).filter_map(|(o, c)| o.node.as_ref().map(|(t, id)| (t, *id, *c))).collect();
+    let Some(&(tape, out_id, _)) = seeds.iter().max_by_key(|s| s.1) else {
         return wrt.iter().map(|v| zeros(v)).collect();
     };
+    let tape = tape.clone();
+    if seeds.iter().any(|s| !s.0.same(&tape)) {
+        return Err(Error::Autodiff { msg: "vjp: the outputs are on different tapes".into() });
+    }
     let mut want: Vec<Option<usize>> = Vec::with_capacity(wrt.len());
     for v in wrt {
         match &v.node {
@@ -268,9 +286,14 @@ pub fn grad_with(output: &Var, wrt: &[&Var], cotangent: &Var, opts: GradOptions)
     let lowest = want.iter().flatten().copied().min().unwrap_or(out_id + 1);
     let mut grads: Vec<Option<Var>> = vec![None; out_id + 1];
     let mut found: Vec<Option<Var>> = vec![None; wrt.len()];
-    grads[out_id] = Some(cotangent.clone());
     let keep = opts.create_graph || opts.retain_graph;
     with_grad_mode(opts.create_graph, || -> Result<()> {
+        for &(_, id, c) in &seeds {
+            grads[id] = Some(match grads[id].take() {
+                None => c.clone(),
+                Some(prev) => prev.add(c)?,
+            });
+        }
         for id in (lowest..=out_id).rev() {
             let Some(g) = grads[id].take() else { continue };
             for (w, f) in want.iter().zip(found.iter_mut()) {

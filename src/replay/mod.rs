@@ -27,7 +27,7 @@ pub mod reference;
 pub mod schedule;
 
 use crate::error::{invalid, Error, Result};
-use crate::{grad, Tape, Tensor, Var};
+use crate::{grad, vjp_many, GradOptions, Tape, Tensor, Var};
 use arena::{Arena, ArenaStats};
 pub use schedule::ScheduleKind;
 use schedule::{Action, Schedule};
@@ -304,7 +304,8 @@ pub fn metagradient(tr: &impl Training, meta: &[Tensor], kind: ScheduleKind) -> 
                 let zv: Vec<Var> = meta.iter().map(|x| tape.var(x.clone())).collect();
                 let out = tr.step(&StepCtx::new(true), t, &sv, &zv)?;
                 check_state("metagradient", t, &s0, &out)?;
-                let objective = if t + 1 == steps {
+                let wrt: Vec<&Var> = sv.iter().chain(&zv).collect();
+                let mut g = if t + 1 == steps {
                     final_state = out.iter().map(|v| v.value().clone()).collect();
                     // The last step runs only here, taped: s_T gets the scan the replays give the others.
                     check_finite(t, &final_state)?;
@@ -313,21 +314,12 @@ pub fn metagradient(tr: &impl Training, meta: &[Tensor], kind: ScheduleKind) -> 
                     if !phi.is_finite() {
                         return Err(Error::NonFinite { step: t, msg: format!("the output φ(s_T) is {phi}") });
                     }
-                    y
+                    grad(&y, &wrt, false)?
                 } else {
-                    // ⟨s̄_{t+1}, h_t(s_t, z)⟩: its gradient is the vector-Jacobian product we need.
-                    let mut acc: Option<Var> = None;
-                    for (o, b) in out.iter().zip(&sbar) {
-                        let d = o.mul(&Var::constant(b.clone()))?.sum_all()?;
-                        acc = Some(match acc {
-                            None => d,
-                            Some(a) => a.add(&d)?,
-                        });
-                    }
-                    acc.ok_or_else(|| Error::Invalid { op: "metagradient", msg: "the state is empty".into() })?
+                    // s̄_{t+1}·∂h_t/∂(s_t, z): one backward pass seeded with s̄_{t+1} at the outputs.
+                    let seeds: Vec<Var> = sbar.iter().map(|b| Var::constant(b.clone())).collect();
+                    vjp_many(&out.iter().collect::<Vec<_>>(), &seeds.iter().collect::<Vec<_>>(), &wrt, GradOptions::default())?
                 };
-                let wrt: Vec<&Var> = sv.iter().chain(&zv).collect();
-                let mut g = grad(&objective, &wrt, false)?;
                 let gz = g.split_off(sv.len());
                 if let Some(i) = first_non_finite(g.iter().map(Var::value))? {
                     return Err(Error::NonFinite { step: t, msg: format!("the adjoint of state tensor {i} (shape {})", g[i].shape()) });
