@@ -226,6 +226,12 @@ fn tokens_of_step(s: usize) -> Vec<usize> {
     (0..(B * (L + 1)) as u64).map(|i| ((mgdata::uniform(1000 + s as u64, i) * V as f64).floor() as usize).min(V - 1)).collect()
 }
 
+/// `--composite`: attention from its composite ops (matmuls, masked softmax) instead of the fused kernel.
+fn composite() -> bool {
+    static C: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *C.get_or_init(|| std::env::args().any(|a| a == "--composite"))
+}
+
 /// Mean next-token cross-entropy of the GPT with parameters `p` on `tokens`.
 fn gpt_loss(p: &[Var], tokens: &[usize]) -> Result<Var> {
     let inputs: Vec<usize> = (0..B).flat_map(|b| (0..L).map(move |t| tokens[b * (L + 1) + t])).collect();
@@ -235,7 +241,8 @@ fn gpt_loss(p: &[Var], tokens: &[usize]) -> Result<Var> {
         let q = &p[2 + 12 * l..14 + 12 * l];
         let qkv = h.layer_norm(Some(&q[0]), Some(&q[1]), 1e-5)?.matmul(&q[2])?.add(&q[3])?;
         let head = |i: usize| qkv.narrow(-1, i * D, D)?.reshape([B, L, H, HD])?.permute(&[0, 2, 1, 3]);
-        let o = head(0)?.attention(&head(1)?, &head(2)?, 1.0 / (HD as f64).sqrt(), true)?;
+        let (qh, kh, vh, scale) = (head(0)?, head(1)?, head(2)?, 1.0 / (HD as f64).sqrt());
+        let o = if composite() { qh.attention_composite(&kh, &vh, scale, true)? } else { qh.attention(&kh, &vh, scale, true)? };
         let o = o.permute(&[0, 2, 1, 3])?.reshape([B, L, D])?;
         h = h.add(&o.matmul(&q[4])?.add(&q[5])?)?;
         let m = h.layer_norm(Some(&q[6]), Some(&q[7]), 1e-5)?.matmul(&q[8])?.add(&q[9])?.gelu()?.matmul(&q[10])?.add(&q[11])?;
@@ -336,7 +343,7 @@ fn main() {
     let flag = |f: &str| args.iter().any(|a| a == f);
     let value = |f: &str| args.iter().position(|a| a == f).and_then(|i| args.get(i + 1)).and_then(|v| v.parse::<usize>().ok());
     if flag("--help") || flag("-h") {
-        println!("usage: step_speed [--json] [--gpt] [--reps N] [--batches 64,512] [--train-only]");
+        println!("usage: step_speed [--json] [--gpt [--composite]] [--reps N] [--batches 64,512] [--train-only]");
         return;
     }
     let machine = Machine::measure();
