@@ -15,6 +15,10 @@
 //!         for each B panel (kc×NR, streams from L2; its rows are vector loads):
 //!           micro-kernel: the MR×NR tile of C += A panel · B panel, over kc
 //! ```
+//! When the whole column block of op(B) fits the B block's budget (small products, as in a small
+//! model's training step), all its k blocks are packed in one parallel region and each task runs them
+//! in order: two parallel regions per product instead of two per k block.
+//!
 //! The inner loop walks along rows of C, so consecutive tiles touch the same rows of C (the same pages,
 //! sequential lines the hardware prefetcher follows). This is BLIS's loop nest with the roles of the two
 //! operands as in its column-major micro-kernels. The blocking comes from the caches this CPU reports
@@ -120,33 +124,60 @@ pub(crate) fn matmul_t_into<T: Tiled>(
     // the others (work stealing), each at most one A block.
     let tasks = if parallel { 4 * rayon::current_num_threads() } else { 1 };
     let mt = even(m, m.div_ceil(tasks).max(mr).min(bl.mc), mr);
-    let mut b_buf = pool::for_overwrite::<T>(op, kc * nc + 64)?;
-    let bp = aligned(&mut b_buf, kc * nc);
+    // The k blocks packed per parallel region: one (the B block stays in L2 while every row task reads
+    // it), or all of them when the whole column block of op(B) fits that budget anyway (a small
+    // product: one packing region and one task region instead of two per k block, and the tasks run
+    // their k blocks in order, so each C element keeps its one FMA chain over k ascending).
+    let blocks_k: Vec<(usize, usize)> = (0..k).step_by(kc).map(|pc| (pc, kc.min(k - pc))).collect();
+    let whole_k = k.saturating_mul(nc.min(n)).saturating_mul(size) <= Caches::get().l2 / 2;
+    let per_region = if whole_k { blocks_k.len() } else { 1 };
+    let cap = if whole_k { k * nc.min(n).div_ceil(nr) * nr } else { kc * nc };
+    let mut b_buf = pool::for_overwrite::<T>(op, cap + 64)?;
+    let bp = aligned(&mut b_buf, cap);
     let out = C { ptr: c.as_mut_ptr(), ld: n };
     for jc in (0..n).step_by(nc) {
         let jn = nc.min(n - jc);
-        for pc in (0..k).step_by(kc) {
-            let kb = kc.min(k - pc);
-            // The B block, packed once and shared by every row task (it stays in the L2 of each core
-            // that reads it).
-            let panels = &mut bp[..jn.div_ceil(nr) * kb * nr];
-            let pack = |(q, dst): (usize, &mut [T])| {
+        let npanels = jn.div_ceil(nr);
+        for group in blocks_k.chunks(per_region) {
+            // The group's B blocks, packed once and shared by every row task (block after block, each
+            // as NR-wide panels of its kb rows).
+            let mut jobs: Vec<(usize, usize, &mut [T])> = Vec::with_capacity(group.len() * npanels);
+            let mut rest = &mut bp[..];
+            for &(pc, kb) in group {
+                for q in 0..npanels {
+                    let (dst, tail) = rest.split_at_mut(kb * nr);
+                    jobs.push((pc, q, dst));
+                    rest = tail;
+                }
+            }
+            let pack = |(pc, q, dst): (usize, usize, &mut [T])| {
+                let kb = dst.len() / nr;
                 tile::run(isa, mr, PackB { p: &p, dst, j0: jc + q * nr, cols: nr.min(jn - q * nr), p0: pc, kc: kb })
             };
             if parallel {
-                panels.par_chunks_mut(kb * nr).enumerate().for_each(pack);
+                jobs.into_par_iter().for_each(pack);
             } else {
-                panels.chunks_mut(kb * nr).enumerate().for_each(pack);
+                jobs.into_iter().for_each(pack);
             }
-            let block = Block { jc, jn, pc, kb, b: panels };
+            let mut at = 0;
+            let blocks: Vec<Block<'_, T>> = group
+                .iter()
+                .map(|&(pc, kb)| {
+                    let b = &bp[at..at + npanels * kb * nr];
+                    at += npanels * kb * nr;
+                    Block { jc, jn, pc, kb, b }
+                })
+                .collect();
             // Tasks: row blocks × groups of B panels (a C with few rows is split by columns too).
-            let (row_tasks, npanels) = (m.div_ceil(mt), jn.div_ceil(nr));
+            let row_tasks = m.div_ceil(mt);
             let per_group = npanels.div_ceil(tasks.div_ceil(row_tasks).min(npanels));
             let groups = npanels.div_ceil(per_group);
             let task = |t: usize| {
                 let (r, g) = (t / groups, t % groups);
                 let q = g * per_group..((g + 1) * per_group).min(npanels);
-                tile::run(isa, mr, RowTask { op, p: &p, b: &block, i0: r * mt, i1: ((r + 1) * mt).min(m), q, c: out })
+                blocks.iter().try_for_each(|b| {
+                    tile::run(isa, mr, RowTask { op, p: &p, b, i0: r * mt, i1: ((r + 1) * mt).min(m), q: q.clone(), c: out })
+                })
             };
             if parallel {
                 (0..row_tasks * groups).into_par_iter().try_for_each(task)?;

@@ -25,7 +25,8 @@ fn matmul_t<T: Tiled>(a: &[T], b: &[T], m: usize, k: usize, n: usize, ta: bool, 
     c
 }
 
-/// Shapes around every tile and block edge; k up to several k blocks (kc ≤ 1024).
+/// Shapes around every tile and block edge; k up to several k blocks (kc ≤ 1024), with op(B) small
+/// enough to pack all its k blocks at once, and (the last) larger than half of common L2 sizes.
 const SHAPES: &[(usize, usize, usize)] = &[
     (1, 1, 1),
     (3, 5, 7),
@@ -38,6 +39,7 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (25, 700, 70),
     (12, 2100, 33),
     (130, 64, 65),
+    (20, 1100, 600),
 ];
 
 #[test]
