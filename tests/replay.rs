@@ -192,6 +192,40 @@ fn diverging_training_names_the_step() {
     }
 }
 
+/// x_{t+1} = x_t·z, y_{t+1} = y_t·z + √(y_t − c) with c = y_5 at step 5: the adjoint of y is infinite
+/// from step 5's reverse on, while step 5's own metagradient share is finite (the kink has no z in
+/// it); step 4's share is not, and the error must still name step 5 and the tensor.
+struct AdjointBlowup;
+impl Training for AdjointBlowup {
+    fn steps(&self) -> usize {
+        8
+    }
+    fn initial_state(&self) -> Result<Vec<Tensor>> {
+        Ok(vec![Tensor::from_vec(vec![1.0f64, 2.0], [2])?, Tensor::from_vec(vec![0.5f64], [1])?])
+    }
+    fn step(&self, _: &StepCtx, t: usize, s: &[Var], z: &[Var]) -> Result<Vec<Var>> {
+        let kink = if t == 5 { s[1].sub(&s[1].detach())?.sqrt()? } else { s[1].mul_scalar(0.0)? };
+        Ok(vec![s[0].mul(&z[0])?, s[1].mul(&z[0])?.add(&kink)?])
+    }
+    fn output(&self, s: &[Var]) -> Result<Var> {
+        s[0].sum_all()?.add(&s[1].sum_all()?)
+    }
+}
+
+#[test]
+fn a_non_finite_state_adjoint_names_the_step_that_produced_it() {
+    let z = vec![Tensor::scalar(1.01, DType::F64)];
+    for kind in [ScheduleKind::KAry { k: 2 }, ScheduleKind::StoreAll] {
+        match metagradient(&AdjointBlowup, &z, kind) {
+            Err(Error::NonFinite { step, msg }) => {
+                assert_eq!(step, 5, "{kind:?}: {msg}");
+                assert!(msg.contains("adjoint of state tensor 1"), "{msg}");
+            }
+            other => panic!("{kind:?}: expected NonFinite at step 5, got {other:?}"),
+        }
+    }
+}
+
 /// x_{t+1} = x_t · (z at step `at`, else 1), x_0 = 1e200: overflows to infinity at step `at` of 100
 /// and stays there (the state is scanned once per segment of CHECK_EVERY steps, not after every step).
 struct DivergesAt(usize);

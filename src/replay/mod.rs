@@ -264,8 +264,10 @@ pub fn evaluate(tr: &impl Training, meta: &[Tensor]) -> Result<f64> {
 }
 
 /// The metagradient ∂φ(s_T)/∂z by reversing training under `kind`'s checkpoint schedule (REPLAY's lazy
-/// k-ary tree, revolve, or store-all step-wise AD). A NaN or infinity, in a state that training
-/// produces or in the reverse pass, is an [`Error::NonFinite`] naming the step that produced it.
+/// k-ary tree, revolve, or store-all step-wise AD). A NaN or infinity in a state that training
+/// produces, in φ, or in the metagradient is an [`Error::NonFinite`] naming the step that produced it
+/// (a non-finite state adjoint is reported by the step whose reverse produced it, once it reaches the
+/// metagradient; one that never does leaves the result finite and is not an error).
 pub fn metagradient(tr: &impl Training, meta: &[Tensor], kind: ScheduleKind) -> Result<MetaGradient> {
     let steps = tr.steps();
     if steps == 0 {
@@ -321,10 +323,17 @@ pub fn metagradient(tr: &impl Training, meta: &[Tensor], kind: ScheduleKind) -> 
                     vjp_many(&out.iter().collect::<Vec<_>>(), &seeds.iter().collect::<Vec<_>>(), &wrt, GradOptions::default())?
                 };
                 let gz = g.split_off(sv.len());
-                if let Some(i) = first_non_finite(g.iter().map(Var::value))? {
-                    return Err(Error::NonFinite { step: t, msg: format!("the adjoint of state tensor {i} (shape {})", g[i].shape()) });
-                }
+                // The metagradient's share of this step is scanned after every step; the state adjoint
+                // s̄_t (as large as the state) only when that share is not finite: a non-finite s̄
+                // reaches the next reversed step's share, which then names the step that produced it.
                 if let Some(j) = first_non_finite(gz.iter().map(Var::value))? {
+                    if let Some(i) = first_non_finite(sbar.iter())? {
+                        let shape = sbar[i].shape();
+                        return Err(Error::NonFinite { step: t + 1, msg: format!("the adjoint of state tensor {i} (shape {shape})") });
+                    }
+                    if let Some(i) = first_non_finite(g.iter().map(Var::value))? {
+                        return Err(Error::NonFinite { step: t, msg: format!("the adjoint of state tensor {i} (shape {})", g[i].shape()) });
+                    }
                     return Err(Error::NonFinite {
                         step: t,
                         msg: format!("the metagradient contribution to meta tensor {j} (shape {})", gz[j].shape()),
@@ -343,6 +352,10 @@ pub fn metagradient(tr: &impl Training, meta: &[Tensor], kind: ScheduleKind) -> 
     })?;
     stats.arena = arena.stats();
     let grads = zbar.ok_or_else(|| Error::Invalid { op: "metagradient", msg: "the schedule reversed no step".into() })?;
+    if let Some(j) = first_non_finite(grads.iter().map(Var::value))? {
+        let msg = format!("the sum of finite per-step contributions to meta tensor {j} overflowed");
+        return Err(Error::NonFinite { step: 0, msg });
+    }
     Ok(MetaGradient { phi, grads: grads.into_iter().map(|v| v.value().clone()).collect(), state: final_state, stats })
 }
 
