@@ -121,8 +121,8 @@ fn analytic_grad(f: &impl Fn(&[Var]) -> Result<Var>, xs: &[Tensor]) -> Result<Ve
 /// input. `f` maps variables to a scalar; inputs are converted to f64. A step `h` around 1e-6 suits
 /// smooth functions of O(1) inputs.
 pub fn check_grad(f: impl Fn(&[Var]) -> Result<Var>, inputs: &[Tensor], h: f64) -> Result<Report> {
-    if h.is_nan() || h <= 0.0 {
-        return invalid("check_grad", format!("step {h} must be positive"));
+    if !(h.is_finite() && h > 0.0) {
+        return invalid("check_grad", format!("step {h} must be positive and finite"));
     }
     let xs = to_f64(inputs);
     let analytic = analytic_grad(&f, &xs)?;
@@ -143,8 +143,8 @@ pub fn check_grad(f: impl Fn(&[Var]) -> Result<Var>, inputs: &[Tensor], h: f64) 
 /// differences of the gradient, (∇f(x + h·v) − ∇f(x − h·v)) / 2h, where `v` has one direction tensor
 /// per input. Inputs and directions are converted to f64. A step around 1e-5 suits O(1) inputs.
 pub fn check_hvp(f: impl Fn(&[Var]) -> Result<Var>, inputs: &[Tensor], v: &[Tensor], h: f64) -> Result<Report> {
-    if h.is_nan() || h <= 0.0 {
-        return invalid("check_hvp", format!("step {h} must be positive"));
+    if !(h.is_finite() && h > 0.0) {
+        return invalid("check_hvp", format!("step {h} must be positive and finite"));
     }
     if v.len() != inputs.len() {
         return invalid("check_hvp", format!("{} inputs but {} directions", inputs.len(), v.len()));

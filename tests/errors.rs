@@ -990,3 +990,48 @@ fn random_cases_reach_both_outcomes_of_every_op() {
         assert!(ok[op] > 0 && err[op] > 0, "op {op}: {} successes, {} errors", ok[op], err[op]);
     }
 }
+
+/// Inputs that used to give silent wrong answers (issue 14): each is now a clear error naming the op.
+#[test]
+fn hyperparameters_and_steps_out_of_range_are_errors() {
+    use metagrad::gradcheck::{check_grad, check_hvp};
+    use metagrad::optim::{scalar, Adam, Sgd};
+    use metagrad::replay::{metasmoothness, reference::keypoint_lr};
+    let x = Tensor::from_vec(vec![1.0f64, 2.0], [2]).unwrap();
+    let f = |v: &[Var]| v[0].square()?.sum_all();
+    // A step of ∞ gives (f(∞) − f(−∞)) / ∞: not a derivative.
+    for h in [f64::INFINITY, f64::NAN, 0.0, -1e-6] {
+        assert!(matches!(check_grad(f, std::slice::from_ref(&x), h), Err(Error::Invalid { op: "check_grad", .. })), "h = {h}");
+        assert!(matches!(check_hvp(f, std::slice::from_ref(&x), std::slice::from_ref(&x), h), Err(Error::Invalid { op: "check_hvp", .. })));
+        let a = |z: &[Tensor]| Ok(z.to_vec());
+        assert!(matches!(metasmoothness(a, std::slice::from_ref(&x), std::slice::from_ref(&x), h), Err(Error::Invalid { .. })));
+    }
+    // keypoint_lr past the schedule's end extrapolated the last segment.
+    let eta = Var::constant(Tensor::from_vec(vec![0.1f64, 0.2, 0.3], [3]).unwrap());
+    assert!(keypoint_lr(&eta, 9, 10).is_ok());
+    assert!(matches!(keypoint_lr(&eta, 10, 10), Err(Error::Invalid { op: "keypoint_lr", .. })));
+    // Optimizers: extra gradients were ignored; β₁ = 1 divides by a zero bias correction; eps < 0.
+    let p = vec![Var::constant(x.clone())];
+    let g2 = vec![Var::constant(x.clone()), Var::constant(x.clone())];
+    let p0 = &p[0];
+    let sgd = Sgd { lr: scalar(0.1, p0), momentum: None, weight_decay: scalar(0.0, p0), nesterov: false };
+    assert!(matches!(sgd.step(&p, &g2, &[]), Err(Error::Invalid { op: "sgd", .. })));
+    let adam = |b1: f64, eps: f64| Adam {
+        lr: scalar(1e-3, p0),
+        beta1: scalar(b1, p0),
+        beta2: scalar(0.999, p0),
+        eps,
+        eps_root: 0.0,
+        weight_decay: scalar(0.0, p0),
+        decoupled: true,
+    };
+    let zeros = vec![Var::constant(Tensor::zeros([2], DType::F64))];
+    assert!(adam(0.9, 1e-8).step(0, &p, &p, &zeros, &zeros).is_ok());
+    for (b1, eps) in [(1.0, 1e-8), (-0.1, 1e-8), (0.9, -1e-8), (0.9, f64::NAN)] {
+        match adam(b1, eps).step(0, &p, &p, &zeros, &zeros) {
+            Err(Error::Invalid { op: "adam", msg }) => assert!(msg.contains("beta1") || msg.contains("eps"), "{msg}"),
+            other => panic!("β₁ = {b1}, eps = {eps}: expected an error, got {other:?}"),
+        }
+    }
+    assert!(matches!(adam(0.9, 1e-8).step(0, &p, &g2, &zeros, &zeros), Err(Error::Invalid { op: "adam", .. })));
+}

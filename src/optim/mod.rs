@@ -23,6 +23,9 @@ pub fn scalar(v: f64, like: &Var) -> Var {
 }
 
 fn check(op: &'static str, params: &[Var], rest: &[&[Var]], hypers: &[&Var]) -> Result<()> {
+    if let Some(r) = rest.iter().find(|r| r.len() != params.len()) {
+        return invalid(op, format!("{} parameters but {} gradients or buffers", params.len(), r.len()));
+    }
     for (i, p) in params.iter().enumerate() {
         for r in rest {
             let Some(q) = r.get(i) else {
@@ -174,6 +177,19 @@ impl Adam {
     pub fn step(&self, t: usize, params: &[Var], grads: &[Var], m: &[Var], v: &[Var]) -> Result<(Vec<Var>, Vec<Var>, Vec<Var>)> {
         let hypers = [&self.lr, &self.beta1, &self.beta2, &self.weight_decay];
         check("adam", params, &[grads, m, v], &hypers)?;
+        if !(self.eps.is_finite() && self.eps >= 0.0 && self.eps_root.is_finite() && self.eps_root >= 0.0) {
+            return invalid("adam", format!("eps = {} and eps_root = {} must be finite and non-negative", self.eps, self.eps_root));
+        }
+        // β's on the CPU (the usual `scalar` constants) are checked; ones on a GPU are not read back, as
+        // that would synchronize every step. β = 1 would divide by a zero bias correction.
+        for (name, b) in [("beta1", &self.beta1), ("beta2", &self.beta2)] {
+            if b.value().device() == Device::Cpu {
+                let x = b.value().to_scalar()?;
+                if !(0.0..1.0).contains(&x) {
+                    return invalid("adam", format!("{name} = {x} must lie in [0, 1)"));
+                }
+            }
+        }
         let p1 = (t + 1) as f64;
         let (mut np, mut nm, mut nv) = (Vec::new(), Vec::new(), Vec::new());
         let dev = device_of(params);

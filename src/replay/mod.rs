@@ -365,8 +365,8 @@ pub fn metagradient(tr: &impl Training, meta: &[Tensor], kind: ScheduleKind) -> 
 /// of two successive finite-difference metagradients. `a` maps metaparameters to model parameters.
 /// Returns 0 when θ does not move at all.
 pub fn metasmoothness(a: impl Fn(&[Tensor]) -> Result<Vec<Tensor>>, z: &[Tensor], v: &[Tensor], h: f64) -> Result<f64> {
-    if h.is_nan() || h <= 0.0 {
-        return invalid("metasmoothness", format!("step h = {h} must be positive"));
+    if !(h.is_finite() && h > 0.0) {
+        return invalid("metasmoothness", format!("step h = {h} must be positive and finite"));
     }
     if z.len() != v.len() || z.iter().zip(v).any(|(a, b)| a.shape() != b.shape()) {
         return invalid("metasmoothness", "the direction v must have the metaparameters' shapes");

@@ -12,7 +12,7 @@
 //! φ = mean validation cross-entropy at θ_T. Metaparameters: `[η (5), w (64)]`.
 
 use super::{StepCtx, Training};
-use crate::error::{shape_err, Result};
+use crate::error::{invalid, shape_err, Result};
 use crate::optim::{scalar, Adam, Sgd};
 use crate::{DType, Device, Tensor, Var};
 
@@ -56,6 +56,9 @@ pub fn keypoint_lr(eta: &Var, t: usize, steps: usize) -> Result<Var> {
     let k = eta.dims().first().copied().unwrap_or(0);
     if eta.shape().rank() != 1 || k < 2 {
         return shape_err("keypoint_lr", format!("keypoints {} must be a vector of at least 2", eta.shape()));
+    }
+    if t >= steps {
+        return invalid("keypoint_lr", format!("step {t} is past the schedule's {steps} steps"));
     }
     let pos = if steps > 1 { t as f64 * (k - 1) as f64 / (steps - 1) as f64 } else { 0.0 };
     let m = (pos.floor() as usize).min(k - 2);
