@@ -44,6 +44,9 @@ pub fn vjp(output: &Var, wrt: &[&Var], cotangent: &Tensor) -> Result<Vec<Tensor>
 /// variable), by reverse over reverse: the gradient of ⟨∇loss, v⟩.
 pub fn hvp(loss: &Var, wrt: &[&Var], v: &[Tensor]) -> Result<Vec<Tensor>> {
     check_like("hvp", wrt, v)?;
+    if wrt.is_empty() {
+        return Err(Error::Invalid { op: "hvp", msg: "no variables given".into() });
+    }
     let g = grad(loss, wrt, true)?;
     let vs: Vec<Var> = v.iter().map(|t| Var::constant(t.clone())).collect();
     // ∇⟨∇loss, v⟩: the backward pass seeded with v at the gradients (no recorded inner product).
