@@ -144,8 +144,12 @@ fn run_mlp(batch: usize, reps: usize, train_only: bool) -> Result<String> {
     for (name, kind) in kinds {
         let (ms, min, mg) = timed(reps, || metagradient(&p, &meta, kind))?;
         fields.push(format!(
-            "\"metagrad_{name}_ms\": {ms:.3}, \"metagrad_{name}_min_ms\": {min:.3}, \"metagrad_{name}_peak_states\": {}, \"metagrad_{name}_arena_bytes\": {}",
-            mg.stats.arena.peak_slots, mg.stats.arena.total_bytes
+            "\"metagrad_{name}_ms\": {ms:.3}, \"metagrad_{name}_min_ms\": {min:.3}, \"metagrad_{name}_peak_states\": {}, \"metagrad_{name}_arena_bytes\": {}, \"metagrad_{name}_replayed_steps\": {}, \"metagrad_{name}_replay_ms\": {:.3}, \"metagrad_{name}_taped_ms\": {:.3}",
+            mg.stats.arena.peak_slots,
+            mg.stats.arena.total_bytes,
+            mg.stats.replayed_steps,
+            mg.stats.replay_seconds * 1e3,
+            mg.stats.taped_seconds * 1e3
         ));
         if check.is_empty() {
             let s = |t: &Tensor| t.to_vec_f64().iter().sum::<f64>();

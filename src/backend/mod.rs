@@ -369,11 +369,21 @@ pub(crate) enum Block {
     Cuda(CudaStorage),
 }
 
+impl Drop for Block {
+    fn drop(&mut self) {
+        if let Block::Host(words) = self {
+            cpu::pool::keep_block(std::mem::take(words));
+        }
+    }
+}
+
 impl Block {
-    /// `bytes` bytes (a multiple of 8) on `device`, or [`Error::OutOfMemory`].
+    /// `bytes` bytes (a multiple of 8) on `device`, or [`Error::OutOfMemory`]. Their contents are
+    /// unspecified (the arena reads only what it wrote); on the CPU this may be the block of the last
+    /// arena dropped (see [`cpu::pool::take_block`]).
     pub(crate) fn new(op: &'static str, device: Device, bytes: usize) -> Result<Block> {
         match device {
-            Device::Cpu => Ok(Block::Host(cpu::pool::filled(op, bytes / 8, 0u64)?)),
+            Device::Cpu => Ok(Block::Host(cpu::pool::take_block(op, bytes / 8)?)),
             #[cfg(feature = "cuda")]
             Device::Cuda(o) => Ok(Block::Cuda(CudaStorage::empty(op, &cuda::gpu(o)?, bytes / 8, DType::F64)?)),
             #[cfg(not(feature = "cuda"))]
