@@ -13,7 +13,7 @@ cargo build --release --examples >&2
 out="benches/results/cpu-$SUITE-$(date +%F).txt"
 {
   echo "date: $(date -u +%FT%TZ)"
-  echo "git: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (dirty)')"
+  echo "git: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!benches/results' || echo ' (dirty)')"
   echo "command: bash benches/compare_cpu.sh $SUITE $ROUNDS"
   "$PY" benches/compare.py "$SUITE" --rounds "$ROUNDS" --python "$PY"
 } | tee "$out"
