@@ -371,6 +371,7 @@ pub(crate) enum Block {
 
 impl Drop for Block {
     fn drop(&mut self) {
+        #[allow(irrefutable_let_patterns)] // without the `cuda` feature, Host is the only variant
         if let Block::Host(words) = self {
             cpu::pool::keep_block(std::mem::take(words));
         }
