@@ -27,10 +27,7 @@ fn check(op: &'static str, params: &[Var], rest: &[&[Var]], hypers: &[&Var]) -> 
         return invalid(op, format!("{} parameters but {} gradients or buffers", params.len(), r.len()));
     }
     for (i, p) in params.iter().enumerate() {
-        for r in rest {
-            let Some(q) = r.get(i) else {
-                return invalid(op, format!("{} parameters but only {} gradients or buffers", params.len(), r.len()));
-            };
+        for q in rest.iter().map(|r| &r[i]) {
             if q.shape() != p.shape() || q.dtype() != p.dtype() {
                 return shape_err(
                     op,

@@ -217,11 +217,10 @@ fn run_steps(
         s = next;
         if t + 1 == to || (t + 1 - start.0).is_multiple_of(CHECK_EVERY) {
             if first_non_finite(s.iter())?.is_some() {
-                let (mut u, mut r) = (start.0, start.1.clone());
-                while u <= t {
+                let mut r = start.1.clone();
+                for u in start.0..=t {
                     r = advance(tr, u, r, z)?.0;
                     check_finite(u, &r)?;
-                    u += 1;
                 }
                 return Err(Error::NonFinite {
                     step: t,

@@ -15,25 +15,19 @@ pub(crate) fn update<T: Float>(op: &'static str, u: Update, t: &[&[T]], h: &[T])
             let (&[p, g, ref rest @ ..], &[lr, wd, ref mu @ ..]) = (t, h) else {
                 return invalid(op, "sgd update: wrong operand count");
             };
-            let (b, m) = match (momentum, rest, mu) {
-                (true, [b], [m]) => (Some(*b), *m),
-                (false, [], []) => (None, T::ZERO),
-                _ => return invalid(op, "sgd update: wrong operand count"),
-            };
-            // The same operations with and without a buffer (a zero buffer is never read).
-            let [np, nb] = match b {
-                Some(b) => zip_n(op, [p, g, b], |[p, g, b]| {
-                    let g1 = g + p * wd;
-                    let v1 = b * m + g1;
-                    let step = if nesterov { g1 + v1 * m } else { v1 };
-                    [p - step * lr, v1]
-                })?,
-                None => {
-                    let [np] = zip_n(op, [p, g], |[p, g]| [p - (g + p * wd) * lr])?;
-                    [np, Vec::new()]
+            match (momentum, rest, mu) {
+                (true, &[b], &[m]) => {
+                    let [np, nb] = zip_n(op, [p, g, b], |[p, g, b]| {
+                        let g1 = g + p * wd;
+                        let v1 = b * m + g1;
+                        let step = if nesterov { g1 + v1 * m } else { v1 };
+                        [p - step * lr, v1]
+                    })?;
+                    Ok(vec![np, nb])
                 }
-            };
-            Ok(if momentum { vec![np, nb] } else { vec![np] })
+                (false, [], []) => Ok(zip_n(op, [p, g], |[p, g]| [p - (g + p * wd) * lr])?.into()),
+                _ => invalid(op, "sgd update: wrong operand count"),
+            }
         }
         Update::Adam { decoupled, eps, eps_root, t: step } => {
             let (&[p, g, m, v], &[lr, b1, b2, wd]) = (t, h) else {

@@ -129,7 +129,7 @@ pub(crate) fn matmul_t_into<T: Tiled>(
     // product: one packing region and one task region instead of two per k block, and the tasks run
     // their k blocks in order, so each C element keeps its one FMA chain over k ascending).
     let blocks_k: Vec<(usize, usize)> = (0..k).step_by(kc).map(|pc| (pc, kc.min(k - pc))).collect();
-    let whole_k = k.saturating_mul(nc.min(n)).saturating_mul(size) <= Caches::get().l2 / 2;
+    let whole_k = k.saturating_mul(nc.min(n)) <= bl.kc * bl.nc;
     let per_region = if whole_k { blocks_k.len() } else { 1 };
     let cap = if whole_k { k * nc.min(n).div_ceil(nr) * nr } else { kc * nc };
     let mut b_buf = pool::for_overwrite::<T>(op, cap + 64)?;
