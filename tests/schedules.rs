@@ -559,6 +559,24 @@ mod tiered {
     }
 
     #[test]
+    fn a_billion_steps_plan_from_the_recursion() {
+        // Emitting each candidate schedule would take minutes at T = 10⁹; the counts come from revolve's
+        // recursion. Slow memory for up to 2000 more slots.
+        let sizes = StateBytes { state: 1000, adjoint: 1000 };
+        for (slow, copy) in [(2_000_000, 0.1), (2_000_000, 0.0), (50_000, 2.0), (2_000_000, 1e6)] {
+            let t = plan_tiered(Tiers { fast_bytes: 20_000, slow_bytes: slow, copy_steps: copy }, sizes, 1_000_000_000).unwrap();
+            let single = plan(20_000, sizes, 1_000_000_000).unwrap();
+            assert!(t.cost_steps <= single.expected_replayed_steps as f64, "{t} vs {single}");
+            assert_eq!(t.fast_slots + t.slow_slots, t.plan.slots);
+            // Every stored slot is stored once and restored at least once.
+            assert!(t.slow_copies >= 2 * t.slow_slots as u64, "{t}");
+        }
+        // Millions of slots at T = 10⁹ are too many to count quickly: an error that says so.
+        let e = plan_tiered(Tiers { fast_bytes: 20_000, slow_bytes: 100_000_000, copy_steps: 0.0 }, sizes, 1_000_000_000).unwrap_err();
+        assert!(e.to_string().contains("fewer slow bytes"), "{e}");
+    }
+
+    #[test]
     fn bad_arguments_are_errors() {
         assert!(plan_tiered(Tiers { fast_bytes: 10_000, slow_bytes: 0, copy_steps: f64::NAN }, SIZES, 10).is_err());
         let e = plan_tiered(Tiers { fast_bytes: 100, slow_bytes: 1 << 30, copy_steps: 1.0 }, SIZES, 10).unwrap_err();

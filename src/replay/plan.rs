@@ -13,7 +13,7 @@
 //! [`plan`] is an [`Error::OutOfMemory`] that states that minimum.
 
 use crate::error::{Error, Result};
-use crate::replay::schedule::{Action, Schedule, ScheduleKind};
+use crate::replay::schedule::{revolve_slot_traffic, Runs, Schedule, ScheduleKind};
 use crate::Tensor;
 use std::fmt;
 
@@ -182,24 +182,31 @@ pub struct TieredPlan {
     pub cost_steps: f64,
 }
 
-/// Per-slot count of stores and restores of a schedule.
-fn slot_traffic(schedule: &Schedule) -> Result<Vec<u64>> {
-    let mut counts = vec![0u64; schedule.slots()];
-    schedule.for_each(&mut |a| {
-        if let Action::Store { slot, .. } | Action::Restore { slot, .. } = a {
-            if let Some(c) = counts.get_mut(slot) {
-                *c += 1;
-            }
-        }
-        Ok(())
-    })?;
-    Ok(counts)
+/// Per-slot stores + restores of a StoreAll or revolve schedule, run-length encoded (see
+/// [`revolve_slot_traffic`]); StoreAll stores and restores each of its slots once.
+fn slot_traffic(schedule: &Schedule) -> Result<Runs> {
+    match schedule.kind() {
+        ScheduleKind::Revolve { slots } => revolve_slot_traffic(schedule.steps(), slots),
+        _ => Ok(vec![(2, schedule.slots() as u64)]),
+    }
+}
+
+/// The stores and restores of the `n` least-used slots.
+fn least_traffic(mut runs: Runs, mut n: u64) -> u64 {
+    runs.sort_unstable();
+    let mut total = 0u64;
+    for (value, count) in runs {
+        let take = count.min(n);
+        total = total.saturating_add(value.saturating_mul(take));
+        n -= take;
+    }
+    total
 }
 
 /// The cheapest schedule over two tiers: for each candidate slot count from what fits in fast memory up
 /// to what fits in both, revolve (or StoreAll) with that many slots, its least-used slots placed in slow
-/// memory; cost = replayed steps + `copy_steps` × the stores and restores of slow slots, counted by
-/// running the schedule symbolically. Errors as [`plan`] when fast memory cannot hold even the minimum.
+/// memory; cost = replayed steps + `copy_steps` × the stores and restores of slow slots, counted from
+/// revolve's recursion (instant even at T = 10⁹). Errors as [`plan`] when fast memory cannot hold even the minimum.
 pub fn plan_tiered(tiers: Tiers, sizes: StateBytes, steps: usize) -> Result<TieredPlan> {
     if tiers.copy_steps.is_nan() || tiers.copy_steps < 0.0 {
         return Err(Error::Invalid { op: "plan_tiered", msg: format!("copy cost {} must be a non-negative number", tiers.copy_steps) });
@@ -217,15 +224,25 @@ pub fn plan_tiered(tiers: Tiers, sizes: StateBytes, steps: usize) -> Result<Tier
     };
     cands.sort_unstable();
     cands.dedup();
-    let mut best: Option<TieredPlan> = None;
+    // Each slow slot is stored once and restored at least once, so replayed + 2·copy·slow_slots bounds a
+    // candidate's cost from below: counting traffic only where that bound beats the best so far keeps
+    // the exact answer and skips most of the counting.
+    let mut scored = Vec::with_capacity(cands.len());
     for slots in cands {
         let kind = if slots >= max_slots { ScheduleKind::StoreAll } else { ScheduleKind::Revolve { slots } };
         let schedule = Schedule::new(kind, steps)?;
         let p = Plan::for_schedule(&schedule, sizes)?;
         let slow_slots = p.slots.saturating_sub(fast.slots);
-        let mut traffic = slot_traffic(&schedule)?;
-        traffic.sort_unstable();
-        let slow_copies: u64 = traffic[..slow_slots].iter().sum();
+        let bound = p.expected_replayed_steps as f64 + tiers.copy_steps * 2.0 * slow_slots as f64;
+        scored.push((bound, slots, schedule, p, slow_slots));
+    }
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut best: Option<TieredPlan> = None;
+    for (bound, _, schedule, p, slow_slots) in scored {
+        if best.is_some_and(|b| bound >= b.cost_steps) {
+            break;
+        }
+        let slow_copies = least_traffic(slot_traffic(&schedule)?, slow_slots as u64);
         let cost_steps = p.expected_replayed_steps as f64 + tiers.copy_steps * slow_copies as f64;
         let candidate = TieredPlan { plan: p, fast_slots: p.slots - slow_slots, slow_slots, slow_copies, cost_steps };
         if best.is_none_or(|b| cost_steps < b.cost_steps) {
@@ -242,5 +259,50 @@ impl fmt::Display for TieredPlan {
             "{} [{} fast + {} slow slots, {} slow copies, cost {:.0} steps]",
             self.plan, self.fast_slots, self.slow_slots, self.slow_copies, self.cost_steps
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replay::schedule::Action;
+
+    /// Per-slot traffic observed by running the schedule: the independent count.
+    fn observed(schedule: &Schedule) -> Vec<u64> {
+        let mut counts = vec![0u64; schedule.slots()];
+        schedule
+            .for_each(&mut |a| {
+                if let Action::Store { slot, .. } | Action::Restore { slot, .. } = a {
+                    counts[slot] += 1;
+                }
+                Ok(())
+            })
+            .unwrap();
+        counts
+    }
+
+    fn expand(runs: &Runs) -> Vec<u64> {
+        runs.iter().flat_map(|&(v, c)| std::iter::repeat_n(v, c as usize)).collect()
+    }
+
+    #[test]
+    fn counted_traffic_is_the_schedules_traffic() {
+        let mut cases: Vec<(usize, usize)> = (1..=80).flat_map(|t| (1..=t + 1).map(move |s| (t, s))).collect();
+        cases.extend([(1000, 3), (4096, 7), (9999, 2), (5000, 1), (20_000, 150), (30_000, 12)]);
+        for (t, s) in cases {
+            for kind in [ScheduleKind::Revolve { slots: s }, ScheduleKind::StoreAll] {
+                let schedule = Schedule::new(kind, t).unwrap();
+                let mut counted = expand(&slot_traffic(&schedule).unwrap());
+                counted.resize(schedule.slots(), 0);
+                assert_eq!(counted, observed(&schedule), "{kind:?}, T = {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn least_traffic_sums_the_smallest() {
+        assert_eq!(least_traffic(vec![(5, 2), (1, 3), (9, 1)], 4), 3 + 5);
+        assert_eq!(least_traffic(vec![(5, 2)], 0), 0);
+        assert_eq!(least_traffic(vec![(5, 2)], 10), 10);
     }
 }

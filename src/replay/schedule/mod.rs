@@ -62,7 +62,9 @@
 //! `T ≤ 2000`.)
 
 mod simulate;
+mod traffic;
 pub use simulate::{simulate, ScheduleStats, Simulator};
+pub(crate) use traffic::{revolve_slot_traffic, Runs};
 
 use crate::error::{invalid, Error, Result};
 use std::collections::HashMap;
@@ -276,7 +278,7 @@ fn binom_capped(n: u128, k: u128, cap: u128) -> u128 {
 }
 
 /// `β(s, r) = C(s + r, s)` capped at `cap`, with `β(s, r) = 0` for `r < 0`.
-fn beta(s: usize, r: i128, cap: u128) -> u128 {
+pub(super) fn beta(s: usize, r: i128, cap: u128) -> u128 {
     if r < 0 {
         return 0;
     }
@@ -284,7 +286,7 @@ fn beta(s: usize, r: i128, cap: u128) -> u128 {
 }
 
 /// The repetition number: the smallest `r ≥ 0` with `β(s, r) ≥ n` (`s ≥ 1`, `n ≥ 1`; `r ≤ n − 1`).
-fn repetition_number(n: usize, s: usize) -> i128 {
+pub(super) fn repetition_number(n: usize, s: usize) -> i128 {
     let cap = n as u128;
     if n <= 1 {
         return 0;
@@ -325,9 +327,13 @@ pub fn revolve_replayed_steps(steps: usize, slots: usize) -> Result<u64> {
 
 /// The first checkpoint offset of an optimal revolve split of `n ≥ 2` steps with `s ≥ 1` slots: the
 /// smallest `m ≥ 1` of the optimal interval in the module docs.
-fn revolve_split(n: usize, s: usize) -> usize {
+pub(super) fn revolve_split(n: usize, s: usize) -> usize {
+    revolve_split_at(n, s, repetition_number(n, s))
+}
+
+/// [`revolve_split`] given the repetition number `r` of `(n, s)`.
+pub(super) fn revolve_split_at(n: usize, s: usize, r: i128) -> usize {
     let cap = n as u128;
-    let r = repetition_number(n, s);
     let lower = beta(s, r - 2, cap).max(cap - beta(s - 1, r, cap)).max(1);
     lower as usize
 }
