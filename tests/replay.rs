@@ -274,6 +274,50 @@ fn divergence_inside_a_check_segment_names_its_step_and_tensor() {
     }
 }
 
+/// x_{t+1} = x_t·z + c, where c counts the calls of `step` (or, with `noisy_init`, s_0 does): an impure
+/// training run of the kind `check_pure` exists to catch.
+struct Impure {
+    calls: std::cell::Cell<u32>,
+    noisy_init: bool,
+    from_step: usize,
+}
+impl Training for Impure {
+    fn steps(&self) -> usize {
+        10
+    }
+    fn initial_state(&self) -> Result<Vec<Tensor>> {
+        let c = if self.noisy_init { self.calls.replace(self.calls.get() + 1) } else { 0 };
+        Ok(vec![Tensor::from_vec(vec![1.0f64 + c as f64, 2.0], [2])?])
+    }
+    fn step(&self, _: &StepCtx, t: usize, s: &[Var], z: &[Var]) -> Result<Vec<Var>> {
+        let c = if self.noisy_init || t < self.from_step { 0 } else { self.calls.replace(self.calls.get() + 1) };
+        Ok(vec![s[0].mul(&z[0])?.add_scalar(c as f64)?])
+    }
+    fn output(&self, s: &[Var]) -> Result<Var> {
+        s[0].sum_all()
+    }
+}
+
+#[test]
+fn check_pure_names_the_step_that_does_not_reproduce() {
+    use metagrad::replay::check_pure;
+    let z = vec![Tensor::scalar(0.5, DType::F64)];
+    // Pure runs pass: the reference problems, and Impure before its counter starts.
+    for kind in [Reference::R1, Reference::R2] {
+        let p = ReferenceProblem::new(kind, DType::F64);
+        check_pure(&p, &p.initial_meta(), 4).unwrap();
+    }
+    let pure_prefix = Impure { calls: 0.into(), noisy_init: false, from_step: 6 };
+    check_pure(&pure_prefix, &z, 6).unwrap();
+    // Checking further reaches step 6, whose second run sees a larger counter.
+    let e = check_pure(&pure_prefix, &z, 8).unwrap_err();
+    assert!(matches!(e, Error::Invalid { op: "check_pure", .. }) && e.to_string().contains("step 6 "), "{e}");
+    let e = check_pure(&Impure { calls: 0.into(), noisy_init: false, from_step: 0 }, &z, 3).unwrap_err();
+    assert!(e.to_string().contains("step 0 ") && e.to_string().contains("tensor 0"), "{e}");
+    let e = check_pure(&Impure { calls: 0.into(), noisy_init: true, from_step: 0 }, &z, 3).unwrap_err();
+    assert!(e.to_string().contains("initial_state"), "{e}");
+}
+
 struct NoSteps;
 impl Training for NoSteps {
     fn steps(&self) -> usize {

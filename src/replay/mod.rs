@@ -18,8 +18,9 @@
 //! - [`arena`]: the fixed checkpoint arena that holds the stored states;
 //! - [`plan`]: the memory-budget planner;
 //! - [`mod@reference`]: the reference problems R1 (SGD with momentum) and R2 (AdamW);
-//! - this module: the [`Training`] abstraction, [`train`], the [`metagradient`] driver, and
-//!   [`metasmoothness`] (the paper's definition 2).
+//! - this module: the [`Training`] abstraction, [`train`], the [`metagradient`] driver,
+//!   [`check_pure`] (REPLAY's one assumption about a training run, checked), and [`metasmoothness`]
+//!   (the paper's definition 2).
 
 pub mod arena;
 pub mod plan;
@@ -260,6 +261,52 @@ pub fn evaluate(tr: &impl Training, meta: &[Tensor]) -> Result<f64> {
         return Err(Error::NonFinite { step: tr.steps().saturating_sub(1), msg: format!("the output φ(s_T) is {phi}") });
     }
     Ok(phi)
+}
+
+/// Checks what REPLAY assumes of `tr`: `initial_state` and every `step` are pure functions of
+/// `(t, state, meta)`, giving the same bits on every call and in any order. A step that reads a
+/// counter, a clock, an RNG advanced by earlier calls or anything else outside its arguments makes each
+/// schedule replay a different run, so metagradients differ per schedule with no other symptom.
+///
+/// Runs the first `n = min(steps, T)` untaped steps from s_0, then runs each of them again, last first
+/// (the order REPLAY's reverse pass needs), from its recorded input, and compares bits. An
+/// [`Error::Invalid`] names the earliest step (or `initial_state`) that did not reproduce, and the state
+/// tensor; other errors of the steps propagate. Costs `2n` steps; a few are enough to catch the usual
+/// mistakes (state kept in the `Training` value, a random mask drawn without the step in its seed).
+pub fn check_pure(tr: &impl Training, meta: &[Tensor], steps: usize) -> Result<()> {
+    let differs = |a: &[Tensor], b: &[Tensor]| -> Result<Option<usize>> {
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            if !x.try_bit_eq(y)? {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
+    };
+    let s0 = tr.initial_state()?;
+    if let Some(i) = differs(&s0, &tr.initial_state()?)? {
+        return invalid("check_pure", format!("initial_state() returned different bits on a second call (state tensor {i})"));
+    }
+    let z = constants(meta);
+    let mut states = vec![s0];
+    for t in 0..steps.min(tr.steps()) {
+        let next = advance(tr, t, states[t].clone(), &z)?.0;
+        states.push(next);
+    }
+    // Reverse order, as REPLAY re-runs them; the earliest failure is the one reported.
+    let mut first_bad = None;
+    for t in (0..states.len() - 1).rev() {
+        let again = advance(tr, t, states[t].clone(), &z)?.0;
+        if let Some(i) = differs(&states[t + 1], &again)? {
+            first_bad = Some((t, i));
+        }
+    }
+    if let Some((t, i)) = first_bad {
+        return invalid(
+            "check_pure",
+            format!("step {t} is not a pure function of (t, state, meta): run again from the same s_{t} after later steps, it gave different bits in state tensor {i}"),
+        );
+    }
+    Ok(())
 }
 
 /// The metagradient ∂φ(s_T)/∂z by reversing training under `kind`'s checkpoint schedule (REPLAY's lazy
