@@ -625,6 +625,8 @@ struct Case {
     idx: Vec<usize>,
     flag: bool,
     opts: (usize, usize, usize),
+    /// Input values: 0 tame, else every few elements a NaN, ±∞, a subnormal or −0.
+    vals: u8,
 }
 
 const N_OPS: usize = 52;
@@ -646,7 +648,13 @@ fn run_case(c: &Case) -> Result<()> {
     let (da, db) = (dtype_of(c.dts.0), if c.dts.1.is_multiple_of(4) { dtype_of(c.dts.1) } else { dtype_of(c.dts.0) });
     let mk = |d: &[usize], dt: DType, seed: u64| {
         let n: usize = d.iter().product();
-        let vals: Vec<f64> = (0..n).map(|i| ((i as u64 * 7 + seed) % 11) as f64 / 5.0 - 1.0).collect();
+        const SPECIAL: [f64; 6] = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e-310, 1e-40, -0.0];
+        let vals: Vec<f64> = (0..n)
+            .map(|i| match c.vals {
+                v if v > 0 && (i + seed as usize).is_multiple_of(v as usize + 1) => SPECIAL[(i / 2 + seed as usize) % SPECIAL.len()],
+                _ => ((i as u64 * 7 + seed) % 11) as f64 / 5.0 - 1.0,
+            })
+            .collect();
         tape.var(Tensor::from_vec(vals, d.to_vec()).unwrap().to_dtype(dt))
     };
     // Tensors are built from tame dims; the raw (possibly huge) dims are only passed as shape arguments.
@@ -930,14 +938,21 @@ fn case() -> impl Strategy<Value = Case> {
         any::<bool>(),
         (0usize..4, 0usize..4, 0usize..3),
         (prop_oneof![1 => Just(0u8), 2 => Just(1u8), 2 => Just(2u8)], 0usize..64, 0usize..64),
+        prop_oneof![3 => Just(0u8), 1 => 1u8..5],
     )
-        .prop_map(|((op, a, b, c), dts, axes, idx, flag, opts, (mode, p0, p1))| {
-            fit(Case { op, a, b, c, dts, axes, idx, flag, opts }, mode, (p0, p1))
+        .prop_map(|((op, a, b, c), dts, axes, idx, flag, opts, (mode, p0, p1), vals)| {
+            fit(Case { op, a, b, c, dts, axes, idx, flag, opts, vals }, mode, (p0, p1))
         })
 }
 
+fn fuzz_cases() -> u32 {
+    std::env::var("METAGRAD_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(6000)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 6000, failure_persistence: None, ..ProptestConfig::default() })]
+    // 6000 cases by default (about a minute in release); `METAGRAD_FUZZ_CASES=N` for more or fewer (CI
+    // also runs a smaller count in a debug build, where arithmetic overflow panics).
+    #![proptest_config(ProptestConfig { cases: fuzz_cases(), failure_persistence: None, ..ProptestConfig::default() })]
     #[test]
     fn nothing_panics_on_random_input(c in case()) {
         // Broadcasting to a huge target would allocate it: that op gets tame targets only.
@@ -952,7 +967,8 @@ fn every_random_op_is_reachable_with_valid_input() {
     // The proptest above is only useful if ops also succeed sometimes: check a valid call of each
     // family through the same runner.
     let ok = |op: usize, a: &[usize], b: &[usize], cc: &[usize], axes: (isize, isize), idx: &[usize], flag: bool| {
-        let c = Case { op, a: a.to_vec(), b: b.to_vec(), c: cc.to_vec(), dts: (3, 3), axes, idx: idx.to_vec(), flag, opts: (1, 1, 1) };
+        let c =
+            Case { op, a: a.to_vec(), b: b.to_vec(), c: cc.to_vec(), dts: (3, 3), axes, idx: idx.to_vec(), flag, opts: (1, 1, 1), vals: 0 };
         run_case(&c).unwrap_or_else(|e| panic!("op {op}: {e}"));
     };
     ok(0, &[2, 3], &[3], &[1], (0, 1), &[], false);

@@ -74,7 +74,8 @@ struct Axis {
 impl Axis {
     #[inline(always)]
     fn src(&self, d: usize) -> Option<usize> {
-        let v = (d * self.mul) as isize + self.off;
+        // A product past isize::MAX lies past every source index (a huge stride): no source.
+        let v = isize::try_from(d.checked_mul(self.mul)?).ok()?.checked_add(self.off)?;
         if v < 0 {
             return None;
         }
