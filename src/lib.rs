@@ -23,6 +23,9 @@
 //! # Ok(()) }
 //! ```
 #![warn(missing_docs)]
+// Library code returns errors; the few infallible unwraps say why at the site (tests are exempt:
+// clippy.toml).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 // Kernels index several buffers with one loop variable; iterator chains would hide the math.
 #![allow(clippy::needless_range_loop)]
 

@@ -48,6 +48,7 @@ pub const KEYPOINTS: usize = 5;
 
 fn matrix(rows: usize, cols: usize, f: impl Fn(usize, usize) -> f64, dtype: DType) -> Tensor {
     let v: Vec<f64> = (0..rows * cols).map(|p| f(p / cols, p % cols)).collect();
+    #[allow(clippy::expect_used)] // infallible: rows·cols values for a [rows, cols] tensor
     Tensor::from_vec(v, [rows, cols]).expect("rows·cols values").to_dtype(dtype)
 }
 

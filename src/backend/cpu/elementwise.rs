@@ -325,6 +325,7 @@ fn zip_n_slices<T: Float, const M: usize, const N: usize>(ins: &[&[T]; M], outs:
         let b = BLOCK.min(len - at);
         let mut ys = [[T::ZERO; BLOCK]; N];
         if b == BLOCK {
+            #[allow(clippy::expect_used)] // infallible: each slice has exactly BLOCK elements
             let xs: [&[T; BLOCK]; M] = std::array::from_fn(|m| ins[m][at..at + BLOCK].try_into().expect("a full block"));
             for i in 0..BLOCK {
                 let y = f(std::array::from_fn(|m| xs[m][i]));

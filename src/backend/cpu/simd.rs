@@ -54,6 +54,7 @@ impl<T: Float> Reg<T> for Lanes4<T> {
         Lanes4([x; 4])
     }
     #[inline(always)]
+    #[allow(clippy::unwrap_used)] // infallible: the slice has exactly 4 elements
     fn load(x: &[T]) -> Self {
         Lanes4(x[..4].try_into().unwrap())
     }

@@ -138,6 +138,7 @@ fn tile<T: Float, R: Reg<T>, const NV: usize>(
         }
     }
     for kk in 0..k {
+        #[allow(clippy::unwrap_used)] // infallible: the slice has exactly MR elements
         let av: &[T; MR] = ap[kk * stride..kk * stride + MR].try_into().unwrap();
         let brow = &b[kk * ldb..kk * ldb + w];
         let brow = if full {

@@ -278,8 +278,8 @@ impl<T: Float> Problem<'_, T> {
 fn copy_upto<T: Copy, const N: usize>(dst: &mut [T], src: &[T], w: usize) {
     if w == N {
         // As arrays: `copy_from_slice` of a constant length can still become a memcpy call.
-        let s: [T; N] = src[..N].try_into().unwrap();
-        let d: &mut [T; N] = (&mut dst[..N]).try_into().unwrap();
+        #[allow(clippy::unwrap_used)] // infallible: both slices have exactly N elements
+        let (s, d): ([T; N], &mut [T; N]) = (src[..N].try_into().unwrap(), (&mut dst[..N]).try_into().unwrap());
         *d = s;
     } else {
         dst[..w].copy_from_slice(&src[..w]);
