@@ -64,6 +64,23 @@ fn same<'a>(op: &'static str, xs: &[&'a Storage]) -> Result<Same<'a>> {
     })
 }
 
+/// The operands of one call with a fixed count, all on one device (destructured at the call site).
+enum SameN<'a, const N: usize> {
+    Cpu([&'a CpuStorage; N]),
+    #[cfg(feature = "cuda")]
+    Cuda([&'a CudaStorage; N]),
+}
+
+/// [`same`] for a fixed number of operands.
+fn same_n<'a, const N: usize>(op: &'static str, xs: [&'a Storage; N]) -> Result<SameN<'a, N>> {
+    let lost = || Error::Invalid { op, msg: "internal: an operand's storage did not match its device".into() };
+    Ok(match same(op, &xs)? {
+        Same::Cpu(v) => SameN::Cpu(v.try_into().map_err(|_| lost())?),
+        #[cfg(feature = "cuda")]
+        Same::Cuda(v) => SameN::Cuda(v.try_into().map_err(|_| lost())?),
+    })
+}
+
 /// `$body` with `$s` bound to the backend storage of `$x`, its result wrapped back into a [`Storage`].
 macro_rules! each {
     ($x:expr, $s:ident => $body:expr) => {
@@ -85,6 +102,24 @@ macro_rules! each_of {
             }
             #[cfg(feature = "cuda")]
             Same::Cuda($v) => {
+                type $B = CudaStorage;
+                Ok(Storage::Cuda($body?))
+            }
+        }
+    };
+}
+
+/// `$body` with the backend storages of the array `$xs` (one device) bound by the array pattern `$p`,
+/// for backend type `$B`.
+macro_rules! each_n {
+    ($op:expr, $xs:expr, $p:pat, $B:ident => $body:expr) => {
+        match same_n($op, $xs)? {
+            SameN::Cpu($p) => {
+                type $B = CpuStorage;
+                Ok(Storage::Cpu($body?))
+            }
+            #[cfg(feature = "cuda")]
+            SameN::Cuda($p) => {
                 type $B = CudaStorage;
                 Ok(Storage::Cuda($body?))
             }
@@ -193,7 +228,7 @@ impl Storage {
         out: &[usize],
         f: BinaryOp,
     ) -> Result<Storage> {
-        each_of!(op, &[self, rhs], v, B => B::binary(v[0], op, ad, v[1], bd, out, f))
+        each_n!(op, [self, rhs], [a, b], B => B::binary(a, op, ad, b, bd, out, f))
     }
 
     pub(crate) fn sum_axis(&self, op: &'static str, v: AxisView) -> Result<Storage> {
@@ -213,7 +248,7 @@ impl Storage {
     }
 
     pub(crate) fn matmul(&self, op: &'static str, rhs: &Storage, s: MatmulShape) -> Result<Storage> {
-        each_of!(op, &[self, rhs], v, B => B::matmul(v[0], op, v[1], s))
+        each_n!(op, [self, rhs], [a, b], B => B::matmul(a, op, b, s))
     }
 
     pub(crate) fn copy_strided(&self, op: &'static str, dims: &[usize], strides: &[usize], offset: usize) -> Result<Storage> {
@@ -251,7 +286,7 @@ impl Storage {
     pub(crate) fn conv(op: &'static str, mode: ConvMode, s: &ConvShape, pairs: &[(&Storage, &Storage)]) -> Result<Storage> {
         let flat: Vec<&Storage> = pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
         each_of!(op, &flat, v, B => {
-            let p: Vec<(&B, &B)> = v.chunks_exact(2).map(|c| (c[0], c[1])).collect();
+            let p: Vec<(&B, &B)> = v.as_chunks::<2>().0.iter().map(|&[a, b]| (a, b)).collect();
             B::conv(op, mode, s, &p)
         })
     }
@@ -268,10 +303,10 @@ impl Storage {
     }
 
     pub(crate) fn attention_forward(op: &'static str, g: &AttnShape, q: &Storage, k: &Storage, v: &Storage) -> Result<(Storage, Storage)> {
-        match same(op, &[q, k, v])? {
-            Same::Cpu(x) => CpuStorage::attention_forward(op, g, x[0], x[1], x[2]).map(|(a, b)| (Storage::Cpu(a), Storage::Cpu(b))),
+        match same_n(op, [q, k, v])? {
+            SameN::Cpu([q, k, v]) => CpuStorage::attention_forward(op, g, q, k, v).map(|(a, b)| (Storage::Cpu(a), Storage::Cpu(b))),
             #[cfg(feature = "cuda")]
-            Same::Cuda(x) => CudaStorage::attention_forward(op, g, x[0], x[1], x[2]).map(|(a, b)| (Storage::Cuda(a), Storage::Cuda(b))),
+            SameN::Cuda([q, k, v]) => CudaStorage::attention_forward(op, g, q, k, v).map(|(a, b)| (Storage::Cuda(a), Storage::Cuda(b))),
         }
     }
 
@@ -283,8 +318,8 @@ impl Storage {
         d_o: &Storage,
         need: Need,
     ) -> Result<Storage> {
-        let all = [qkv[0], qkv[1], qkv[2], saved[0], saved[1], d_o];
-        each_of!(op, &all, x, B => B::attention_backward(op, g, [x[0], x[1], x[2]], [x[3], x[4]], x[5], need))
+        let ([q, k, v], [m, l]) = (qkv, saved);
+        each_n!(op, [q, k, v, m, l, d_o], [q, k, v, m, l, d], B => B::attention_backward(op, g, [q, k, v], [m, l], d, need))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -297,17 +332,25 @@ impl Storage {
         cot: &Storage,
         need: Need,
     ) -> Result<Storage> {
-        let all = [qkv[0], qkv[1], qkv[2], saved[0], saved[1], d_o, cot];
-        each_of!(op, &all, x, B => B::attention_backward_backward(op, g, [x[0], x[1], x[2]], [x[3], x[4]], x[5], x[6], need))
+        let ([q, k, v], [m, l]) = (qkv, saved);
+        each_n!(op, [q, k, v, m, l, d_o, cot], [q, k, v, m, l, d, c], B => {
+            B::attention_backward_backward(op, g, [q, k, v], [m, l], d, c, need)
+        })
     }
 
     pub(crate) fn update(op: &'static str, u: Update, tensors: &[&Storage], hypers: &[&Storage]) -> Result<Vec<Storage>> {
         let all: Vec<&Storage> = tensors.iter().chain(hypers).copied().collect();
         let nt = tensors.len();
         match same(op, &all)? {
-            Same::Cpu(x) => Ok(CpuStorage::update(op, u, &x[..nt], &x[nt..])?.into_iter().map(Storage::Cpu).collect()),
+            Same::Cpu(x) => {
+                let (t, h) = x.split_at(nt.min(x.len()));
+                Ok(CpuStorage::update(op, u, t, h)?.into_iter().map(Storage::Cpu).collect())
+            }
             #[cfg(feature = "cuda")]
-            Same::Cuda(x) => Ok(CudaStorage::update(op, u, &x[..nt], &x[nt..])?.into_iter().map(Storage::Cuda).collect()),
+            Same::Cuda(x) => {
+                let (t, h) = x.split_at(nt.min(x.len()));
+                Ok(CudaStorage::update(op, u, t, h)?.into_iter().map(Storage::Cuda).collect())
+            }
         }
     }
 

@@ -8,6 +8,13 @@
 //! [`CpuStorage`] implements [`Backend`]: each method checks the buffers' lengths against the shapes
 //! it is given (an error, never a panic), picks the element type and calls the kernel. Kernel code
 //! indexes slices whose lengths those checks establish.
+//!
+//! That is why this module, alone in the library, allows `clippy::indexing_slicing`: the kernels'
+//! loops index several buffers with offsets computed from the checked geometry, and rewriting each
+//! index as `get()` would hide the math without making it safer (Rust keeps the bounds checks, so a
+//! bug panics at the index instead of reading past a buffer; the fuzz suite in `tests/errors.rs` and
+//! the property tests look for such panics).
+#![allow(clippy::indexing_slicing)]
 
 mod attention;
 mod conv;

@@ -53,8 +53,10 @@ fn run(cmd: &mut Command) -> Result<()> {
 fn kernel_names(preprocessed: &str) -> Vec<String> {
     let toks: Vec<&str> = preprocessed.split(|c: char| c.is_whitespace() || c == '(').filter(|t| !t.is_empty()).collect();
     toks.windows(4)
-        .filter(|w| w[0] == "extern" && w[1] == "\"C\"" && w[2] == "void" && !w[3].starts_with('_'))
-        .map(|w| w[3].to_string())
+        .filter_map(|w| match w {
+            ["extern", "\"C\"", "void", name] if !name.starts_with('_') => Some(name.to_string()),
+            _ => None,
+        })
         .collect()
 }
 

@@ -64,19 +64,19 @@ pub(crate) fn strides(op: &'static str, dims: &[usize], sa: &[usize], sb: &[usiz
     if dims.len() > MAX_RANK {
         return shape_err(op, format!("the CUDA backend supports at most {MAX_RANK} dimensions, got shape {dims:?}"));
     }
-    let mut w = vec![0i64; 1 + 3 * MAX_RANK];
-    w[0] = dims.len() as i64;
-    for (d, ((&n, &a), &b)) in dims.iter().zip(sa).zip(sb).enumerate() {
-        (w[1 + d], w[1 + MAX_RANK + d], w[1 + 2 * MAX_RANK + d]) = (n as i64, a as i64, b as i64);
-    }
+    // [rank, dims padded to MAX_RANK, strides of a padded, strides of b padded].
+    let padded = |xs: &[usize]| xs.iter().map(|&x| x as i64).chain(std::iter::repeat(0)).take(MAX_RANK).collect::<Vec<_>>();
+    let w: Vec<i64> = std::iter::once(dims.len() as i64).chain(padded(dims)).chain(padded(sa)).chain(padded(sb)).collect();
     Ok(Arg::S(w))
 }
 
 /// Row-major strides of `dims`.
 pub(crate) fn contiguous(dims: &[usize]) -> Vec<usize> {
     let mut s = vec![1usize; dims.len()];
-    for i in (0..dims.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1].saturating_mul(dims[i + 1]);
+    let mut acc = 1usize;
+    for (si, &d) in s.iter_mut().zip(dims).rev() {
+        *si = acc;
+        acc = acc.saturating_mul(d);
     }
     s
 }

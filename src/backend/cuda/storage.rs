@@ -308,18 +308,20 @@ impl Backend for CudaStorage {
             // CSR lists of the positions j of each row r (ascending), so each output sums in order.
             let mut start = vec![0usize; v.n + 1];
             for &r in idx {
-                if r >= v.n {
-                    return shape_err(op, format!("index {r} is out of range for an axis of size {}", v.n));
+                match start.get_mut(r + 1) {
+                    Some(c) if r < v.n => *c += 1,
+                    _ => return shape_err(op, format!("index {r} is out of range for an axis of size {}", v.n)),
                 }
-                start[r + 1] += 1;
             }
-            (0..v.n).for_each(|r| start[r + 1] += start[r]);
-            let mut fill = start.clone();
-            let mut list = vec![0usize; idx.len()];
-            for (j, &r) in idx.iter().enumerate() {
-                list[fill[r]] = j;
-                fill[r] += 1;
+            let mut run = 0;
+            for c in start.iter_mut() {
+                run += *c;
+                *c = run;
             }
+            // A stable counting sort: `list` holds each row's positions j in ascending order.
+            let mut order: Vec<usize> = (0..idx.len()).collect();
+            order.sort_by_key(|&j| idx.get(j).copied());
+            let list = order;
             let (sb, lb) = (self.upload_index(op, &start)?, self.upload_index(op, &list)?);
             let args = vec![
                 t.arg(),
@@ -379,8 +381,9 @@ impl Backend for CudaStorage {
         }
         if pairs.len() > MAX_PAIRS {
             // Several launches whose results are added in order.
-            let mut acc = Self::conv(op, mode, s, &pairs[..MAX_PAIRS])?;
-            for chunk in pairs[MAX_PAIRS..].chunks(MAX_PAIRS) {
+            let (head, rest) = pairs.split_at(MAX_PAIRS);
+            let mut acc = Self::conv(op, mode, s, head)?;
+            for chunk in rest.chunks(MAX_PAIRS) {
                 let d = [lout];
                 acc = acc.binary(op, &d, &Self::conv(op, mode, s, chunk)?, &d, &d, BinaryOp::Add)?;
             }
@@ -393,12 +396,9 @@ impl Backend for CudaStorage {
         }
         let mut words: Vec<i64> = geom(s).iter().map(|&v| v as i64).collect();
         words.extend([s.o as i64, pairs.len() as i64]);
-        let mut ptrs = [[0i64; MAX_PAIRS]; 2];
-        for (p, (a, b)) in pairs.iter().enumerate() {
-            ptrs[0][p] = a.buf.ptr as i64;
-            ptrs[1][p] = b.buf.ptr as i64;
-        }
-        words.extend(ptrs.concat());
+        // MAX_PAIRS pointers of each side, unused ones 0.
+        let side = |f: fn(&(&CudaStorage, &CudaStorage)) -> i64| pairs.iter().map(f).chain(std::iter::repeat(0)).take(MAX_PAIRS);
+        words.extend(side(|(a, _)| a.buf.ptr as i64).chain(side(|(_, b)| b.buf.ptr as i64)).collect::<Vec<_>>());
         let name = kname(op, "conv_gemm", first.dtype)?;
         let tiles = |rows: usize, cols: usize| [cols.div_ceil(64) as u32, rows.div_ceil(64) as u32];
         let (p, nhw, ckk) = (pairs.len(), s.n * s.ho * s.wo, s.c * s.kh * s.kw);
