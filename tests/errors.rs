@@ -491,6 +491,43 @@ fn shapes_whose_element_count_overflows_are_rejected() {
     assert_eq!(Tensor::from_vec(Vec::<f32>::new(), [usize::MAX, 2, 0]).unwrap().numel(), 0);
 }
 
+/// Allocations no machine can satisfy (2^48 and more elements: past any 47-bit address space, so the
+/// result does not depend on the overcommit policy) are `Error::OutOfMemory` naming the op and the
+/// bytes, never an abort.
+#[test]
+fn impossible_allocations_are_out_of_memory_errors() {
+    #[track_caller]
+    fn oom<T: Debug>(r: Result<T>, op: &str) {
+        match r {
+            Err(Error::OutOfMemory { op: o, msg }) => {
+                assert_eq!(o, op, "{msg}");
+                assert!(msg.contains("bytes") || msg.contains("slots"), "{op}: {msg}");
+            }
+            other => panic!("{op}: expected OutOfMemory, got {other:?}"),
+        }
+    }
+    let n = 1usize << 48;
+    oom(Tensor::try_zeros([n], DType::F32), "full");
+    oom(Tensor::try_full(1.0, [n], DType::F64), "full");
+    oom(Tensor::try_randn([n], DType::F32, 1), "randn");
+    oom(Tensor::try_rand_uniform([n], 0.0, 1.0, DType::F32, 1), "rand_uniform");
+    oom(Tensor::try_arange(0.0, 1.0, n, DType::F32), "arange");
+    oom(Tensor::full_on(0.0, [n], DType::F32, metagrad::Device::Cpu), "full");
+    let t = Tape::new();
+    // Outputs of 2^48 elements from 2^24-element inputs.
+    let col = t.var(Tensor::ones([1 << 24, 1], DType::F32));
+    let row = t.var(Tensor::ones([1, 1 << 24], DType::F32));
+    oom(col.add(&row), "add");
+    oom(col.matmul(&row), "matmul");
+    oom(t.var(Tensor::ones([1, 1], DType::F32)).broadcast_to(&Shape::new([1 << 24, 1 << 24])), "broadcast_to");
+    // Padding that makes the output 2^48 pixels.
+    let img = t.var(Tensor::ones([1, 1, 2, 2], DType::F32));
+    let pad = Conv2dOpts { padding: (1 << 23, 1 << 23), ..Conv2dOpts::default() };
+    oom(img.avg_pool2d((1, 1), pad), "avg_pool2d");
+    oom(img.conv2d(&t.var(Tensor::ones([1, 1, 1, 1], DType::F32)), None, pad), "conv2d");
+    oom(metagrad::replay::arena::Arena::new(1 << 50, &[Tensor::ones([4], DType::F32)]), "Arena::new");
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Autodiff misuse
 // ---------------------------------------------------------------------------------------------------
