@@ -15,7 +15,7 @@
 use metagrad::cuda;
 use metagrad::replay::reference::{Reference, ReferenceProblem};
 use metagrad::replay::{metagradient, train, ScheduleKind};
-use metagrad::{hvp, Conv2dOpts, DType, Device, Result, Tape, Tensor, Var};
+use metagrad::{grad, hvp, Conv2dOpts, DType, Device, Result, Tape, Tensor, Var};
 use proptest::prelude::*;
 use std::sync::{Mutex, MutexGuard};
 
@@ -414,4 +414,24 @@ fn the_checkpoint_arena_lives_in_device_memory() {
     let mixed = [state[0].clone(), state[1].to_device(Device::Cpu).unwrap()];
     let e = Arena::new(1, &mixed).unwrap_err().to_string();
     assert!(e.contains("cuda:0") && e.contains("cpu"), "{e}");
+}
+
+#[test]
+fn impossible_device_allocations_and_empty_batches_are_handled() {
+    // Issue 14: numel·size used to wrap (full_on of 2^62 f32 returned Ok over garbage); a convolution
+    // weight gradient over an empty batch divided by zero.
+    let Some((dev, _exclusive)) = gpu() else { return };
+    for n in [1usize << 48, 1 << 62, usize::MAX] {
+        match Tensor::full_on(0.0, [n], DType::F32, dev) {
+            Err(metagrad::Error::OutOfMemory { op, .. }) => assert_eq!(op, "full"),
+            other => panic!("full_on of {n} f32 on {dev}: expected OutOfMemory, got {:?}", other.map(|t| t.dims().to_vec())),
+        }
+    }
+    let tape = Tape::new();
+    let x = tape.var(Tensor::zeros([0, 2, 5, 5], DType::F64).to_device(dev).unwrap());
+    let w = tape.var(randn(&[3, 2, 3, 3], 5).to_device(dev).unwrap());
+    let y = x.conv2d(&w, None, Conv2dOpts::default()).unwrap();
+    assert_eq!(y.dims(), &[0, 3, 3, 3]);
+    let g = grad(&y.square().unwrap().sum_all().unwrap(), &[&x, &w], false).unwrap();
+    assert_eq!(g[1].value().to_device(Device::Cpu).unwrap().to_vec_f64(), vec![0.0; 54], "an empty batch has a zero weight gradient");
 }

@@ -390,6 +390,11 @@ impl Backend for CudaStorage {
             return Ok(acc);
         }
         let g = first.gpu();
+        let (p, nhw, ckk) = (pairs.len(), s.n * s.ho * s.wo, s.c * s.kh * s.kw);
+        // A weight gradient over an empty batch (or empty output image) sums nothing: zeros.
+        if mode == ConvMode::WeightGrad && p * nhw == 0 {
+            return first.zeros_like(op, lout);
+        }
         let t = first.like(op, lout)?;
         if t.len == 0 {
             return Ok(t);
@@ -401,7 +406,6 @@ impl Backend for CudaStorage {
         words.extend(side(|(a, _)| a.buf.ptr as i64).chain(side(|(_, b)| b.buf.ptr as i64)).collect::<Vec<_>>());
         let name = kname(op, "conv_gemm", first.dtype)?;
         let tiles = |rows: usize, cols: usize| [cols.div_ceil(64) as u32, rows.div_ceil(64) as u32];
-        let (p, nhw, ckk) = (pairs.len(), s.n * s.ho * s.wo, s.c * s.kh * s.kw);
         match mode {
             ConvMode::Forward | ConvMode::InputGrad => {
                 let [x, y] = if mode == ConvMode::Forward { tiles(s.o, nhw) } else { tiles(s.c, s.n * s.h * s.w) };
