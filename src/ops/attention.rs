@@ -31,12 +31,16 @@ const THIRD_ORDER: &str = "attention_backward_backward: a third derivative of fu
 /// Checks Q [.., Nq, d], K [.., Nk, d], V [.., Nk, dv] (equal leading dims, one compute dtype) and the
 /// scale; returns the kernel geometry.
 fn check(q: &Var, k: &Var, v: &Var, scale: f64, causal: bool) -> Result<AttnShape> {
-    let r = q.shape().rank();
-    if r < 2 || k.shape().rank() != r || v.shape().rank() != r {
-        return shape_err("attention", format!("q {}, k {}, v {} need equal rank ≥ 2", q.shape(), k.shape(), v.shape()));
+    let bad_rank = || shape_err("attention", format!("q {}, k {}, v {} need equal rank ≥ 2", q.shape(), k.shape(), v.shape()));
+    let (Some((qb, &[nq, d])), Some((kb, &[nk, dk])), Some((vb, &[nv, dv]))) =
+        (q.dims().split_last_chunk(), k.dims().split_last_chunk(), v.dims().split_last_chunk())
+    else {
+        return bad_rank();
+    };
+    if qb.len() != kb.len() || qb.len() != vb.len() {
+        return bad_rank();
     }
-    let (nq, d, nk, dv) = (q.dims()[r - 2], q.dims()[r - 1], k.dims()[r - 2], v.dims()[r - 1]);
-    if k.dims()[r - 1] != d || v.dims()[r - 2] != nk || q.dims()[..r - 2] != k.dims()[..r - 2] || q.dims()[..r - 2] != v.dims()[..r - 2] {
+    if dk != d || nv != nk || qb != kb || qb != vb {
         return shape_err(
             "attention",
             format!("q {}, k {}, v {} need [.., Nq, d], [.., Nk, d], [.., Nk, dv]", q.shape(), k.shape(), v.shape()),
@@ -46,7 +50,7 @@ fn check(q: &Var, k: &Var, v: &Var, scale: f64, causal: bool) -> Result<AttnShap
     if !scale.is_finite() {
         return invalid("attention", format!("scale {scale} is not finite"));
     }
-    Ok(AttnShape { heads: q.dims()[..r - 2].iter().product(), nq, nk, d, dv, scale, causal })
+    Ok(AttnShape { heads: qb.iter().product(), nq, nk, d, dv, scale, causal })
 }
 
 /// Splits a packed 1-D variable into pieces shaped like `like` (differentiably: narrow, then
@@ -66,7 +70,9 @@ fn unpack(packed: &Var, like: &[Var]) -> Result<Vec<Option<Var>>> {
 /// the tracked ones of Q, K, V.
 fn attention_backward(x: &[Var], d_o: &Var, o: Tensor, lse: Tensor, g: AttnShape) -> Result<Vec<Option<Var>>> {
     const OP: &str = "attention_backward";
-    let (q, k, v) = (&x[0], &x[1], &x[2]);
+    let [q, k, v] = x else {
+        return Err(Error::Autodiff { msg: format!("{OP}: expected the 3 inputs q, k, v, got {}", x.len()) });
+    };
     let need = Need { q: q.is_tracked(), kv: k.is_tracked() || v.is_tracked(), d_o: false };
     fn s(t: &Var) -> &Storage {
         t.value().storage()
@@ -82,7 +88,9 @@ fn attention_backward(x: &[Var], d_o: &Var, o: Tensor, lse: Tensor, g: AttnShape
 /// given the packed cotangent `cot` of (dQ, dK, dV).
 fn attention_backward_backward(x: &[Var], cot: &Var, o: &Tensor, lse: &Tensor, g: AttnShape) -> Result<Vec<Option<Var>>> {
     const OP: &str = "attention_backward_backward";
-    let (q, k, v, d_o) = (&x[0], &x[1], &x[2], &x[3]);
+    let [q, k, v, d_o] = x else {
+        return Err(Error::Autodiff { msg: format!("{OP}: expected the 4 inputs q, k, v, dO, got {}", x.len()) });
+    };
     let need = Need { q: q.is_tracked(), kv: k.is_tracked() || v.is_tracked(), d_o: d_o.is_tracked() };
     fn s(t: &Var) -> &Storage {
         t.value().storage()
@@ -111,10 +119,11 @@ impl Var {
             return self.attention_composite(k, v, scale, causal);
         }
         let (o, lse) = Storage::attention_forward("attention", &g, self.value().storage(), k.value().storage(), v.value().storage())?;
-        let r = self.shape().rank();
-        let mut od = self.dims().to_vec();
-        od[r - 1] = g.dv;
-        let (o, lse) = (Tensor::new("attention", o, od)?, Tensor::new("attention", lse, &self.dims()[..r - 1])?);
+        let Some((_, lead)) = self.dims().split_last() else {
+            return shape_err("attention", format!("q {} needs rank ≥ 2", self.shape()));
+        };
+        let od: Vec<usize> = lead.iter().copied().chain([g.dv]).collect();
+        let (o, lse) = (Tensor::new("attention", o, od)?, Tensor::new("attention", lse, lead)?);
         Var::record("attention", o, &[self, k, v], move |x, o, d_o| attention_backward(x, d_o, o.value().clone(), lse.clone(), g))
     }
 

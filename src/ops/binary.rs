@@ -6,6 +6,7 @@
 //! `2.0 * &a`) and return a [`Result`], because an op can fail (shapes that do not broadcast, dtypes
 //! that differ): write `(&a + &b)?`. Scalars are f64 and rounded to the tensor's dtype once.
 
+use super::inputs;
 use crate::backend::spec::BinaryOp;
 use crate::error::Result;
 use crate::{Shape, Tensor, Var};
@@ -41,22 +42,29 @@ impl Var {
     /// a + b, broadcasting.
     pub fn add(&self, other: &Var) -> Result<Var> {
         let y = self.value().add(other.value())?;
-        Var::record("add", y, &[self, other], |x, _, g| Ok(vec![Some(g.sum_to(x[0].shape())?), Some(g.sum_to(x[1].shape())?)]))
+        Var::record("add", y, &[self, other], |x, _, g| {
+            let [a, b] = inputs("add", x)?;
+            Ok(vec![Some(g.sum_to(a.shape())?), Some(g.sum_to(b.shape())?)])
+        })
     }
 
     /// a − b, broadcasting.
     pub fn sub(&self, other: &Var) -> Result<Var> {
         let y = self.value().sub(other.value())?;
-        Var::record("sub", y, &[self, other], |x, _, g| Ok(vec![Some(g.sum_to(x[0].shape())?), Some(g.neg()?.sum_to(x[1].shape())?)]))
+        Var::record("sub", y, &[self, other], |x, _, g| {
+            let [a, b] = inputs("sub", x)?;
+            Ok(vec![Some(g.sum_to(a.shape())?), Some(g.neg()?.sum_to(b.shape())?)])
+        })
     }
 
     /// a · b element-wise, broadcasting.
     pub fn mul(&self, other: &Var) -> Result<Var> {
         let y = self.value().mul(other.value())?;
         Var::record("mul", y, &[self, other], |x, _, g| {
+            let [a, b] = inputs("mul", x)?;
             Ok(vec![
-                if x[0].is_tracked() { Some(g.mul(&x[1])?.sum_to(x[0].shape())?) } else { None },
-                if x[1].is_tracked() { Some(g.mul(&x[0])?.sum_to(x[1].shape())?) } else { None },
+                if a.is_tracked() { Some(g.mul(b)?.sum_to(a.shape())?) } else { None },
+                if b.is_tracked() { Some(g.mul(a)?.sum_to(b.shape())?) } else { None },
             ])
         })
     }
@@ -65,11 +73,12 @@ impl Var {
     pub fn div(&self, other: &Var) -> Result<Var> {
         let y = self.value().div(other.value())?;
         Var::record("div", y, &[self, other], |x, _, g| {
-            let ga = g.div(&x[1])?;
+            let [a, b] = inputs("div", x)?;
+            let ga = g.div(b)?;
             Ok(vec![
-                if x[0].is_tracked() { Some(ga.sum_to(x[0].shape())?) } else { None },
+                if a.is_tracked() { Some(ga.sum_to(a.shape())?) } else { None },
                 // ∂(a/b)/∂b = −a/b² = −(g/b)·(a/b)
-                if x[1].is_tracked() { Some(ga.mul(&x[0].div(&x[1])?)?.neg()?.sum_to(x[1].shape())?) } else { None },
+                if b.is_tracked() { Some(ga.mul(&a.div(b)?)?.neg()?.sum_to(b.shape())?) } else { None },
             ])
         })
     }

@@ -78,16 +78,16 @@ struct Geometry {
 
 impl Geometry {
     fn new(op: &'static str, x: &[usize], kh: usize, kw: usize, o: Conv2dOpts) -> Result<Geometry> {
-        if x.len() != 4 {
+        let &[n, c, h, w] = x else {
             return shape_err(op, format!("input {x:?} must be [N, C, H, W]"));
-        }
+        };
         if o.stride.0 == 0 || o.stride.1 == 0 || o.dilation.0 == 0 || o.dilation.1 == 0 || kh == 0 || kw == 0 {
             return invalid(op, format!("kernel {kh}x{kw}, stride {:?} and dilation {:?} must be positive", o.stride, o.dilation));
         }
         // Checked arithmetic: absurd padding or dilation is an error, not a wrapped size.
         let span = |k: usize, d: usize| d.checked_mul(k - 1).and_then(|s| s.checked_add(1));
         let padded = |n: usize, p: usize| p.checked_mul(2).and_then(|p| p.checked_add(n));
-        let sizes = (padded(x[2], o.padding.0), padded(x[3], o.padding.1), span(kh, o.dilation.0), span(kw, o.dilation.1));
+        let sizes = (padded(h, o.padding.0), padded(w, o.padding.1), span(kh, o.dilation.0), span(kw, o.dilation.1));
         let (Some(hp), Some(wp), Some(sh), Some(sw)) = sizes else {
             return shape_err(
                 op,
@@ -102,10 +102,10 @@ impl Geometry {
         }
         let (ho, wo) = ((hp - sh) / o.stride.0 + 1, (wp - sw) / o.stride.1 + 1);
         // Every buffer size the kernels compute is a sub-product of these (zeros aside).
-        if [x[0], x[1], kh, kw, ho, wo].iter().try_fold(1usize, |n, &d| n.checked_mul(d.max(1))).is_none() {
+        if [n, c, kh, kw, ho, wo].iter().try_fold(1usize, |n, &d| n.checked_mul(d.max(1))).is_none() {
             return shape_err(op, format!("input {x:?} with a {kh}x{kw} kernel gives a {ho}x{wo} output: too many elements"));
         }
-        Ok(Geometry { n: x[0], c: x[1], h: x[2], w: x[3], kh, kw, ho, wo, o })
+        Ok(Geometry { n, c, h, w, kh, kw, ho, wo, o })
     }
 }
 
@@ -206,18 +206,31 @@ fn vjp_name(name: &str) -> &'static str {
 /// Records a conv node: `inputs` with `roles`, one output per term (see the module docs). Returns the
 /// outputs in their own shapes.
 fn conv_node(name: &'static str, s: ConvShape, inputs: &[&Var], roles: Vec<Role>, terms: Vec<Term>) -> Result<Vec<Var>> {
-    for v in inputs {
-        super::same_dtype(name, inputs[0], v)?;
+    if let Some(first) = inputs.first() {
+        for v in inputs {
+            super::same_dtype(name, first, v)?;
+        }
     }
-    let vals: Vec<&Storage> = inputs.iter().map(|v| v.value().storage()).collect();
+    let val = |i: usize| {
+        inputs
+            .get(i)
+            .map(|v| v.value().storage())
+            .ok_or_else(|| Error::Autodiff { msg: format!("{name}: a term refers to input {i} of a node with {} inputs", inputs.len()) })
+    };
     let mut parts = Vec::with_capacity(terms.len());
     for t in &terms {
-        // The pairs of each role, in the order the kernels take them.
-        let (mode, pairs): (_, Vec<(&Storage, &Storage)>) = match t.role {
-            Role::Y => (ConvMode::Forward, t.pairs.iter().map(|&(x, w)| (vals[x], vals[w])).collect()),
-            Role::X => (ConvMode::InputGrad, t.pairs.iter().map(|&(w, y)| (vals[y], vals[w])).collect()),
-            Role::W => (ConvMode::WeightGrad, t.pairs.iter().map(|&(x, y)| (vals[x], vals[y])).collect()),
+        // The pairs of each role, in the order the kernels take them: (x, w), (y, w) and (x, y); the
+        // pairs of an X term are stored in role order (w, y), so they are swapped.
+        let (mode, swap) = match t.role {
+            Role::Y => (ConvMode::Forward, false),
+            Role::X => (ConvMode::InputGrad, true),
+            Role::W => (ConvMode::WeightGrad, false),
         };
+        let pairs = t
+            .pairs
+            .iter()
+            .map(|&(a, b)| Ok(if swap { (val(b)?, val(a)?) } else { (val(a)?, val(b)?) }))
+            .collect::<Result<Vec<(&Storage, &Storage)>>>()?;
         parts.push(Tensor::new(name, Storage::conv(name, mode, &s, &pairs)?, role_shape(&s, t.role))?);
     }
     // Outputs that share a tracked input go in one node, so that the next derivative sees all their
@@ -225,24 +238,25 @@ fn conv_node(name: &'static str, s: ConvShape, inputs: &[&Var], roles: Vec<Role>
     // own, which saves the packing copies (and all of them when nothing is recorded).
     let mut group: Vec<usize> = (0..terms.len()).collect();
     if is_grad_enabled() {
-        for i in (0..inputs.len()).filter(|&i| inputs[i].is_tracked()) {
-            let users: Vec<usize> = (0..terms.len()).filter(|&k| terms[k].pairs.iter().any(|&(a, b)| a == i || b == i)).collect();
-            for &k in &users {
-                let (from, to) = (group[k], group[users[0]]);
-                group.iter_mut().filter(|g| **g == from).for_each(|g| *g = to);
+        for (i, _) in inputs.iter().enumerate().filter(|(_, v)| v.is_tracked()) {
+            // Merge the groups of the terms that use input i into the group of the first of them.
+            let users: Vec<usize> =
+                group.iter().zip(&terms).filter(|(_, t)| t.pairs.iter().any(|&(a, b)| a == i || b == i)).map(|(&g, _)| g).collect();
+            if let Some(&to) = users.first() {
+                group.iter_mut().filter(|g| users.contains(g)).for_each(|g| *g = to);
             }
         }
     }
     let mut outs: Vec<Option<Var>> = vec![None; terms.len()];
     for g in 0..terms.len() {
-        let ks: Vec<usize> = (0..terms.len()).filter(|&k| group[k] == g).collect();
-        if ks.is_empty() {
+        let (sub_terms, sub_parts): (Vec<Term>, Vec<Tensor>) =
+            terms.iter().zip(&parts).zip(&group).filter(|(_, &gk)| gk == g).map(|((t, p), _)| (t.clone(), p.clone())).unzip();
+        if sub_terms.is_empty() {
             continue;
         }
-        let sub_terms: Vec<Term> = ks.iter().map(|&k| terms[k].clone()).collect();
-        let sub_parts: Vec<Tensor> = ks.iter().map(|&k| parts[k].clone()).collect();
-        for (k, v) in ks.into_iter().zip(record_node(name, s, inputs, &roles, sub_terms, &sub_parts)?) {
-            outs[k] = Some(v);
+        let mut recorded = record_node(name, s, inputs, &roles, sub_terms, &sub_parts)?.into_iter();
+        for (out, _) in outs.iter_mut().zip(&group).filter(|(_, &gk)| gk == g) {
+            *out = recorded.next();
         }
     }
     outs.into_iter().collect::<Option<Vec<Var>>>().ok_or_else(|| Error::Autodiff { msg: format!("{name}: an output was not recorded") })
@@ -265,11 +279,16 @@ fn record_node(name: &'static str, s: ConvShape, inputs: &[&Var], roles: &[Role]
         let n = xs.len();
         let mut roles2 = roles_vjp.clone();
         roles2.extend(terms_vjp.iter().map(|t| t.role));
-        let ordered = |u: usize, v: usize| if roles2[u] < roles2[v] { (u, v) } else { (v, u) };
+        let role = |u: usize| {
+            roles_vjp
+                .get(u)
+                .copied()
+                .ok_or_else(|| Error::Autodiff { msg: format!("{name}: a term refers to input {u} of a node with {n} inputs") })
+        };
         // The cotangent of input i: ∂T/∂role(i) at (the other argument, the output's cotangent), for
         // every term that uses i.
         let (mut terms2, mut which) = (Vec::new(), Vec::new());
-        for (i, x) in xs.iter().enumerate() {
+        for (i, (x, &role_i)) in xs.iter().zip(&roles_vjp).enumerate() {
             if !x.is_tracked() {
                 continue;
             }
@@ -277,14 +296,15 @@ fn record_node(name: &'static str, s: ConvShape, inputs: &[&Var], roles: &[Role]
             for (k, t) in terms_vjp.iter().enumerate() {
                 for &(a, b) in &t.pairs {
                     for (me, other) in [(a, b), (b, a)] {
+                        // Input n + k, the cotangent of output k, has the role of term k.
                         if me == i {
-                            pairs.push(ordered(other, n + k));
+                            pairs.push(if role(other)? < t.role { (other, n + k) } else { (n + k, other) });
                         }
                     }
                 }
             }
             if !pairs.is_empty() {
-                terms2.push(Term { role: roles_vjp[i], pairs });
+                terms2.push(Term { role: role_i, pairs });
                 which.push(i);
             }
         }
@@ -295,7 +315,9 @@ fn record_node(name: &'static str, s: ConvShape, inputs: &[&Var], roles: &[Role]
         let mut inputs2: Vec<&Var> = xs.iter().collect();
         inputs2.extend(cots.iter());
         for (i, gi) in which.into_iter().zip(conv_node(vjp_name(name), s, &inputs2, roles2.clone(), terms2)?) {
-            grads[i] = Some(gi);
+            if let Some(slot) = grads.get_mut(i) {
+                *slot = Some(gi); // i < n: `which` holds indices of xs
+            }
         }
         Ok(grads)
     })?;
@@ -321,17 +343,17 @@ fn one(outs: Vec<Var>) -> Result<Var> {
     outs.into_iter().next().ok_or_else(|| Error::Autodiff { msg: "a conv node returned no output".into() })
 }
 
-/// Checks x [N, C, H, W] against weights [O, C, kh, kw] (and the bias's dtype) and returns the geometry.
-fn check_conv(op: &'static str, x: &Var, weight: &Var, bias: Option<&Var>, opts: Conv2dOpts) -> Result<Geometry> {
+/// Checks x [N, C, H, W] against weights [O, C, kh, kw] (and the bias's dtype) and returns the geometry
+/// and O.
+fn check_conv(op: &'static str, x: &Var, weight: &Var, bias: Option<&Var>, opts: Conv2dOpts) -> Result<(Geometry, usize)> {
     super::same_dtype(op, x, weight)?;
     if let Some(b) = bias {
         super::same_dtype(op, x, b)?;
     }
-    let wd = weight.dims();
-    if wd.len() != 4 || x.shape().rank() != 4 || wd[1] != x.dims()[1] {
-        return shape_err(op, format!("input {} and weight {} must be [N, C, H, W] and [O, C, kh, kw]", x.shape(), weight.shape()));
+    match (x.dims(), weight.dims()) {
+        (&[_, c, _, _], &[o, wc, kh, kw]) if wc == c => Ok((Geometry::new(op, x.dims(), kh, kw, opts)?, o)),
+        _ => shape_err(op, format!("input {} and weight {} must be [N, C, H, W] and [O, C, kh, kw]", x.shape(), weight.shape())),
     }
-    Geometry::new(op, x.dims(), wd[2], wd[3], opts)
 }
 
 fn add_bias(op: &'static str, y: Var, bias: Option<&Var>, o: usize) -> Result<Var> {
@@ -348,9 +370,9 @@ fn add_bias(op: &'static str, y: Var, bias: Option<&Var>, o: usize) -> Result<Va
 
 /// Checks that `dy` is [N, O, Ho, Wo] for the geometry `g`.
 fn check_dy(op: &'static str, dy: &Var, g: &Geometry) -> Result<usize> {
-    let d = dy.dims();
-    if d.len() != 4 || d[0] != g.n || d[2] != g.ho || d[3] != g.wo {
-        return shape_err(
+    match *dy.dims() {
+        [n, o, ho, wo] if n == g.n && ho == g.ho && wo == g.wo => Ok(o),
+        _ => shape_err(
             op,
             format!(
                 "output gradient {} must be [{}, O, {}, {}] for input [{}, {}, {}, {}]",
@@ -363,9 +385,8 @@ fn check_dy(op: &'static str, dy: &Var, g: &Geometry) -> Result<usize> {
                 g.h,
                 g.w
             ),
-        );
+        ),
     }
-    Ok(d[1])
 }
 
 impl Var {
@@ -378,8 +399,7 @@ impl Var {
     ///
     /// On a CUDA device the same nodes run implicit-GEMM kernels (`kernels/gemm.cu`).
     pub fn conv2d(&self, weight: &Var, bias: Option<&Var>, opts: Conv2dOpts) -> Result<Var> {
-        let g = check_conv("conv2d", self, weight, bias, opts)?;
-        let o = weight.dims()[0];
+        let (g, o) = check_conv("conv2d", self, weight, bias, opts)?;
         let y = conv_node("conv2d", g.conv(o), &[self, weight], vec![Role::X, Role::W], vec![Term { role: Role::Y, pairs: vec![(0, 1)] }])?;
         add_bias("conv2d", one(y)?, bias, o)
     }
@@ -387,12 +407,11 @@ impl Var {
     /// The reference convolution through im2col (a linear map) and matmul; same arguments and result as
     /// [`Var::conv2d`].
     pub fn conv2d_composite(&self, weight: &Var, bias: Option<&Var>, opts: Conv2dOpts) -> Result<Var> {
-        let g = check_conv("conv2d_composite", self, weight, bias, opts)?;
-        let wd = weight.dims();
+        let (g, o) = check_conv("conv2d_composite", self, weight, bias, opts)?;
         let cols = linear(self, Rc::new(Im2col(g)), false)?;
-        let y = weight.reshape([wd[0], g.c * g.kh * g.kw])?.matmul(&cols)?; // [O, N·Ho·Wo]
-        let y = y.reshape([wd[0], g.n, g.ho, g.wo])?.permute(&[1, 0, 2, 3])?;
-        add_bias("conv2d_composite", y, bias, wd[0])
+        let y = weight.reshape([o, g.c * g.kh * g.kw])?.matmul(&cols)?; // [O, N·Ho·Wo]
+        let y = y.reshape([o, g.n, g.ho, g.wo])?.permute(&[1, 0, 2, 3])?;
+        add_bias("conv2d_composite", y, bias, o)
     }
 
     /// The input gradient of [`Var::conv2d`]: dx = conv_transpose(dy, w) for an output gradient `dy`
@@ -401,16 +420,18 @@ impl Var {
     pub fn conv2d_backward_input(dy: &Var, weight: &Var, input_hw: (usize, usize), opts: Conv2dOpts) -> Result<Var> {
         const OP: &str = "conv2d_backward_input";
         super::same_dtype(OP, dy, weight)?;
-        let (d, wd) = (dy.dims(), weight.dims());
-        if d.len() != 4 || wd.len() != 4 || d[1] != wd[0] {
-            return shape_err(
-                OP,
-                format!("output gradient {} and weight {} must be [N, O, Ho, Wo] and [O, C, kh, kw]", dy.shape(), weight.shape()),
-            );
-        }
-        let g = Geometry::new(OP, &[d[0], wd[1], input_hw.0, input_hw.1], wd[2], wd[3], opts)?;
+        let (n, o, c, kh, kw) = match (dy.dims(), weight.dims()) {
+            (&[n, o, _, _], &[wo, c, kh, kw]) if wo == o => (n, o, c, kh, kw),
+            _ => {
+                return shape_err(
+                    OP,
+                    format!("output gradient {} and weight {} must be [N, O, Ho, Wo] and [O, C, kh, kw]", dy.shape(), weight.shape()),
+                )
+            }
+        };
+        let g = Geometry::new(OP, &[n, c, input_hw.0, input_hw.1], kh, kw, opts)?;
         check_dy(OP, dy, &g)?;
-        let y = conv_node(OP, g.conv(wd[0]), &[weight, dy], vec![Role::W, Role::Y], vec![Term { role: Role::X, pairs: vec![(0, 1)] }])?;
+        let y = conv_node(OP, g.conv(o), &[weight, dy], vec![Role::W, Role::Y], vec![Term { role: Role::X, pairs: vec![(0, 1)] }])?;
         one(y)
     }
 

@@ -51,6 +51,21 @@ impl LinearMap for Reshape {
     }
 }
 
+/// Dimension `axis` (already resolved) of `shape`.
+fn dim(op: &'static str, shape: &Shape, axis: usize) -> Result<usize> {
+    shape.dims().get(axis).copied().ok_or_else(|| Error::Shape { op, msg: format!("axis {axis} is out of range for shape {shape}") })
+}
+
+/// The dimensions of `shape` with `axis` (already resolved) resized to `len`.
+fn resized(op: &'static str, shape: &Shape, axis: usize, len: usize) -> Result<Vec<usize>> {
+    let mut dims = shape.dims().to_vec();
+    match dims.get_mut(axis) {
+        Some(d) => *d = len,
+        None => return shape_err(op, format!("axis {axis} is out of range for shape {shape}")),
+    }
+    Ok(dims)
+}
+
 /// out[k] = x[Σ k_d·strides[d] + offset] over the row-major indices k of `dims`.
 fn strided(op: &'static str, x: &Tensor, dims: &[usize], strides: &[usize], offset: usize) -> Result<Tensor> {
     super::compute(op, x)?;
@@ -63,8 +78,9 @@ struct Permute {
 }
 fn permute_tensor(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
     let is = x.shape().strides();
-    let od: Vec<usize> = perm.iter().map(|&p| x.dims()[p]).collect();
-    let os: Vec<usize> = perm.iter().map(|&p| is[p]).collect();
+    let Some((od, os)) = perm.iter().map(|&p| Some((*x.dims().get(p)?, *is.get(p)?))).collect::<Option<(Vec<usize>, Vec<usize>)>>() else {
+        return shape_err("permute", format!("{perm:?} is not a permutation of the axes of {}", x.shape()));
+    };
     strided("permute", x, &od, &os, 0)
 }
 impl LinearMap for Permute {
@@ -92,8 +108,11 @@ impl LinearMap for Broadcast {
         strided("broadcast_to", x, self.to.dims(), &broadcast_strides(x.dims(), self.to.dims()), 0)
     }
     fn apply_adjoint(&self, g: &Tensor) -> Result<Tensor> {
-        let (r, fr) = (self.to.rank(), self.from.rank());
-        let axes: Vec<usize> = (0..r).filter(|&a| a < r - fr || (self.from.dims()[a + fr - r] == 1 && self.to.dims()[a] != 1)).collect();
+        // Trailing axes align: the first `lead` axes of `to` are new, the others were stretched where `from` has 1.
+        let lead = self.to.rank() - self.from.rank();
+        let to_rest = self.to.dims().iter().skip(lead);
+        let stretched = to_rest.zip(self.from.dims()).enumerate().filter(|&(_, (&t, &f))| f == 1 && t != 1).map(|(a, _)| lead + a);
+        let axes: Vec<usize> = (0..lead).chain(stretched).collect();
         sum_keepdim("sum_to", g, &axes)?.reshape(self.from.clone())
     }
 }
@@ -111,8 +130,7 @@ impl LinearMap for Narrow {
     }
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let AxisView { outer, n, inner } = view(&self.full, self.axis);
-        let mut od = self.full.dims().to_vec();
-        od[self.axis] = self.len;
+        let od = resized("narrow", &self.full, self.axis, self.len)?;
         strided("narrow", x, &[outer, self.len, inner], &[n * inner, inner, 1], self.start * inner)?.reshape(od)
     }
     fn apply_adjoint(&self, g: &Tensor) -> Result<Tensor> {
@@ -136,8 +154,7 @@ impl LinearMap for IndexSelect {
     }
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         super::compute("index_select", x)?;
-        let mut od = self.full.dims().to_vec();
-        od[self.axis] = self.idx.len();
+        let od = resized("index_select", &self.full, self.axis, self.idx.len())?;
         Tensor::new("index_select", x.storage().index_select("index_select", &self.idx, view(&self.full, self.axis))?, od)
     }
     fn apply_adjoint(&self, g: &Tensor) -> Result<Tensor> {
@@ -159,12 +176,12 @@ impl LinearMap for Gather {
     }
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         super::compute("gather", x)?;
-        let m = self.out.dims()[self.axis];
+        let m = dim("gather", &self.out, self.axis)?;
         Tensor::new("gather", x.storage().gather("gather", &self.idx, view(&self.full, self.axis), m)?, self.out.clone())
     }
     fn apply_adjoint(&self, g: &Tensor) -> Result<Tensor> {
         super::compute("scatter_add", g)?;
-        let m = self.out.dims()[self.axis];
+        let m = dim("scatter_add", &self.out, self.axis)?;
         Tensor::new("scatter_add", g.storage().scatter_add("scatter_add", &self.idx, view(&self.full, self.axis), m)?, self.full.clone())
     }
 }
@@ -208,12 +225,15 @@ impl LinearMap for ToDType {
 fn check_perm(shape: &Shape, perm: &[usize]) -> Result<Vec<usize>> {
     let r = shape.rank();
     let mut seen = vec![false; r];
-    if perm.len() != r || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true)) {
+    // An axis out of range, or one already seen, makes `perm` no permutation.
+    if perm.len() != r || perm.iter().any(|&p| seen.get_mut(p).is_none_or(|s| std::mem::replace(s, true))) {
         return shape_err("permute", format!("{perm:?} is not a permutation of the {r} axes of {shape}"));
     }
     let mut inverse = vec![0; r];
     for (i, &p) in perm.iter().enumerate() {
-        inverse[p] = i;
+        if let Some(slot) = inverse.get_mut(p) {
+            *slot = i; // p < r: checked above
+        }
     }
     Ok(inverse)
 }
@@ -226,23 +246,23 @@ fn swap_perm(shape: &Shape, a: isize, b: isize) -> Result<Vec<usize>> {
     Ok(perm)
 }
 
-/// Checks `start..start + len` against `axis` of `shape`; returns the resolved axis.
-fn check_narrow(shape: &Shape, axis: isize, start: usize, len: usize) -> Result<usize> {
+/// Checks `start..start + len` against `axis` of `shape`; returns the resolved axis and its size.
+fn check_narrow(shape: &Shape, axis: isize, start: usize, len: usize) -> Result<(usize, usize)> {
     let a = shape.axis("narrow", axis)?;
-    let n = shape.dims()[a];
+    let n = dim("narrow", shape, a)?;
     if start.checked_add(len).is_none_or(|e| e > n) {
         return shape_err(
             "narrow",
             format!("range {start}..{} is out of bounds for axis {a} of size {n} in shape {shape}", start.saturating_add(len)),
         );
     }
-    Ok(a)
+    Ok((a, n))
 }
 
 /// Checks `idx` against `axis` of `shape`; returns the resolved axis.
 fn check_index_select(shape: &Shape, axis: isize, idx: &[usize]) -> Result<usize> {
     let a = shape.axis("index_select", axis)?;
-    let n = shape.dims()[a];
+    let n = dim("index_select", shape, a)?;
     if let Some(&bad) = idx.iter().find(|&&k| k >= n) {
         return Err(Error::Shape {
             op: "index_select",
@@ -260,7 +280,7 @@ fn check_gather(shape: &Shape, axis: isize, idx: &[usize], idx_shape: Shape) -> 
     if !ok || Some(idx.len()) != out.checked_numel() {
         return shape_err("gather", format!("index of shape {out} ({} values) does not match input {shape} outside axis {a}", idx.len()));
     }
-    let n = shape.dims()[a];
+    let n = dim("gather", shape, a)?;
     if let Some(&bad) = idx.iter().find(|&&k| k >= n) {
         return shape_err("gather", format!("index {bad} is out of range for axis {a} of size {n} in shape {shape}"));
     }
@@ -278,15 +298,16 @@ fn check_concat<'a>(shapes: impl Iterator<Item = &'a Shape> + Clone, axis: isize
             return shape_err("concat", format!("shapes {} differ outside axis {a}", all.join(", ")));
         }
     }
-    let mut od = first.dims().to_vec();
-    od[a] = shapes.map(|s| s.dims()[a]).sum();
-    Ok((a, Shape::new(od)))
+    let len = shapes.map(|s| dim("concat", s, a)).sum::<Result<usize>>()?;
+    Ok((a, Shape::new(resized("concat", first, a, len)?)))
 }
 
 /// The concatenation of `parts` (checked) along `a` into `out`.
 fn concat_tensors(parts: &[&Tensor], a: usize, out: Shape) -> Result<Tensor> {
-    for p in parts {
-        super::same_dtype_t("concat", parts[0], p)?;
+    if let Some(first) = parts.first() {
+        for p in parts {
+            super::same_dtype_t("concat", first, p)?;
+        }
     }
     let AxisView { outer, inner, .. } = view(&out, a);
     let storages: Vec<&Storage> = parts.iter().map(|p| p.storage()).collect();
@@ -332,8 +353,8 @@ impl Tensor {
 
     /// Elements `start .. start + len` of `axis`.
     pub fn narrow(&self, axis: isize, start: usize, len: usize) -> Result<Tensor> {
-        let a = check_narrow(self.shape(), axis, start, len)?;
-        if start == 0 && len == self.dims()[a] {
+        let (a, n) = check_narrow(self.shape(), axis, start, len)?;
+        if start == 0 && len == n {
             return Ok(self.clone());
         }
         Narrow { axis: a, start, len, full: self.shape().clone() }.apply(self)
@@ -433,8 +454,8 @@ impl Var {
 
     /// Elements `start .. start + len` of `axis`.
     pub fn narrow(&self, axis: isize, start: usize, len: usize) -> Result<Var> {
-        let a = check_narrow(self.shape(), axis, start, len)?;
-        if start == 0 && len == self.dims()[a] {
+        let (a, n) = check_narrow(self.shape(), axis, start, len)?;
+        if start == 0 && len == n {
             return Ok(self.clone());
         }
         linear(self, Rc::new(Narrow { axis: a, start, len, full: self.shape().clone() }), false)
@@ -445,7 +466,7 @@ impl Var {
         let (a, out) = check_concat(vars.iter().map(|v| v.shape()), axis)?;
         let parts: Vec<&Tensor> = vars.iter().map(|v| v.value()).collect();
         let y = concat_tensors(&parts, a, out)?;
-        let lens: Vec<usize> = vars.iter().map(|v| v.dims()[a]).collect();
+        let lens = vars.iter().map(|v| dim("concat", v.shape(), a)).collect::<Result<Vec<usize>>>()?;
         Var::record("concat", y, vars, move |_, _, g| {
             let mut off = 0;
             let mut gs = Vec::with_capacity(lens.len());

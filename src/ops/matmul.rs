@@ -15,13 +15,11 @@ use crate::{Shape, Tensor, Var};
 /// The batch shape of op(a)·op(b) (leading dims broadcast), or a shape error naming the transposes.
 fn batch_shape(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Shape> {
     same_dtype_t("matmul", a, b)?;
-    let (ad, bd) = (a.dims(), b.dims());
-    if ad.len() < 2 || bd.len() < 2 {
-        return shape_err("matmul", format!("cannot multiply {} by {}: both need rank ≥ 2", a.shape(), b.shape()));
-    }
-    let (ra, rb) = (ad.len(), bd.len());
-    let ka = if ta { ad[ra - 2] } else { ad[ra - 1] };
-    let kb = if tb { bd[rb - 1] } else { bd[rb - 2] };
+    let ([a_batch @ .., a0, a1], [b_batch @ .., b0, b1]) = (a.dims(), b.dims()) else {
+        return rank_err(a, b);
+    };
+    let ka = if ta { a0 } else { a1 };
+    let kb = if tb { b1 } else { b0 };
     if ka != kb {
         let t = |x: bool| if x { "ᵀ" } else { "" };
         return shape_err(
@@ -29,24 +27,30 @@ fn batch_shape(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Shape> {
             format!("cannot multiply {}{} by {}{}: inner dimensions {ka} and {kb} differ", a.shape(), t(ta), b.shape(), t(tb)),
         );
     }
-    Shape::broadcast("matmul", &Shape::new(&ad[..ra - 2]), &Shape::new(&bd[..rb - 2]))
+    Shape::broadcast("matmul", &Shape::new(a_batch), &Shape::new(b_batch))
 }
 
-/// `d` with its leading (batch) dimensions replaced by `batch`.
+/// The error for an operand of rank < 2.
+fn rank_err<T>(a: &Tensor, b: &Tensor) -> Result<T> {
+    shape_err("matmul", format!("cannot multiply {} by {}: both need rank ≥ 2", a.shape(), b.shape()))
+}
+
+/// `d` (of rank ≥ 2) with its leading (batch) dimensions replaced by `batch`.
 fn with_batch(batch: &Shape, d: &[usize]) -> Shape {
     let mut s = batch.dims().to_vec();
-    s.extend_from_slice(&d[d.len() - 2..]);
+    s.extend(d.iter().skip(d.len().saturating_sub(2)));
     Shape::new(s)
 }
 
 /// op(a)·op(b) for operands of the same (already broadcast) batch dimensions.
 fn matmul_same_batch(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
-    let (ad, bd) = (a.dims(), b.dims());
-    let r = ad.len();
-    let (m, k) = if ta { (ad[r - 1], ad[r - 2]) } else { (ad[r - 2], ad[r - 1]) };
-    let n = if tb { bd[r - 2] } else { bd[r - 1] };
-    let batches: usize = ad[..r - 2].iter().product();
-    let mut od = ad[..r - 2].to_vec();
+    let ([batch @ .., a0, a1], [.., b0, b1]) = (a.dims(), b.dims()) else {
+        return rank_err(a, b);
+    };
+    let (m, k) = if ta { (*a1, *a0) } else { (*a0, *a1) };
+    let n = if tb { *b0 } else { *b1 };
+    let batches: usize = batch.iter().product();
+    let mut od = batch.to_vec();
     od.extend([m, n]);
     let s = a.storage().matmul("matmul", b.storage(), MatmulShape { batches, m, k, n, ta, tb })?;
     Tensor::new("matmul", s, od)
@@ -86,7 +90,7 @@ impl Var {
     fn matmul_same_batch(&self, other: &Var, ta: bool, tb: bool) -> Result<Var> {
         let y = matmul_same_batch(self.value(), other.value(), ta, tb)?;
         Var::record("matmul", y, &[self, other], move |x, _, g| {
-            let (a, b) = (&x[0], &x[1]);
+            let [a, b] = super::inputs("matmul", x)?;
             // C = op(A)·op(B) with cotangent G: d op(A) = G·op(B)ᵀ and d op(B) = op(A)ᵀ·G, written so
             // that each lands in its operand's stored layout.
             let (da, db) = match (ta, tb) {

@@ -58,7 +58,14 @@ pub(crate) fn same_dtype(op: &'static str, a: &Var, b: &Var) -> Result<()> {
 /// Checks that all operands share the first one's compute dtype: composite ops call it first, so
 /// their errors name them rather than the primitive that would fail inside.
 pub(crate) fn same_dtypes(op: &'static str, vars: &[&Var]) -> Result<()> {
-    vars.iter().try_for_each(|v| same_dtype(op, vars[0], v))
+    let Some(first) = vars.first() else { return Ok(()) };
+    vars.iter().try_for_each(|v| same_dtype(op, first, v))
+}
+
+/// The inputs a VJP of `op` receives, as an array of the `N` it was recorded with (`let [a, b] =
+/// inputs("mul", x)?`); an autodiff error, not a panic, if the tape hands it another number.
+pub(crate) fn inputs<'a, const N: usize>(op: &'static str, x: &'a [Var]) -> Result<&'a [Var; N]> {
+    x.try_into().map_err(|_| Error::Autodiff { msg: format!("{op}: the VJP expects {N} inputs, got {}", x.len()) })
 }
 
 /// The (outer, n, inner) view of `shape` around `axis`.

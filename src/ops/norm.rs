@@ -48,13 +48,12 @@ impl Var {
     /// (mean and biased variance over every axis but 1), then `· gamma + beta` (each of shape `[C]`).
     pub fn batch_norm(&self, gamma: &Var, beta: &Var, eps: f64) -> Result<Var> {
         let r = self.shape().rank();
-        if r < 2 {
+        let &[_, c, ..] = self.dims() else {
             return shape_err("batch_norm", format!("input {} needs shape [N, C, ...]", self.shape()));
-        }
+        };
         if eps.is_nan() || eps < 0.0 {
             return invalid("batch_norm", format!("eps {eps} must be non-negative"));
         }
-        let c = self.dims()[1];
         if gamma.dims() != [c] || beta.dims() != [c] {
             return shape_err(
                 "batch_norm",
@@ -66,8 +65,8 @@ impl Var {
             return shape_err("batch_norm", format!("input {} has no elements per channel: no batch statistics", self.shape()));
         }
         let axes: Vec<isize> = (0..r as isize).filter(|&a| a != 1).collect();
-        let mut pshape = vec![1; r];
-        pshape[1] = c;
+        let mut pshape = vec![1, c];
+        pshape.resize(r, 1);
         let xc = self.sub(&self.mean(&axes, true)?)?;
         let xhat = xc.mul(&xc.square()?.mean(&axes, true)?.add_scalar(eps)?.rsqrt()?)?;
         xhat.mul(&gamma.reshape(pshape.clone())?)?.add(&beta.reshape(pshape)?)

@@ -4,7 +4,7 @@
 //! broadcasts the cotangent back; the VJP of max routes it to the first maximum through a constant
 //! one-hot mask; the VJP of logsumexp multiplies by softmax, written as exp(x − y).
 
-use super::view;
+use super::{inputs, view};
 use crate::backend::spec::SoftmaxMode;
 use crate::error::{shape_err, Result};
 use crate::{Shape, Tensor, Var};
@@ -36,14 +36,22 @@ fn reduced_shape(shape: &Shape, axes: &[usize], keepdim: bool) -> Shape {
     Shape::new(d)
 }
 
+/// The number of elements a reduction over `axes` (resolved) takes each result from.
+fn axes_len(shape: &Shape, axes: &[usize]) -> usize {
+    shape.dims().iter().enumerate().filter(|(i, _)| axes.contains(i)).map(|(_, &n)| n).product()
+}
+
 /// Sum of `x` over `axes` (sorted), keeping them as size-1 dimensions.
 pub(crate) fn sum_keepdim(op: &'static str, x: &Tensor, axes: &[usize]) -> Result<Tensor> {
     super::compute(op, x)?;
     let mut t = x.clone();
     for &a in axes.iter().rev() {
         let mut dims = t.dims().to_vec();
+        let Some(d) = dims.get_mut(a) else {
+            return shape_err(op, format!("axis {a} is out of range for shape {}", t.shape()));
+        };
+        *d = 1;
         let s = t.storage().sum_axis(op, view(t.shape(), a))?;
-        dims[a] = 1;
         t = Tensor::new(op, s, dims)?;
     }
     Ok(t)
@@ -84,7 +92,7 @@ impl Tensor {
     pub fn mean(&self, axes: &[isize], keepdim: bool) -> Result<Tensor> {
         super::compute("mean", self)?;
         let ax = resolve_axes("mean", self.shape(), axes)?;
-        let n: usize = ax.iter().map(|&a| self.dims()[a]).product();
+        let n = axes_len(self.shape(), &ax);
         if n == 0 {
             return shape_err("mean", format!("mean over empty axes {axes:?} of shape {}", self.shape()));
         }
@@ -116,7 +124,10 @@ impl Var {
         let ax = resolve_axes("sum", self.shape(), axes)?;
         let y = self.value().sum(axes, keepdim)?;
         let keep = reduced_shape(self.shape(), &ax, true);
-        Var::record("sum", y, &[self], move |x, _, g| Ok(vec![Some(g.reshape(keep.clone())?.broadcast_to(x[0].shape())?)]))
+        Var::record("sum", y, &[self], move |x, _, g| {
+            let [x] = inputs("sum", x)?;
+            Ok(vec![Some(g.reshape(keep.clone())?.broadcast_to(x.shape())?)])
+        })
     }
 
     /// Sum of all elements, as a scalar (shape `[]`).
@@ -129,7 +140,7 @@ impl Var {
     pub fn mean(&self, axes: &[isize], keepdim: bool) -> Result<Var> {
         super::same_dtypes("mean", &[self])?;
         let ax = resolve_axes("mean", self.shape(), axes)?;
-        let n: usize = ax.iter().map(|&a| self.dims()[a]).product();
+        let n = axes_len(self.shape(), &ax);
         if n == 0 {
             return shape_err("mean", format!("mean over empty axes {axes:?} of shape {}", self.shape()));
         }
@@ -149,7 +160,10 @@ impl Var {
         let (vals, onehot) = max_with_mask(self.value(), a)?;
         let y = vals.reshape(reduced_shape(self.shape(), &[a], keepdim))?;
         let mask = Var::constant(onehot);
-        Var::record("max", y, &[self], move |x, _, g| Ok(vec![Some(g.reshape(keep.clone())?.broadcast_to(x[0].shape())?.mul(&mask)?)]))
+        Var::record("max", y, &[self], move |x, _, g| {
+            let [x] = inputs("max", x)?;
+            Ok(vec![Some(g.reshape(keep.clone())?.broadcast_to(x.shape())?.mul(&mask)?)])
+        })
     }
 
     /// log Σ exp(x) over one axis, computed stably (max-shifted).
@@ -158,7 +172,8 @@ impl Var {
         let keep = reduced_shape(self.shape(), &[a], true);
         let y = self.value().logsumexp(axis, keepdim)?;
         Var::record("logsumexp", y, &[self], move |x, y, g| {
-            let p = x[0].sub(&y.reshape(keep.clone())?)?.exp()?;
+            let [x] = inputs("logsumexp", x)?;
+            let p = x.sub(&y.reshape(keep.clone())?)?.exp()?;
             Ok(vec![Some(p.mul(&g.reshape(keep.clone())?)?)])
         })
     }

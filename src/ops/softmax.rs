@@ -51,17 +51,14 @@ impl Var {
     /// shape `[N]`.
     pub fn cross_entropy_per_example(&self, labels: &[usize]) -> Result<Var> {
         super::same_dtypes("cross_entropy", &[self])?;
-        let d = self.dims();
-        if d.len() != 2 || d[0] != labels.len() {
-            return shape_err("cross_entropy", format!("logits {} need shape [N, C] with N = {} labels", self.shape(), labels.len()));
+        let (n, c) = match *self.dims() {
+            [n, c] if n == labels.len() => (n, c),
+            _ => return shape_err("cross_entropy", format!("logits {} need shape [N, C] with N = {} labels", self.shape(), labels.len())),
+        };
+        if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l >= c) {
+            return Err(Error::Invalid { op: "cross_entropy", msg: format!("label {l} of example {i} is out of range for {c} classes") });
         }
-        if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l >= d[1]) {
-            return Err(Error::Invalid {
-                op: "cross_entropy",
-                msg: format!("label {l} of example {i} is out of range for {} classes", d[1]),
-            });
-        }
-        self.log_softmax(1)?.gather(1, labels, [d[0], 1])?.reshape([d[0]])?.neg()
+        self.log_softmax(1)?.gather(1, labels, [n, 1])?.reshape([n])?.neg()
     }
 
     /// Mean cross-entropy (1/N)·Σᵢ wᵢ·CEᵢ of logits [N, C] against integer labels, with optional

@@ -92,7 +92,10 @@ impl Var {
     /// Records `op` as f(x) with VJP `g · d(x, y)` (d built from the input `x` and output `y`).
     fn unary_op(&self, op: &'static str, f: UnaryOp, d: impl Fn(&Var, &Var) -> Result<Var> + 'static) -> Result<Var> {
         let y = map(op, self.value(), f)?;
-        Var::record(op, y, &[self], move |x, y, g| Ok(vec![Some(g.mul(&d(&x[0], y)?)?)]))
+        Var::record(op, y, &[self], move |x, y, g| {
+            let [x] = super::inputs(op, x)?;
+            Ok(vec![Some(g.mul(&d(x, y)?)?)])
+        })
     }
 
     /// −x.
@@ -109,7 +112,10 @@ impl Var {
     /// Natural logarithm.
     pub fn log(&self) -> Result<Var> {
         let y = map("log", self.value(), UnaryOp::Log)?;
-        Var::record("log", y, &[self], |x, _, g| Ok(vec![Some(g.div(&x[0])?)]))
+        Var::record("log", y, &[self], |x, _, g| {
+            let [x] = super::inputs("log", x)?;
+            Ok(vec![Some(g.div(x)?)])
+        })
     }
 
     /// Hyperbolic tangent; d/dx = 1 − y².
@@ -143,10 +149,11 @@ impl Var {
     pub fn powf(&self, p: f64) -> Result<Var> {
         let y = self.value().powf(p)?;
         Var::record("powf", y, &[self], move |x, _, g| {
+            let [x] = super::inputs("powf", x)?;
             let d = if p == 0.0 || p == 1.0 {
-                Var::constant(Tensor::full_on(p, x[0].shape().clone(), x[0].dtype(), x[0].value().device())?)
+                Var::constant(Tensor::full_on(p, x.shape().clone(), x.dtype(), x.value().device())?)
             } else {
-                x[0].powf(p - 1.0)?.mul_scalar(p)?
+                x.powf(p - 1.0)?.mul_scalar(p)?
             };
             Ok(vec![Some(g.mul(&d)?)])
         })
@@ -165,7 +172,10 @@ impl Var {
     /// x limited to [lo, hi]; the derivative is 1 inside (boundaries included) and 0 outside.
     pub fn clamp(&self, lo: f64, hi: f64) -> Result<Var> {
         let y = self.value().clamp(lo, hi)?;
-        Var::record("clamp", y, &[self], move |x, _, g| Ok(vec![Some(g.mul(&mask(&x[0], UnaryOp::InRange(lo, hi))?)?)]))
+        Var::record("clamp", y, &[self], move |x, _, g| {
+            let [x] = super::inputs("clamp", x)?;
+            Ok(vec![Some(g.mul(&mask(x, UnaryOp::InRange(lo, hi))?)?)])
+        })
     }
 
     /// The error function; d/dx = 2/√π · e^(−x²).
