@@ -33,6 +33,7 @@
 //!
 //! Nothing follows the labels; a file of any other length is rejected.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -78,10 +79,10 @@ fn invalid(path: &Path, msg: impl std::fmt::Display) -> Error {
     Error::Invalid { op: OP, msg: format!("{}: {msg}", path.display()) }
 }
 
-fn u32_at(bytes: &[u8], offset: usize) -> u64 {
-    let mut b = [0u8; 4];
-    b.copy_from_slice(&bytes[offset..offset + 4]);
-    u64::from(u32::from_le_bytes(b))
+/// The little-endian u32 at `offset`, or `None` if the bytes end before it does.
+fn u32_at(bytes: &[u8], offset: usize) -> Option<u64> {
+    let b = bytes.get(offset..)?.first_chunk::<4>()?;
+    Some(u64::from(u32::from_le_bytes(*b)))
 }
 
 impl Mnist {
@@ -98,13 +99,13 @@ impl Mnist {
     }
 
     fn parse(bytes: &[u8], path: &Path) -> Result<Mnist> {
-        if bytes.len() < HEADER_LEN {
+        let header = (bytes.first_chunk::<8>(), u32_at(bytes, 8), u32_at(bytes, 12), u32_at(bytes, 16));
+        let (Some(magic), Some(count), Some(rows), Some(cols)) = header else {
             return Err(invalid(path, format!("truncated header: file has {} bytes, the header alone needs {HEADER_LEN}", bytes.len())));
+        };
+        if magic != MAGIC {
+            return Err(invalid(path, format!("wrong magic {magic:?}, expected {MAGIC:?} (not an mnist10k.bin file)")));
         }
-        if &bytes[..8] != MAGIC {
-            return Err(invalid(path, format!("wrong magic {:?}, expected {:?} (not an mnist10k.bin file)", &bytes[..8], MAGIC)));
-        }
-        let (count, rows, cols) = (u32_at(bytes, 8), u32_at(bytes, 12), u32_at(bytes, 16));
         if rows == 0 || cols == 0 {
             return Err(invalid(path, format!("image size {rows}x{cols} has a zero side")));
         }
@@ -129,10 +130,14 @@ impl Mnist {
                 ),
             ));
         }
-        // `total` equals the in-memory length, so every quantity now fits in usize.
+        // `total` equals the in-memory length, so every quantity now fits in usize, and the file holds
+        // exactly the header, the pixels and the labels.
         let (count, rows, cols, n_pixels) = (count as usize, rows as usize, cols as usize, n_pixels as usize);
-        let images = bytes[HEADER_LEN..HEADER_LEN + n_pixels].to_vec();
-        let labels = bytes[HEADER_LEN + n_pixels..].to_vec();
+        let body = bytes.get(HEADER_LEN..).unwrap_or_default();
+        let Some((images, labels)) = body.split_at_checked(n_pixels) else {
+            return Err(invalid(path, format!("truncated: {} bytes after the header, {n_pixels} pixels expected", body.len())));
+        };
+        let (images, labels) = (images.to_vec(), labels.to_vec());
         if let Some((i, &l)) = labels.iter().enumerate().find(|&(_, &l)| usize::from(l) >= NUM_CLASSES) {
             return Err(invalid(path, format!("label of image {i} is {l}, outside 0..{NUM_CLASSES}")));
         }
@@ -155,19 +160,22 @@ impl Mnist {
         self.rows * self.cols
     }
 
-    fn check_index(&self, i: usize) -> Result<()> {
-        if i < self.len() {
-            Ok(())
-        } else {
-            Err(Error::Invalid { op: OP, msg: format!("image index {i} out of range for {} images", self.len()) })
-        }
+    fn out_of_range(&self, i: usize) -> Error {
+        Error::Invalid { op: OP, msg: format!("image index {i} out of range for {} images", self.len()) }
     }
 
-    /// The raw bytes (0–255, row-major) of image `i`; [`Error::Invalid`] if `i >= len()`.
+    /// The raw bytes (0–255, row-major) of image `i`; [`Error::Invalid`] if `i >= len()` (or if
+    /// `images` is shorter than `len()` images).
     pub fn image(&self, i: usize) -> Result<&[u8]> {
-        self.check_index(i)?;
+        if i >= self.len() {
+            return Err(self.out_of_range(i));
+        }
         let n = self.pixels_per_image();
-        Ok(&self.images[i * n..(i + 1) * n])
+        let range = i * n..(i + 1) * n;
+        let have = self.images.len();
+        self.images
+            .get(range.clone())
+            .ok_or_else(|| Error::Invalid { op: OP, msg: format!("image {i} is bytes {range:?}, but there are only {have} pixel bytes") })
     }
 
     /// Image `i` as `rows · cols` floats in `[0, 1]` (byte / 255), row-major;
@@ -189,8 +197,7 @@ impl Mnist {
 
     /// The label of image `i`, in `0..10`; [`Error::Invalid`] if `i >= len()`.
     pub fn label(&self, i: usize) -> Result<u8> {
-        self.check_index(i)?;
-        Ok(self.labels[i])
+        self.labels.get(i).copied().ok_or_else(|| self.out_of_range(i))
     }
 
     /// The labels at `indices` as `usize` class ids (what a cross-entropy target takes);
@@ -203,8 +210,12 @@ impl Mnist {
     /// [`Error::Invalid`] if any index is `>= len()`.
     pub fn one_hot_f64(&self, indices: &[usize]) -> Result<Vec<f64>> {
         let mut out = vec![0.0; indices.len() * NUM_CLASSES];
-        for (row, &i) in indices.iter().enumerate() {
-            out[row * NUM_CLASSES + usize::from(self.label(i)?)] = 1.0;
+        for (row, &i) in out.chunks_exact_mut(NUM_CLASSES).zip(indices) {
+            let l = self.label(i)?;
+            let hot = row
+                .get_mut(usize::from(l))
+                .ok_or_else(|| Error::Invalid { op: OP, msg: format!("label of image {i} is {l}, outside 0..{NUM_CLASSES}") })?;
+            *hot = 1.0;
         }
         Ok(out)
     }
@@ -214,14 +225,14 @@ impl Mnist {
     /// (classes that run out are skipped). Any prefix is as class-balanced as the data allows,
     /// so `order[..n]` / `order[n..]` make a reproducible train/test split without a RNG.
     pub fn balanced_order(&self) -> Vec<usize> {
-        let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); NUM_CLASSES];
+        let mut by_class: BTreeMap<u8, Vec<usize>> = BTreeMap::new();
         for (i, &l) in self.labels.iter().enumerate() {
-            by_class[usize::from(l)].push(i);
+            by_class.entry(l).or_default().push(i);
         }
-        let longest = by_class.iter().map(Vec::len).max().unwrap_or(0);
+        let longest = by_class.values().map(Vec::len).max().unwrap_or(0);
         let mut order = Vec::with_capacity(self.len());
         for k in 0..longest {
-            order.extend(by_class.iter().filter_map(|c| c.get(k).copied()));
+            order.extend(by_class.values().filter_map(|c| c.get(k).copied()));
         }
         order
     }

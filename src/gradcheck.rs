@@ -95,9 +95,15 @@ fn shifted(xs: &[Tensor], i: usize, j: Option<usize>, dir: Option<&[Tensor]>, de
         .map(|(k, x)| {
             let mut v = x.to_vec_f64();
             match (j, dir) {
-                (Some(j), _) if k == i => v[j] += delta,
+                (Some(j), _) if k == i => match v.get_mut(j) {
+                    Some(e) => *e += delta,
+                    None => return invalid("gradcheck", format!("element {j} is past input {k} of shape {}", x.shape())),
+                },
                 (None, Some(d)) => {
-                    for (a, b) in v.iter_mut().zip(d[k].to_vec_f64()) {
+                    let Some(d) = d.get(k) else {
+                        return invalid("gradcheck", format!("no direction for input {k} ({} directions)", d.len()));
+                    };
+                    for (a, b) in v.iter_mut().zip(d.to_vec_f64()) {
                         *a += delta * b;
                     }
                 }

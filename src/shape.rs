@@ -38,8 +38,10 @@ impl Shape {
     /// Row-major strides in elements (saturating at `usize::MAX` for shapes too large to allocate).
     pub fn strides(&self) -> Vec<usize> {
         let mut s = vec![1usize; self.0.len()];
-        for i in (0..self.0.len().saturating_sub(1)).rev() {
-            s[i] = s[i + 1].saturating_mul(self.0[i + 1]);
+        let mut stride = 1usize;
+        for (si, &d) in s.iter_mut().zip(&self.0).rev() {
+            *si = stride;
+            stride = stride.saturating_mul(d);
         }
         s
     }
@@ -57,25 +59,27 @@ impl Shape {
     /// axis of size 1 (the shape read as if padded with ones): (numel, 1, 1).
     pub fn split_at_axis(&self, axis: usize) -> (usize, usize, usize) {
         let prod = |d: &[usize]| d.iter().fold(1usize, |a, &b| a.saturating_mul(b));
-        match self.0.get(axis) {
-            Some(&n) => (prod(&self.0[..axis]), n, prod(&self.0[axis + 1..])),
-            None => (prod(&self.0), 1, 1),
+        match self.0.split_at_checked(axis) {
+            Some((before, [n, after @ ..])) => (prod(before), *n, prod(after)),
+            _ => (prod(&self.0), 1, 1),
         }
     }
     /// The broadcast of two shapes (NumPy rules), or an error naming `op` and both shapes.
     pub fn broadcast(op: &'static str, a: &Shape, b: &Shape) -> Result<Shape> {
+        // Right-aligned: walk both shapes from the last dimension, a missing one counting as 1.
         let r = a.rank().max(b.rank());
-        let mut out = vec![0; r];
-        for i in 0..r {
-            let da = if i + a.rank() >= r { a.0[i + a.rank() - r] } else { 1 };
-            let db = if i + b.rank() >= r { b.0[i + b.rank() - r] } else { 1 };
-            out[i] = match (da, db) {
+        let (mut ra, mut rb) = (a.0.iter().rev(), b.0.iter().rev());
+        let mut out = Vec::with_capacity(r);
+        for _ in 0..r {
+            let (da, db) = (ra.next().copied().unwrap_or(1), rb.next().copied().unwrap_or(1));
+            out.push(match (da, db) {
                 (x, y) if x == y => x,
                 (1, y) => y,
                 (x, 1) => x,
                 _ => return shape_err(op, format!("shapes {a} and {b} do not broadcast")),
-            };
+            });
         }
+        out.reverse();
         Ok(Shape(out))
     }
     /// Whether `self` can be broadcast to `target`.

@@ -257,12 +257,12 @@ pub fn vjp_many(outputs: &[&Var], cotangents: &[&Var], wrt: &[&Var], opts: GradO
         }
     }
     let zeros = |v: &Var| Tensor::full_on(0.0, v.shape().clone(), v.dtype(), v.value().device()).map(Var::constant);
-    if let Some(i) = wrt.iter().position(|v| !v.is_tracked()) {
+    if let Some((i, v)) = wrt.iter().enumerate().find(|(_, v)| !v.is_tracked()) {
         return Err(Error::Autodiff {
             msg: format!(
                 "grad with respect to variable {i} ({} {}), which is not tracked (a constant has no gradient): make it with Tape::var",
-                wrt[i].shape(),
-                wrt[i].dtype()
+                v.shape(),
+                v.dtype()
             ),
         });
     }
@@ -289,13 +289,10 @@ pub fn vjp_many(outputs: &[&Var], cotangents: &[&Var], wrt: &[&Var], opts: GradO
     let keep = opts.create_graph || opts.retain_graph;
     with_grad_mode(opts.create_graph, || -> Result<()> {
         for &(_, id, c) in &seeds {
-            grads[id] = Some(match grads[id].take() {
-                None => c.clone(),
-                Some(prev) => prev.add(c)?,
-            });
+            accumulate(&mut grads, id, c.clone())?;
         }
         for id in (lowest..=out_id).rev() {
-            let Some(g) = grads[id].take() else { continue };
+            let Some(g) = grads.get_mut(id).and_then(Option::take) else { continue };
             for (w, f) in want.iter().zip(found.iter_mut()) {
                 if *w == Some(id) {
                     *f = Some(g.clone());
@@ -306,7 +303,11 @@ pub fn vjp_many(outputs: &[&Var], cotangents: &[&Var], wrt: &[&Var], opts: GradO
             }
             let (op, backward, inputs, output) = {
                 let mut t = tape.0.borrow_mut();
-                let node = &mut t.nodes[id];
+                let nodes = t.nodes.len();
+                let node = t
+                    .nodes
+                    .get_mut(id)
+                    .ok_or_else(|| Error::Autodiff { msg: format!("internal: node #{id} is past the tape's {nodes} nodes") })?;
                 if node.freed {
                     return Err(Error::Autodiff {
                         msg: format!(
@@ -335,20 +336,30 @@ pub fn vjp_many(outputs: &[&Var], cotangents: &[&Var], wrt: &[&Var], opts: GradO
                         msg: format!("{op}: VJP produced a cotangent of shape {} for an input of shape {}", gi.shape(), x.shape()),
                     });
                 }
-                grads[*pid] = Some(match grads[*pid].take() {
-                    None => gi,
-                    Some(prev) => prev.add(&gi)?,
-                });
+                accumulate(&mut grads, *pid, gi)?;
             }
             if !keep {
-                let mut t = tape.0.borrow_mut();
-                let node = &mut t.nodes[id];
-                node.inputs.clear();
-                node.backward = None;
-                node.output = Tensor::zeros((), node.output.dtype());
+                if let Some(node) = tape.0.borrow_mut().nodes.get_mut(id) {
+                    node.inputs.clear();
+                    node.backward = None;
+                    node.output = Tensor::zeros((), node.output.dtype());
+                }
             }
         }
         Ok(())
     })?;
     found.into_iter().zip(wrt).map(|(g, v)| g.map_or_else(|| zeros(v), Ok)).collect()
+}
+
+/// Adds the cotangent `g` to what node `id` has accumulated. Ids come from the tape and are at most
+/// the output's, which sizes `grads` (inputs are recorded before the nodes that use them).
+fn accumulate(grads: &mut [Option<Var>], id: usize, g: Var) -> Result<()> {
+    let n = grads.len();
+    let acc =
+        grads.get_mut(id).ok_or_else(|| Error::Autodiff { msg: format!("internal: node #{id} is past the {n} nodes of this backward") })?;
+    *acc = Some(match acc.take() {
+        None => g,
+        Some(prev) => prev.add(&g)?,
+    });
+    Ok(())
 }

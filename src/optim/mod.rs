@@ -13,7 +13,7 @@
 
 use crate::backend::spec::Update;
 use crate::backend::Storage;
-use crate::error::{invalid, shape_err, Result};
+use crate::error::{invalid, shape_err, Error, Result};
 use crate::{Device, Tensor, Var};
 
 /// A constant scalar hyperparameter of `like`'s dtype, on the CPU (the optimizers move scalar
@@ -27,7 +27,8 @@ fn check(op: &'static str, params: &[Var], rest: &[&[Var]], hypers: &[&Var]) -> 
         return invalid(op, format!("{} parameters but {} gradients or buffers", params.len(), r.len()));
     }
     for (i, p) in params.iter().enumerate() {
-        for q in rest.iter().map(|r| &r[i]) {
+        // Every list has one entry per parameter (checked above).
+        for q in rest.iter().filter_map(|r| r.get(i)) {
             if q.shape() != p.shape() || q.dtype() != p.dtype() {
                 return shape_err(
                     op,
@@ -57,23 +58,17 @@ fn device_of(params: &[Var]) -> Device {
     params.first().map_or(Device::Cpu, |p| p.value().device())
 }
 
-/// The fused update `u` of each parameter: `tensors(i)` are its tensors, `hypers` the scalar
-/// hyperparameters (moved to the parameters' device); returns, per parameter, its new tensors.
-fn fused(
-    op: &'static str,
-    u: Update,
-    n: usize,
-    tensors: impl Fn(usize) -> Vec<Tensor>,
-    hypers: &[&Var],
-    dev: Device,
-) -> Result<Vec<Vec<Var>>> {
+/// The fused update `u` of each parameter: `tensors` yields, per parameter, its tensors (the
+/// parameter first), `hypers` are the scalar hyperparameters (moved to the parameters' device);
+/// returns, per parameter, its new tensors.
+fn fused(op: &'static str, u: Update, tensors: impl Iterator<Item = Vec<Tensor>>, hypers: &[&Var], dev: Device) -> Result<Vec<Vec<Var>>> {
     let hs = hypers.iter().map(|h| h.value().to_device(dev)).collect::<Result<Vec<Tensor>>>()?;
     let hs: Vec<&Storage> = hs.iter().map(Tensor::storage).collect();
-    (0..n)
-        .map(|i| {
-            let ts = tensors(i);
+    tensors
+        .map(|ts| {
             let st: Vec<&Storage> = ts.iter().map(Tensor::storage).collect();
-            let shape = ts[0].shape().clone();
+            let shape =
+                ts.first().map(|t| t.shape().clone()).ok_or_else(|| Error::Invalid { op, msg: "an update of no tensors".into() })?;
             Storage::update(op, u, &st, &hs)?.into_iter().map(|s| Ok(Var::constant(Tensor::new(op, s, shape.clone())?))).collect()
         })
         .collect()
@@ -117,10 +112,11 @@ impl Sgd {
             let mu = mu.as_ref();
             for (i, (p, g)) in params.iter().zip(grads).enumerate() {
                 let g1 = g.add(&p.mul(&wd)?)?;
-                let step = match mu {
-                    None => g1,
-                    Some(mu) => {
-                        let v1 = bufs[i].mul(mu)?.add(&g1)?;
+                let step = match (mu, bufs.get(i)) {
+                    (None, _) => g1,
+                    (Some(_), None) => return invalid("sgd", format!("no momentum buffer for parameter {i}")),
+                    (Some(mu), Some(buf)) => {
+                        let v1 = buf.mul(mu)?.add(&g1)?;
                         let s = if self.nesterov { g1.add(&v1.mul(mu)?)? } else { v1.clone() };
                         new_b.push(v1);
                         s
@@ -131,14 +127,16 @@ impl Sgd {
             return Ok((new_p, new_b));
         }
         let u = Update::Sgd { momentum: mu.is_some(), nesterov: self.nesterov };
-        let tensors = |i: usize| {
-            let mut t = vec![params[i].value().clone(), grads[i].value().clone()];
-            t.extend(mu.map(|_| bufs[i].value().clone()));
+        // With momentum, one buffer per parameter (checked above); without, none.
+        let bufs = bufs.iter().map(Some).chain(std::iter::repeat(None));
+        let tensors = params.iter().zip(grads).zip(bufs).map(|((p, g), b)| {
+            let mut t = vec![p.value().clone(), g.value().clone()];
+            t.extend(b.map(|b| b.value().clone()));
             t
-        };
-        for mut out in fused("sgd", u, params.len(), tensors, &hypers, dev)? {
+        });
+        for mut out in fused("sgd", u, tensors, &hypers, dev)? {
             if mu.is_some() {
-                new_b.push(out.pop().ok_or_else(|| crate::Error::Invalid { op: "sgd", msg: "missing buffer".into() })?);
+                new_b.push(out.pop().ok_or_else(|| Error::Invalid { op: "sgd", msg: "missing buffer".into() })?);
             }
             new_p.extend(out);
         }
@@ -196,11 +194,10 @@ impl Adam {
             let (b1, b2, wd) = (&b1, &b2, &wd);
             let (c1, c2) = (b1.affine(-1.0, 1.0)?, b2.affine(-1.0, 1.0)?);
             let (bc1, bc2) = (b1.powf(p1)?.affine(-1.0, 1.0)?, b2.powf(p1)?.affine(-1.0, 1.0)?);
-            for i in 0..params.len() {
-                let p = &params[i];
-                let g = if self.decoupled { grads[i].clone() } else { grads[i].add(&p.mul(wd)?)? };
-                let m1 = m[i].mul(b1)?.add(&g.mul(&c1)?)?;
-                let v1 = v[i].mul(b2)?.add(&g.square()?.mul(&c2)?)?;
+            for (((p, g), m), v) in params.iter().zip(grads).zip(m).zip(v) {
+                let g = if self.decoupled { g.clone() } else { g.add(&p.mul(wd)?)? };
+                let m1 = m.mul(b1)?.add(&g.mul(&c1)?)?;
+                let v1 = v.mul(b2)?.add(&g.square()?.mul(&c2)?)?;
                 let denom = v1.div(&bc2)?.add_scalar(self.eps_root)?.sqrt()?.add_scalar(self.eps)?;
                 let mut upd = m1.div(&bc1)?.div(&denom)?;
                 if self.decoupled {
@@ -213,9 +210,9 @@ impl Adam {
             return Ok((np, nm, nv));
         }
         let u = Update::Adam { decoupled: self.decoupled, eps: self.eps, eps_root: self.eps_root, t };
-        let tensors = |i: usize| vec![params[i].value().clone(), grads[i].value().clone(), m[i].value().clone(), v[i].value().clone()];
-        for out in fused("adam", u, params.len(), tensors, &hypers, dev)? {
-            let [a, b, c]: [Var; 3] = out.try_into().map_err(|_| crate::Error::Invalid { op: "adam", msg: "wrong output count".into() })?;
+        let tensors = params.iter().zip(grads).zip(m).zip(v).map(|(((p, g), m), v)| [p, g, m, v].map(|x| x.value().clone()).to_vec());
+        for out in fused("adam", u, tensors, &hypers, dev)? {
+            let [a, b, c]: [Var; 3] = out.try_into().map_err(|_| Error::Invalid { op: "adam", msg: "wrong output count".into() })?;
             np.push(a);
             nm.push(b);
             nv.push(c);

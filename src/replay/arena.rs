@@ -93,10 +93,18 @@ impl Arena {
         Ok(slot * self.slot_bytes..(slot + 1) * self.slot_bytes)
     }
 
+    /// What slot `slot` holds (the step of its state, if any), to read or change.
+    fn entry(&mut self, op: &'static str, slot: usize) -> Result<&mut Option<usize>> {
+        let slots = self.occupied.len();
+        self.occupied
+            .get_mut(slot)
+            .ok_or_else(|| Error::OutOfMemory { op, msg: format!("slot {slot} requested but the arena has {slots} slots") })
+    }
+
     /// Copies `state` (which is s_step) into the empty slot `slot`.
     pub fn store(&mut self, slot: usize, step: usize, state: &[Tensor]) -> Result<()> {
         let range = self.slot_range("Arena::store", slot)?;
-        if let Some(held) = self.occupied[slot] {
+        if let Some(held) = *self.entry("Arena::store", slot)? {
             return Err(Error::Invalid { op: "Arena::store", msg: format!("slot {slot} still holds s_{held}; free it first") });
         }
         let fits =
@@ -113,7 +121,7 @@ impl Arena {
             self.buf.write("Arena::store", range.start + off, t.to_device(device)?.storage())?;
             self.stats.bytes_copied += t.size_in_bytes() as u64;
         }
-        self.occupied[slot] = Some(step);
+        *self.entry("Arena::store", slot)? = Some(step);
         self.stats.stores += 1;
         self.stats.peak_slots = self.stats.peak_slots.max(self.occupied.iter().filter(|o| o.is_some()).count());
         Ok(())
@@ -122,7 +130,7 @@ impl Arena {
     /// Copies slot `slot` out as a state (new tensors); the slot keeps its copy.
     pub fn load(&mut self, slot: usize) -> Result<Vec<Tensor>> {
         let range = self.slot_range("Arena::load", slot)?;
-        if self.occupied[slot].is_none() {
+        if self.entry("Arena::load", slot)?.is_none() {
             return Err(Error::Invalid { op: "Arena::load", msg: format!("slot {slot} is empty") });
         }
         let mut out = Vec::with_capacity(self.layout.len());
@@ -137,8 +145,7 @@ impl Arena {
 
     /// Marks slot `slot` empty (its memory stays in the arena).
     pub fn free(&mut self, slot: usize) -> Result<()> {
-        self.slot_range("Arena::free", slot)?;
-        if self.occupied[slot].take().is_none() {
+        if self.entry("Arena::free", slot)?.take().is_none() {
             return Err(Error::Invalid { op: "Arena::free", msg: format!("slot {slot} is already empty") });
         }
         Ok(())

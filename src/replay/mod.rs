@@ -137,12 +137,12 @@ pub struct MetaGradient {
     pub stats: ReplayStats,
 }
 
-/// The index of the first tensor holding a NaN or an infinity (on a GPU a kernel counts them, and
+/// The first tensor holding a NaN or an infinity, and its index (on a GPU a kernel counts them, and
 /// only the count is downloaded).
-fn first_non_finite<'a>(ts: impl Iterator<Item = &'a Tensor>) -> Result<Option<usize>> {
+fn first_non_finite<'a>(ts: impl Iterator<Item = &'a Tensor>) -> Result<Option<(usize, &'a Tensor)>> {
     for (i, t) in ts.enumerate() {
         if !t.try_all_finite()? {
-            return Ok(Some(i));
+            return Ok(Some((i, t)));
         }
     }
     Ok(None)
@@ -184,11 +184,8 @@ fn constants(meta: &[Tensor]) -> Vec<Var> {
 
 /// An [`Error::NonFinite`] if a tensor of `state` (just produced by step `t`) holds a NaN or infinity.
 fn check_finite(t: usize, state: &[Tensor]) -> Result<()> {
-    if let Some(i) = first_non_finite(state.iter())? {
-        return Err(Error::NonFinite {
-            step: t,
-            msg: format!("training produced a non-finite state tensor {i} (shape {})", state[i].shape()),
-        });
+    if let Some((i, x)) = first_non_finite(state.iter())? {
+        return Err(Error::NonFinite { step: t, msg: format!("training produced a non-finite state tensor {i} (shape {})", x.shape()) });
     }
     Ok(())
 }
@@ -287,16 +284,19 @@ pub fn check_pure(tr: &impl Training, meta: &[Tensor], steps: usize) -> Result<(
         return invalid("check_pure", format!("initial_state() returned different bits on a second call (state tensor {i})"));
     }
     let z = constants(meta);
-    let mut states = vec![s0];
+    let mut states = Vec::new();
+    let mut s = s0;
     for t in 0..steps.min(tr.steps()) {
-        let next = advance(tr, t, states[t].clone(), &z)?.0;
-        states.push(next);
+        let next = advance(tr, t, s.clone(), &z)?.0;
+        states.push(std::mem::replace(&mut s, next));
     }
-    // Reverse order, as REPLAY re-runs them; the earliest failure is the one reported.
+    states.push(s);
+    // Reverse order, as REPLAY re-runs them; the earliest failure is the one reported. Pair t holds
+    // (s_t, s_{t+1}).
     let mut first_bad = None;
-    for t in (0..states.len() - 1).rev() {
-        let again = advance(tr, t, states[t].clone(), &z)?.0;
-        if let Some(i) = differs(&states[t + 1], &again)? {
+    for (t, (before, after)) in states.iter().zip(states.iter().skip(1)).enumerate().rev() {
+        let again = advance(tr, t, before.clone(), &z)?.0;
+        if let Some(i) = differs(after, &again)? {
             first_bad = Some((t, i));
         }
     }
@@ -372,17 +372,17 @@ pub fn metagradient(tr: &impl Training, meta: &[Tensor], kind: ScheduleKind) -> 
                 // The metagradient's share of this step is scanned after every step; the state adjoint
                 // s̄_t (as large as the state) only when that share is not finite: a non-finite s̄
                 // reaches the next reversed step's share, which then names the step that produced it.
-                if let Some(j) = first_non_finite(gz.iter().map(Var::value))? {
-                    if let Some(i) = first_non_finite(sbar.iter())? {
-                        let shape = sbar[i].shape();
+                if let Some((j, gzj)) = first_non_finite(gz.iter().map(Var::value))? {
+                    if let Some((i, b)) = first_non_finite(sbar.iter())? {
+                        let shape = b.shape();
                         return Err(Error::NonFinite { step: t + 1, msg: format!("the adjoint of state tensor {i} (shape {shape})") });
                     }
-                    if let Some(i) = first_non_finite(g.iter().map(Var::value))? {
-                        return Err(Error::NonFinite { step: t, msg: format!("the adjoint of state tensor {i} (shape {})", g[i].shape()) });
+                    if let Some((i, gi)) = first_non_finite(g.iter().map(Var::value))? {
+                        return Err(Error::NonFinite { step: t, msg: format!("the adjoint of state tensor {i} (shape {})", gi.shape()) });
                     }
                     return Err(Error::NonFinite {
                         step: t,
-                        msg: format!("the metagradient contribution to meta tensor {j} (shape {})", gz[j].shape()),
+                        msg: format!("the metagradient contribution to meta tensor {j} (shape {})", gzj.shape()),
                     });
                 }
                 sbar = g.into_iter().map(|v| v.value().clone()).collect();
@@ -398,7 +398,7 @@ pub fn metagradient(tr: &impl Training, meta: &[Tensor], kind: ScheduleKind) -> 
     })?;
     stats.arena = arena.stats();
     let grads = zbar.ok_or_else(|| Error::Invalid { op: "metagradient", msg: "the schedule reversed no step".into() })?;
-    if let Some(j) = first_non_finite(grads.iter().map(Var::value))? {
+    if let Some((j, _)) = first_non_finite(grads.iter().map(Var::value))? {
         let msg = format!("the sum of finite per-step contributions to meta tensor {j} overflowed");
         return Err(Error::NonFinite { step: 0, msg });
     }
@@ -445,5 +445,6 @@ pub fn metasmoothness(a: impl Fn(&[Tensor]) -> Result<Vec<Tensor>>, z: &[Tensor]
             0.0
         }
     };
-    Ok((0..d.len()).map(|i| sign((t2h[i] - th[i]) / h) * d[i] / norm * sign((th[i] - t0[i]) / h)).sum())
+    let terms = t0.iter().zip(&th).zip(&t2h).zip(&d);
+    Ok(terms.map(|(((&a, &b), &c), &di)| sign((c - b) / h) * di / norm * sign((b - a) / h)).sum())
 }

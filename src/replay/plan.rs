@@ -120,15 +120,17 @@ pub fn plan(budget_bytes: u64, sizes: StateBytes, steps: usize) -> Result<Plan> 
 fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
+    let mut unit = None;
+    for next in UNITS.iter().skip(1) {
+        if value < 1024.0 {
+            break;
+        }
         value /= 1024.0;
-        unit += 1;
+        unit = Some(next);
     }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
+    match unit {
+        None => format!("{bytes} B"),
+        Some(unit) => format!("{value:.1} {unit}"),
     }
 }
 

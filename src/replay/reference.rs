@@ -12,7 +12,7 @@
 //! φ = mean validation cross-entropy at θ_T. Metaparameters: `[η (5), w (64)]`.
 
 use super::{StepCtx, Training};
-use crate::error::{invalid, shape_err, Result};
+use crate::error::{invalid, shape_err, Error, Result};
 use crate::optim::{scalar, Adam, Sgd};
 use crate::{DType, Device, Tensor, Var};
 
@@ -99,8 +99,12 @@ impl ReferenceProblem {
         vec![Tensor::full(eta, [KEYPOINTS], self.dtype), Tensor::ones([N_TRAIN], self.dtype)]
     }
 
-    fn logits(x: &Var, p: &[Var]) -> Result<Var> {
-        x.matmul(&p[0])?.add(&p[1])?.tanh()?.matmul(&p[2])?.add(&p[3])
+    /// The model's logits on `x` with the parameters `[W1, b1, W2, b2]` (the first four state tensors).
+    fn logits(x: &Var, params: &[Var]) -> Result<Var> {
+        let [w1, b1, w2, b2, ..] = params else {
+            return shape_err("reference problem", format!("the state must start with [W1, b1, W2, b2], got {} tensors", params.len()));
+        };
+        x.matmul(w1)?.add(b1)?.tanh()?.matmul(w2)?.add(b2)
     }
 }
 
@@ -127,23 +131,32 @@ impl Training for ReferenceProblem {
     }
 
     fn step(&self, ctx: &StepCtx, t: usize, state: &[Var], meta: &[Var]) -> Result<Vec<Var>> {
-        if meta.len() != 2 || meta[0].dims() != [KEYPOINTS] || meta[1].dims() != [N_TRAIN] {
-            let got: Vec<String> = meta.iter().map(|m| m.shape().to_string()).collect();
-            return shape_err("reference step", format!("metaparameters must be [η [5], w [64]], got [{}]", got.join(", ")));
-        }
+        let (eta, w) = match meta {
+            [eta, w] if eta.dims() == [KEYPOINTS] && w.dims() == [N_TRAIN] => (eta, w),
+            _ => {
+                let got: Vec<String> = meta.iter().map(|m| m.shape().to_string()).collect();
+                return shape_err("reference step", format!("metaparameters must be [η [5], w [64]], got [{}]", got.join(", ")));
+            }
+        };
+        // The parameters W1, b1, W2, b2, then the optimizer's buffers (4 for SGD, 4 + 4 for AdamW).
+        let Some((params @ [p0, ..], bufs)) = state.split_at_checked(4) else {
+            return shape_err("reference step", format!("the state must start with [W1, b1, W2, b2], got {} tensors", state.len()));
+        };
         let idx: Vec<usize> = (0..BATCH).map(|j| (BATCH * t + j) % N_TRAIN).collect();
-        let labels: Vec<usize> = idx.iter().map(|&i| self.y_train[i]).collect();
+        let labels = idx.iter().map(|&i| self.y_train.get(i).copied()).collect::<Option<Vec<usize>>>();
+        let labels = labels.ok_or_else(|| Error::Invalid {
+            op: "reference step",
+            msg: format!("{} training labels for {N_TRAIN} examples", self.y_train.len()),
+        })?;
         let x = Var::constant(self.x_train.clone()).index_select(0, &idx)?;
-        let w = meta[1].to_device(self.device)?.index_select(0, &idx)?;
-        let params = &state[..4];
+        let w = w.to_device(self.device)?.index_select(0, &idx)?;
         let loss = Self::logits(&x, params)?.cross_entropy(&labels, Some(&w))?;
         let g = ctx.grad(&loss, &params.iter().collect::<Vec<_>>())?;
-        let lr = keypoint_lr(&meta[0], t, STEPS)?;
-        let p0 = &state[0];
+        let lr = keypoint_lr(eta, t, STEPS)?;
         Ok(match self.kind {
             Reference::R1 => {
                 let opt = Sgd { lr, momentum: Some(scalar(0.9, p0)), weight_decay: scalar(1e-3, p0), nesterov: false };
-                let (p, v) = opt.step(params, &g, &state[4..8])?;
+                let (p, v) = opt.step(params, &g, bufs)?;
                 p.into_iter().chain(v).collect()
             }
             Reference::R2 => {
@@ -156,13 +169,15 @@ impl Training for ReferenceProblem {
                     weight_decay: scalar(1e-2, p0),
                     decoupled: true,
                 };
-                let (p, m, v) = opt.step(t, params, &g, &state[4..8], &state[8..12])?;
+                // An m of fewer than 4 buffers leaves v empty, and Adam names the mismatch.
+                let (m, v) = bufs.split_at_checked(4).unwrap_or((bufs, &[]));
+                let (p, m, v) = opt.step(t, params, &g, m, v)?;
                 p.into_iter().chain(m).chain(v).collect()
             }
         })
     }
 
     fn output(&self, state: &[Var]) -> Result<Var> {
-        Self::logits(&Var::constant(self.x_val.clone()), &state[..4])?.cross_entropy(&self.y_val, None)
+        Self::logits(&Var::constant(self.x_val.clone()), state)?.cross_entropy(&self.y_val, None)
     }
 }

@@ -445,12 +445,18 @@ fn kary(e: &mut Emitter, steps: usize, k: usize) -> Result<()> {
         }
         let first = e.enter(lo, slot, &mut stack)?;
         let sizes: Vec<usize> = segment_sizes(hi - lo, k).collect();
-        let m = sizes.len();
+        // m = min(k, hi − lo) ≥ 2 segments: the first, the middle ones and the last.
+        let [size0, middle @ .., _] = sizes.as_slice() else {
+            return Err(Error::Invalid {
+                op: "Schedule::for_each",
+                msg: format!("internal: steps {lo}..{hi} cut into fewer than 2 segments"),
+            });
+        };
         // Segment 0 starts at lo (already stored in `first`); its Free, if owned, is pushed above.
-        let mut start = lo + sizes[0];
+        let mut start = lo + size0;
         stack.push(Task::Segment { lo, hi: start, slot: Some(first), s: 0 });
         e.advance(lo, start)?;
-        for &size in &sizes[1..m - 1] {
+        for &size in middle {
             let slot = e.store(start)?;
             stack.push(Task::Free(slot));
             stack.push(Task::Segment { lo: start, hi: start + size, slot: Some(slot), s: 0 });

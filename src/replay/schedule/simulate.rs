@@ -47,24 +47,25 @@ impl Simulator {
         self.actions += 1;
         let fail = |why: String| invalid("simulate", format!("action #{index} {action:?}: {why}"));
         let next = self.steps.checked_sub(self.stats.reversed + 1);
+        let slots = self.slots.len();
         match action {
             Action::Store { slot, step } => {
-                match self.slots.get(slot) {
-                    None => return fail(format!("slot out of range (schedule has {} slots)", self.slots.len())),
+                let held = match self.slots.get_mut(slot) {
+                    None => return fail(format!("slot out of range (schedule has {slots} slots)")),
                     Some(Some(held)) => return fail(format!("slot already holds s_{held}")),
-                    Some(None) => {}
-                }
+                    Some(held) => held,
+                };
                 if self.working != Some(step) {
                     return fail(format!("working state holds {}", describe(self.working)));
                 }
-                self.slots[slot] = Some(step);
+                *held = Some(step);
                 self.occupied += 1;
                 self.stats.slots_used = self.stats.slots_used.max(self.occupied);
                 self.stats.stores += 1;
             }
             Action::Restore { slot, step } => {
                 match self.slots.get(slot) {
-                    None => return fail(format!("slot out of range (schedule has {} slots)", self.slots.len())),
+                    None => return fail(format!("slot out of range (schedule has {slots} slots)")),
                     Some(&held) if held != Some(step) => return fail(format!("slot holds {}", describe(held))),
                     Some(_) => {}
                 }
@@ -94,11 +95,11 @@ impl Simulator {
                 self.working = None;
                 self.stats.reversed += 1;
             }
-            Action::Free { slot } => match self.slots.get(slot) {
-                None => return fail(format!("slot out of range (schedule has {} slots)", self.slots.len())),
+            Action::Free { slot } => match self.slots.get_mut(slot) {
+                None => return fail(format!("slot out of range (schedule has {slots} slots)")),
                 Some(None) => return fail("slot is already empty".to_string()),
-                Some(Some(_)) => {
-                    self.slots[slot] = None;
+                Some(held) => {
+                    *held = None;
                     self.occupied -= 1;
                 }
             },
