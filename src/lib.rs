@@ -23,9 +23,10 @@
 //! # Ok(()) }
 //! ```
 #![warn(missing_docs)]
-// Library code returns errors; the few infallible unwraps say why at the site (tests are exempt:
-// clippy.toml).
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Library code returns errors instead of panicking: the few infallible unwraps say why at the site,
+// and only the CPU kernels (`backend::cpu`, whose module docs say why) index without `get`. Tests are
+// exempt (clippy.toml).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 // Kernels index several buffers with one loop variable; iterator chains would hide the math.
 #![allow(clippy::needless_range_loop)]
 
