@@ -85,7 +85,8 @@ pub fn use_calling_thread() -> Result<()> {
 /// Returns the memory the CPU backend keeps for reuse to the allocator: buffers of dead tensors cached
 /// for later outputs of the same size (at most 256 MiB), the host block of the last REPLAY checkpoint
 /// arena (reused by the next arena of about its size), and the per-thread scratch of the fused
-/// attention kernels. Nothing live is touched; later ops allocate afresh. (CUDA devices have
+/// attention kernels (at most 64 MiB per thread is kept between calls; a bigger call's scratch is
+/// freed when it ends). Nothing live is touched; later ops allocate afresh. (CUDA devices have
 /// [`cuda::empty_cache`].)
 pub fn release_memory() {
     backend::cpu::release_memory()

@@ -215,9 +215,27 @@ impl Scratch {
     }
 }
 
+/// The most scratch a thread keeps between calls, in bytes. Small and mid-size calls (the common
+/// case, where a fresh allocation per call would cost more than the kernel) reuse their buffers; a
+/// huge call's buffers are freed when it ends, so memory after it is bounded by this per thread.
+/// [`release_scratch`] (through `metagrad::release_memory`) frees what is kept.
+pub(crate) const SCRATCH_KEEP_BYTES: usize = 64 << 20;
+
+/// Bytes this thread keeps in its scratch pool.
+#[cfg(test)]
+pub(crate) fn kept_scratch_bytes() -> usize {
+    POOL.with(|p| p.borrow().iter().map(|b| b.capacity() * 8).sum())
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         let v = std::mem::take(&mut self.0);
-        POOL.with(|p| p.borrow_mut().push(v));
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            let kept: usize = p.iter().map(|b| b.capacity() * 8).sum();
+            if kept + v.capacity() * 8 <= SCRATCH_KEEP_BYTES {
+                p.push(v);
+            }
+        });
     }
 }

@@ -47,3 +47,30 @@ fn instruction_sets_agree_bitwise() {
         assert!(results[0] == results[1] && results[1] == results[2], "causal {causal}");
     }
 }
+
+/// A thread keeps scratch between calls up to SCRATCH_KEEP_BYTES; a bigger buffer is freed on drop.
+#[test]
+fn scratch_kept_between_calls_is_bounded() {
+    use super::gemm::{kept_scratch_bytes, SCRATCH_KEEP_BYTES};
+    // Its own thread: the pool is per thread, and other tests' kernels use the rayon workers.
+    std::thread::spawn(|| {
+        let mut small = scratch();
+        small.carve::<f32>(&[1 << 20]);
+        drop(small);
+        let kept = kept_scratch_bytes();
+        assert!((4 << 20..=SCRATCH_KEEP_BYTES).contains(&kept), "a 4 MiB buffer is kept for reuse: {kept}");
+        let mut big = scratch();
+        big.carve::<f64>(&[SCRATCH_KEEP_BYTES / 8 + 1]);
+        drop(big);
+        assert_eq!(kept_scratch_bytes(), 0, "a buffer past the bound is freed");
+        let (mut a, mut b) = (scratch(), scratch());
+        a.carve::<f64>(&[SCRATCH_KEEP_BYTES / 16]);
+        b.carve::<f64>(&[SCRATCH_KEEP_BYTES / 16 + 1]);
+        drop((a, b));
+        assert!(kept_scratch_bytes() <= SCRATCH_KEEP_BYTES, "the bound is on the total");
+        super::release_scratch();
+        assert_eq!(kept_scratch_bytes(), 0);
+    })
+    .join()
+    .unwrap();
+}
