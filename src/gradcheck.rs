@@ -75,8 +75,8 @@ impl fmt::Display for Report {
     }
 }
 
-fn to_f64(inputs: &[Tensor]) -> Vec<Tensor> {
-    inputs.iter().map(|t| t.to_dtype(DType::F64)).collect()
+fn to_f64(inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+    inputs.iter().map(|t| t.try_to_dtype(DType::F64)).collect()
 }
 
 /// Evaluates the scalar `f` at `xs`. The inputs are leaves of a fresh tape, as in the analytic pass,
@@ -93,7 +93,7 @@ fn shifted(xs: &[Tensor], i: usize, j: Option<usize>, dir: Option<&[Tensor]>, de
     xs.iter()
         .enumerate()
         .map(|(k, x)| {
-            let mut v = x.to_vec_f64();
+            let mut v = x.try_to_vec_f64()?;
             match (j, dir) {
                 (Some(j), _) if k == i => match v.get_mut(j) {
                     Some(e) => *e += delta,
@@ -103,7 +103,7 @@ fn shifted(xs: &[Tensor], i: usize, j: Option<usize>, dir: Option<&[Tensor]>, de
                     let Some(d) = d.get(k) else {
                         return invalid("gradcheck", format!("no direction for input {k} ({} directions)", d.len()));
                     };
-                    for (a, b) in v.iter_mut().zip(d.to_vec_f64()) {
+                    for (a, b) in v.iter_mut().zip(d.try_to_vec_f64()?) {
                         *a += delta * b;
                     }
                 }
@@ -120,7 +120,7 @@ fn analytic_grad(f: &impl Fn(&[Var]) -> Result<Var>, xs: &[Tensor]) -> Result<Ve
     let vars: Vec<Var> = xs.iter().map(|x| tape.var(x.clone())).collect();
     let refs: Vec<&Var> = vars.iter().collect();
     let out = f(&vars)?;
-    Ok(grad(&out, &refs, false)?.iter().map(|g| g.value().to_vec_f64()).collect())
+    grad(&out, &refs, false)?.iter().map(|g| g.value().try_to_vec_f64()).collect()
 }
 
 /// Checks ∇f against central differences (f(x + h·eⱼ) − f(x − h·eⱼ)) / 2h for every element of every
@@ -130,7 +130,7 @@ pub fn check_grad(f: impl Fn(&[Var]) -> Result<Var>, inputs: &[Tensor], h: f64) 
     if !(h.is_finite() && h > 0.0) {
         return invalid("check_grad", format!("step {h} must be positive and finite"));
     }
-    let xs = to_f64(inputs);
+    let xs = to_f64(inputs)?;
     let analytic = analytic_grad(&f, &xs)?;
     let mut numeric = Vec::with_capacity(xs.len());
     for (i, x) in xs.iter().enumerate() {
@@ -155,12 +155,12 @@ pub fn check_hvp(f: impl Fn(&[Var]) -> Result<Var>, inputs: &[Tensor], v: &[Tens
     if v.len() != inputs.len() {
         return invalid("check_hvp", format!("{} inputs but {} directions", inputs.len(), v.len()));
     }
-    let (xs, vs) = (to_f64(inputs), to_f64(v));
+    let (xs, vs) = (to_f64(inputs)?, to_f64(v)?);
     let tape = Tape::new();
     let vars: Vec<Var> = xs.iter().map(|x| tape.var(x.clone())).collect();
     let refs: Vec<&Var> = vars.iter().collect();
     let out = f(&vars)?;
-    let analytic: Vec<Vec<f64>> = hvp(&out, &refs, &vs)?.iter().map(|t| t.to_vec_f64()).collect();
+    let analytic: Vec<Vec<f64>> = hvp(&out, &refs, &vs)?.iter().map(Tensor::try_to_vec_f64).collect::<Result<_>>()?;
     let hi = analytic_grad(&f, &shifted(&xs, 0, None, Some(&vs), h)?)?;
     let lo = analytic_grad(&f, &shifted(&xs, 0, None, Some(&vs), -h)?)?;
     let numeric = hi.iter().zip(&lo).map(|(a, b)| a.iter().zip(b).map(|(p, q)| (p - q) / (2.0 * h)).collect()).collect();

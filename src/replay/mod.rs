@@ -421,13 +421,13 @@ pub fn metasmoothness(a: impl Fn(&[Tensor]) -> Result<Vec<Tensor>>, z: &[Tensor]
         z.iter()
             .zip(v)
             .map(|(z, v)| {
-                let d: Vec<f64> = z.to_vec_f64().iter().zip(v.to_vec_f64()).map(|(a, b)| a + c * b).collect();
+                let d: Vec<f64> = z.try_to_vec_f64()?.iter().zip(v.try_to_vec_f64()?).map(|(a, b)| a + c * b).collect();
                 Tensor::from_vec(d, z.shape().clone())?.try_to_dtype(z.dtype())?.to_device(z.device())
             })
             .collect()
     };
-    let flat = |ts: Vec<Tensor>| -> Vec<f64> { ts.iter().flat_map(|t| t.to_vec_f64()).collect() };
-    let (t0, th, t2h) = (flat(a(z)?), flat(a(&shifted(h)?)?), flat(a(&shifted(2.0 * h)?)?));
+    let flat = |ts: Vec<Tensor>| -> Result<Vec<f64>> { Ok(ts.iter().map(Tensor::try_to_vec_f64).collect::<Result<Vec<_>>>()?.concat()) };
+    let (t0, th, t2h) = (flat(a(z)?)?, flat(a(&shifted(h)?)?)?, flat(a(&shifted(2.0 * h)?)?)?);
     if t0.len() != th.len() || t0.len() != t2h.len() {
         return invalid("metasmoothness", "the algorithm returned parameters of different sizes");
     }
