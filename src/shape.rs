@@ -6,6 +6,16 @@
 use crate::error::{shape_err, Result};
 use std::fmt;
 
+/// The element count of `dims`: 0 when a dimension is 0 (however large the others), else the product,
+/// saturating at `usize::MAX` (a count no allocation can satisfy). A plain `product()` overflows on
+/// shapes such as `[3, usize::MAX, 0]`.
+pub(crate) fn numel(dims: &[usize]) -> usize {
+    if dims.contains(&0) {
+        return 0;
+    }
+    dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX)
+}
+
 /// The dimensions of a tensor (row-major; the last dimension is contiguous). `[]` is a scalar.
 #[derive(Clone, PartialEq, Eq, Hash, Default)]
 pub struct Shape(Vec<usize>);
@@ -26,10 +36,7 @@ impl Shape {
     /// Number of elements (1 for a scalar). A count too large for `usize` saturates to `usize::MAX`
     /// (no buffer can hold that many elements, so constructors and reshapes reject such shapes).
     pub fn numel(&self) -> usize {
-        if self.0.contains(&0) {
-            return 0;
-        }
-        self.0.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX)
+        numel(&self.0)
     }
     /// Number of elements, or `None` when the count overflows `usize`.
     pub fn checked_numel(&self) -> Option<usize> {

@@ -1087,4 +1087,37 @@ fn hyperparameters_and_steps_out_of_range_are_errors() {
         }
     }
     assert!(matches!(adam(0.9, 1e-8).step(0, &p, &g2, &zeros, &zeros), Err(Error::Invalid { op: "adam", .. })));
+    // At a huge step the bias corrections are 1 (β^t underflows): finite, no overflow of t + 1.
+    for t in [1 << 40, usize::MAX - 1, usize::MAX] {
+        let (np, _, _) = adam(0.9, 1e-8).step(t, &p, &p, &zeros, &zeros).unwrap();
+        assert!(np[0].value().all_finite(), "t = {t}");
+    }
+}
+
+/// The overflows issue 14 named, which panicked in debug builds (CI runs this file in debug too).
+#[test]
+fn overflowing_geometry_is_an_error_or_a_correct_empty_result() {
+    let t = Tape::new();
+    // A zero and a huge dimension: the strides' product overflows, the tensor is empty.
+    let e = Tensor::try_zeros([0, usize::MAX, 3], DType::F32).unwrap();
+    assert_eq!(e.dims(), &[0, usize::MAX, 3]);
+    let v = t.var(e);
+    assert_eq!(v.permute(&[2, 1, 0]).unwrap().dims(), &[3, usize::MAX, 0]);
+    assert_eq!(v.transpose(0, 1).unwrap().dims(), &[usize::MAX, 0, 3]);
+    assert_eq!(v.sum(&[1], false).unwrap().dims(), &[0, 3]);
+    // Summing the empty axis away leaves [usize::MAX, 3] zeros: more than any memory.
+    assert!(matches!(v.sum(&[0], false), Err(Error::OutOfMemory { .. })));
+    // Convolution and pooling with huge strides and dilations.
+    let x = t.var(Tensor::ones([1, 1, 4, 4], DType::F64));
+    let w = t.var(Tensor::ones([1, 1, 2, 2], DType::F64));
+    for huge in [usize::MAX, 1 << 63, (1 << 32) + 1] {
+        let o = Conv2dOpts { stride: (huge, huge), ..Conv2dOpts::default() };
+        let y = x.conv2d(&w, None, o).unwrap();
+        assert_eq!(y.value().to_vec_f64(), vec![4.0], "stride {huge}: one window, at the origin");
+        let g = grad(&y.sum_all().unwrap(), &[&x, &w], false).unwrap();
+        assert_eq!(g[1].value().to_vec_f64(), vec![1.0; 4]);
+        assert_eq!(x.avg_pool2d((2, 2), o).unwrap().dims(), &[1, 1, 1, 1]);
+        let dil = Conv2dOpts { dilation: (huge, huge), ..Conv2dOpts::default() };
+        assert!(matches!(x.conv2d(&w, None, dil), Err(Error::Shape { op: "conv2d", .. })), "dilation {huge}");
+    }
 }

@@ -50,7 +50,7 @@ fn check(q: &Var, k: &Var, v: &Var, scale: f64, causal: bool) -> Result<AttnShap
     if !scale.is_finite() {
         return invalid("attention", format!("scale {scale} is not finite"));
     }
-    Ok(AttnShape { heads: qb.iter().product(), nq, nk, d, dv, scale, causal })
+    Ok(AttnShape { heads: crate::shape::numel(qb), nq, nk, d, dv, scale, causal })
 }
 
 /// Splits a packed 1-D variable into pieces shaped like `like` (differentiably: narrow, then

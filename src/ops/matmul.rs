@@ -49,7 +49,7 @@ fn matmul_same_batch(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tenso
     };
     let (m, k) = if ta { (*a1, *a0) } else { (*a0, *a1) };
     let n = if tb { *b0 } else { *b1 };
-    let batches: usize = batch.iter().product();
+    let batches = crate::shape::numel(batch);
     let mut od = batch.to_vec();
     od.extend([m, n]);
     let s = a.storage().matmul("matmul", b.storage(), MatmulShape { batches, m, k, n, ta, tb })?;

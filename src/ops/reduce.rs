@@ -38,7 +38,8 @@ fn reduced_shape(shape: &Shape, axes: &[usize], keepdim: bool) -> Shape {
 
 /// The number of elements a reduction over `axes` (resolved) takes each result from.
 fn axes_len(shape: &Shape, axes: &[usize]) -> usize {
-    shape.dims().iter().enumerate().filter(|(i, _)| axes.contains(i)).map(|(_, &n)| n).product()
+    let dims: Vec<usize> = shape.dims().iter().enumerate().filter(|(i, _)| axes.contains(i)).map(|(_, &n)| n).collect();
+    crate::shape::numel(&dims)
 }
 
 /// Sum of `x` over `axes` (sorted), keeping them as size-1 dimensions.

@@ -185,7 +185,7 @@ impl Adam {
                 }
             }
         }
-        let p1 = (t + 1) as f64;
+        let p1 = t as f64 + 1.0;
         let (mut np, mut nm, mut nv) = (Vec::new(), Vec::new(), Vec::new());
         let dev = device_of(params);
         if taped(&[params, grads, m, v], &hypers) {

@@ -24,7 +24,7 @@ fn row_offset(dims: &[usize], strides: &[usize], mut row: usize) -> usize {
 
 /// out[k] = x[offset + Σ k_d·strides[d]] over the row-major indices k of `dims`.
 pub(crate) fn copy_strided<T: Float>(op: &'static str, x: &[T], dims: &[usize], strides: &[usize], offset: usize) -> Result<Vec<T>> {
-    let n: usize = dims.iter().product();
+    let n = crate::shape::numel(dims);
     let mut out = pool::for_overwrite(op, n)?;
     if n == 0 {
         return Ok(out);

@@ -244,7 +244,7 @@ pub(crate) fn zip<T: Float, F: Fn(T, T) -> T + Sync>(
     out: &[usize],
     f: F,
 ) -> Result<Vec<T>> {
-    let n: usize = out.iter().product();
+    let n = crate::shape::numel(out);
     let mut o = pool::for_overwrite(op, n)?;
     let isa = best_isa();
     if ad == out && bd == out {
