@@ -25,7 +25,21 @@ pub(super) enum A<'a, T> {
 /// Each element of C is one FMA chain over k ascending, whatever the tile shape or instruction set.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn gemm<T: Float, S: Simd>(acc: bool, m: usize, n: usize, k: usize, a: A<T>, b: &[T], ldb: usize, c: &mut [T], ldc: usize) {
+///
+/// `edge` holds the zero-padded copy of a column-major A's last partial panel: `k·MR` elements when `a`
+/// is [`A::Cols`] (callers carve it with their strips, so a kernel allocates nothing), empty otherwise.
+pub(super) fn gemm<T: Float, S: Simd>(
+    acc: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: A<T>,
+    b: &[T],
+    ldb: usize,
+    c: &mut [T],
+    ldc: usize,
+    edge: &mut [T],
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -42,10 +56,10 @@ pub(super) fn gemm<T: Float, S: Simd>(acc: bool, m: usize, n: usize, k: usize, a
     // Two AVX-512 registers per tile row; one otherwise.
     let nv = if S::ISA == Isa::Avx512 { 2 } else { 1 };
     match (T::DTYPE, nv) {
-        (DType::F32, 2) => tiles::<f32, S::R32, 2>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc),
-        (DType::F32, _) => tiles::<f32, S::R32, 1>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc),
-        (_, 2) => tiles::<f64, S::R64, 2>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc),
-        _ => tiles::<f64, S::R64, 1>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc),
+        (DType::F32, 2) => tiles::<f32, S::R32, 2>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc, cm(edge)),
+        (DType::F32, _) => tiles::<f32, S::R32, 1>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc, cm(edge)),
+        (_, 2) => tiles::<f64, S::R64, 2>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc, cm(edge)),
+        _ => tiles::<f64, S::R64, 1>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc, cm(edge)),
     }
 }
 
@@ -69,12 +83,11 @@ fn tiles<T: Float, R: Reg<T>, const NV: usize>(
     ldb: usize,
     c: &mut [T],
     ldc: usize,
+    edge: &mut [T],
 ) {
     let panels = m.div_ceil(MR);
     // A column-major operand is read in place, except a last partial panel (it could run past the
-    // operand's end): that one is copied, zero padded.
-    let mut sc = scratch();
-    let [edge] = sc.slices::<T, 1>(k * MR);
+    // operand's end): that one is copied, zero padded, into `edge`.
     let last = m - (panels - 1) * MR;
     if let A::Cols(x, l) = a {
         if last < MR {
@@ -88,7 +101,7 @@ fn tiles<T: Float, R: Reg<T>, const NV: usize>(
     let panel = |p: usize| -> (&[T], usize) {
         match a {
             A::Panels(x) => (&x[p * MR * k..(p + 1) * MR * k], MR),
-            A::Cols(_, _) if p + 1 == panels && last < MR => (&edge[..], MR),
+            A::Cols(_, _) if p + 1 == panels && last < MR => (&edge[..k * MR], MR),
             A::Cols(x, l) => (&x[p * MR..], l),
         }
     };
@@ -191,27 +204,31 @@ pub(super) fn scratch() -> Scratch {
 }
 
 impl Scratch {
-    /// Disjoint slices of the given lengths. Their contents are left over from earlier use: every
-    /// caller writes an element before reading it.
-    pub(super) fn carve<T: Float>(&mut self, lens: &[usize]) -> Vec<&mut [T]> {
-        let total: usize = lens.iter().sum();
-        let words = (total * std::mem::size_of::<T>()).div_ceil(8);
+    /// Disjoint slices of the given lengths, or `None` when the memory cannot be had (the caller
+    /// reports [`Error::OutOfMemory`](crate::Error::OutOfMemory)). Their contents are left over from
+    /// earlier use: every caller writes an element before reading it.
+    pub(super) fn carve<T: Float>(&mut self, lens: &[usize]) -> Option<Vec<&mut [T]>> {
+        let total = lens.iter().try_fold(0usize, |a, &l| a.checked_add(l))?;
+        let words = total.checked_mul(std::mem::size_of::<T>())?.div_ceil(8);
         if self.0.len() < words {
+            self.0.try_reserve_exact(words - self.0.len()).ok()?;
             self.0.resize(words, 0.0);
         }
         let mut rest = &mut bytemuck::cast_slice_mut::<f64, T>(&mut self.0[..words])[..total];
-        lens.iter()
-            .map(|&l| {
-                let (a, r) = std::mem::take(&mut rest).split_at_mut(l);
-                rest = r;
-                a
-            })
-            .collect()
+        Some(
+            lens.iter()
+                .map(|&l| {
+                    let (a, r) = std::mem::take(&mut rest).split_at_mut(l);
+                    rest = r;
+                    a
+                })
+                .collect(),
+        )
     }
 
-    /// `N` disjoint slices of `len` elements (see [`Scratch::carve`]).
-    pub(super) fn slices<T: Float, const N: usize>(&mut self, len: usize) -> [&mut [T]; N] {
-        self.carve(&[len; N]).try_into().unwrap_or_else(|_| unreachable!("N slices"))
+    /// `N` disjoint slices of the given lengths (see [`Scratch::carve`]).
+    pub(super) fn slices<T: Float, const N: usize>(&mut self, lens: [usize; N]) -> Option<[&mut [T]; N]> {
+        self.carve(&lens)?.try_into().ok()
     }
 }
 

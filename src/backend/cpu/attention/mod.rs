@@ -40,11 +40,12 @@ mod tests;
 use super::float::Float;
 use super::pool;
 use crate::backend::spec::{AttnShape, Need};
-use crate::error::Result;
+use crate::error::{Error, Result};
 pub(crate) use gemm::release_scratch;
 use gemm::{scratch, Scratch, MR};
 use rayon::prelude::*;
 use rows::{bb_row_task, bwd_row_task, dot_lanes, fwd_task, ld, Ctx};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Elements in one strip (a block of rows against all keys).
 /// Blocks have `STRIP / n` rows, clamped to [32, 64] and rounded down to a multiple of 8: up to
@@ -191,13 +192,18 @@ enum Layout {
 
 /// Re-lays out operands ([heads, n, w] each, given as (x, n, w, layout)) into buffers carved from `sc`,
 /// in one parallel sweep over (operand, head).
-fn relayout<'s, T: Float>(sc: &'s mut Scratch, heads: usize, ops: &[(&[T], usize, usize, Layout)]) -> Vec<&'s [T]> {
+fn relayout<'s, T: Float>(
+    op: &'static str,
+    sc: &'s mut Scratch,
+    heads: usize,
+    ops: &[(&[T], usize, usize, Layout)],
+) -> Result<Vec<&'s [T]>> {
     let size = |n: usize, w: usize, lay| match lay {
         Layout::Transposed => w * ld(n),
         Layout::Panels => n.div_ceil(MR) * MR * w,
     };
     let lens: Vec<usize> = ops.iter().map(|&(_, n, w, lay)| heads * size(n, w, lay)).collect();
-    let mut outs = sc.carve::<T>(&lens);
+    let mut outs = sc.carve::<T>(&lens).ok_or_else(|| no_scratch::<T>(op, lens.iter().fold(0usize, |a, &l| a.saturating_add(l))))?;
     let mut jobs = Vec::new();
     for (out, &(x, n, w, lay)) in outs.iter_mut().zip(ops) {
         if n * w > 0 {
@@ -230,7 +236,26 @@ fn relayout<'s, T: Float>(sc: &'s mut Scratch, heads: usize, ops: &[(&[T], usize
             }
         }
     });
-    outs.into_iter().map(|o| &*o).collect()
+    Ok(outs.into_iter().map(|o| &*o).collect())
+}
+
+/// The error for scratch of `elems` elements of `T` that could not be allocated.
+fn no_scratch<T>(op: &'static str, elems: usize) -> Error {
+    Error::oom(op, "attention scratch", Some(elems as u128 * std::mem::size_of::<T>() as u128), "cpu")
+}
+
+/// An `N`-slice carve of `sc`, or the error naming `op`.
+fn carve<'s, T: Float, const N: usize>(op: &'static str, sc: &'s mut Scratch, lens: [usize; N]) -> Result<[&'s mut [T]; N]> {
+    let elems = lens.iter().fold(0usize, |a, &l| a.saturating_add(l));
+    sc.slices(lens).ok_or_else(|| no_scratch::<T>(op, elems))
+}
+
+/// `Ok(v)`, or the `OutOfMemory` of a task that could not get its scratch.
+fn unless_failed<V>(op: &'static str, failed: &AtomicBool, v: V) -> Result<V> {
+    if failed.load(Ordering::Relaxed) {
+        return Err(Error::OutOfMemory { op, msg: "cannot allocate a row task's attention scratch (its score strips) on cpu".into() });
+    }
+    Ok(v)
 }
 
 /// D = rowsum(dO∘O) per row, into `dd` [heads·nq].
@@ -251,12 +276,13 @@ pub(crate) fn forward<T: AttnFloat>(op: &'static str, g: AttnShape, q: &[T], k: 
     let mut lse = pool::for_overwrite(op, g.heads * g.nq)?;
     let mut sc = scratch();
     let ops = [(q, g.nq, g.d, Transposed), (k, g.nk, g.d, Panels)];
-    let [qt, kp] = relayout(&mut sc, g.heads, &ops)[..] else { unreachable!() };
-    let cx = Ctx { q, k, v, qt, kp, ..Ctx::new(g) };
+    let [qt, kp] = relayout(op, &mut sc, g.heads, &ops)?[..] else { unreachable!() };
+    let failed = AtomicBool::new(false);
+    let cx = Ctx { q, k, v, qt, kp, ..Ctx::new(g, &failed) };
     let tk = tasks(g.heads, g.nq, block(g.nk));
     let (os, ls) = (split(&mut o, &tk, g.dv), split(&mut lse, &tk, 1));
     tk.into_par_iter().zip(os).zip(ls).for_each(|(((h, i0, nr), o), l)| fwd_task(isa, &cx, h, i0, nr, o, l));
-    Ok((o, lse))
+    unless_failed(op, &failed, (o, lse))
 }
 
 /// Backward: [dQ | dK | dV] packed in one buffer (shapes [heads, nq, d], [heads, nk, d],
@@ -277,17 +303,18 @@ pub(crate) fn backward<T: AttnFloat>(
     let (dq, rest) = out.split_at_mut(nq * g.d);
     let (dk, dv) = rest.split_at_mut(nk * g.d);
     let mut sc = scratch();
-    let [dd] = sc.slices::<T, 1>(nq);
+    let [dd] = carve::<T, 1>(op, &mut sc, [nq])?;
     row_dots(d_o, o, g.dv, dd);
-    let cx = Ctx { q, k, v, d_o, lse, dd, ..Ctx::new(g) };
+    let failed = AtomicBool::new(false);
+    let cx = Ctx { q, k, v, d_o, lse, dd, ..Ctx::new(g, &failed) };
     let ops = [(q, g.nq, g.d, Transposed), (d_o, g.nq, g.dv, Transposed), (k, g.nk, g.d, Panels), (v, g.nk, g.dv, Panels)];
     let mut sc2 = scratch();
-    let [qt, dot, kp, vp] = relayout(&mut sc2, g.heads, &ops)[..] else { unreachable!() };
+    let [qt, dot, kp, vp] = relayout(op, &mut sc2, g.heads, &ops)?[..] else { unreachable!() };
     let cx = Ctx { qt, dot, kp, vp, ..cx };
     let (tk, ng) = group_tasks(&g);
     let (wk, wv) = if need.kv { (g.d, g.dv) } else { (0, 0) };
     let mut sc3 = scratch();
-    let [pk, pv] = &mut sc3.carve::<T>(&[ng * g.heads * g.nk * wk, ng * g.heads * g.nk * wv])[..] else { unreachable!() };
+    let [pk, pv] = carve::<T, 2>(op, &mut sc3, [ng * g.heads * g.nk * wk, ng * g.heads * g.nk * wv])?;
     let (pks, pvs) = (partial_slices(pk, &g, ng, wk), partial_slices(pv, &g, ng, wv));
     let blk = block(g.nk);
     let dqs = split(dq, &tk, g.d);
@@ -300,7 +327,7 @@ pub(crate) fn backward<T: AttnFloat>(
         reduce(pk, ng, cx.c, dk);
         reduce(pv, ng, T::ONE, dv);
     }
-    Ok(out)
+    unless_failed(op, &failed, out)
 }
 
 /// Backward over backward: [Q̄ | K̄ | V̄ | dŌ] packed in one buffer, the cotangents of Q, K, V and dO
@@ -325,21 +352,22 @@ pub(crate) fn backward_backward<T: AttnFloat>(
         return Ok(out);
     }
     let mut sc = scratch();
-    let [dd, dbar, rho] = sc.slices::<T, 3>(nq);
+    let [dd, dbar, rho] = carve::<T, 3>(op, &mut sc, [nq; 3])?;
     row_dots(d_o, o, g.dv, dd);
-    let cx = Ctx { q, k, v, d_o, a, b, e, lse, dd, ..Ctx::new(g) };
+    let failed = AtomicBool::new(false);
+    let cx = Ctx { q, k, v, d_o, a, b, e, lse, dd, ..Ctx::new(g, &failed) };
     #[rustfmt::skip]
     let ops = [
         (q, g.nq, g.d, Transposed), (d_o, g.nq, g.dv, Transposed), (a, g.nq, g.d, Transposed),
         (k, g.nk, g.d, Panels), (v, g.nk, g.dv, Panels), (b, g.nk, g.d, Panels), (e, g.nk, g.dv, Panels),
     ];
     let mut sc2 = scratch();
-    let [qt, dot, at, kp, vp, bp, ep] = relayout(&mut sc2, g.heads, &ops)[..] else { unreachable!() };
+    let [qt, dot, at, kp, vp, bp, ep] = relayout(op, &mut sc2, g.heads, &ops)?[..] else { unreachable!() };
     let cx = Ctx { qt, dot, at, kp, vp, bp, ep, ..cx };
     let (tk, ng) = group_tasks(&g);
     let (wk, wv) = if need.kv { (g.d, g.dv) } else { (0, 0) };
     let mut sc3 = scratch();
-    let [pk, pv] = &mut sc3.carve::<T>(&[ng * g.heads * g.nk * wk, ng * g.heads * g.nk * wv])[..] else { unreachable!() };
+    let [pk, pv] = carve::<T, 2>(op, &mut sc3, [ng * g.heads * g.nk * wk, ng * g.heads * g.nk * wv])?;
     let (pks, pvs) = (partial_slices(pk, &g, ng, wk), partial_slices(pv, &g, ng, wv));
     let blk = block(g.nk);
     let (qs, ds) = (split(qbar, &tk, g.d), split(dobar, &tk, g.dv));
@@ -356,5 +384,5 @@ pub(crate) fn backward_backward<T: AttnFloat>(
         reduce(pk, ng, cx.c, kbar);
         reduce(pv, ng, T::ONE, vbar);
     }
-    Ok(out)
+    unless_failed(op, &failed, out)
 }

@@ -7,6 +7,7 @@ use super::AttnFloat;
 use crate::backend::cpu::float::Float;
 use crate::backend::cpu::simd::{multiversion, Simd};
 use crate::backend::spec::{AttnShape, Need};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 // Element-wise pieces.
 
@@ -78,17 +79,24 @@ pub(super) struct Ctx<'a, T> {
     /// Row statistics [heads, nq]: logsumexp ℓ and D.
     pub(super) lse: &'a [T],
     pub(super) dd: &'a [T],
+    /// Set by a task whose scratch could not be allocated; the call then returns `OutOfMemory`.
+    pub(super) failed: &'a AtomicBool,
 }
 
 impl<'a, T: Float> Ctx<'a, T> {
-    pub(super) fn new(g: AttnShape) -> Self {
+    pub(super) fn new(g: AttnShape, failed: &'a AtomicBool) -> Self {
         let z: &[T] = &[];
         #[rustfmt::skip]
         let cx = Ctx {
             g, c: T::from_f64(g.scale), q: z, k: z, v: z, d_o: z, a: z, b: z, e: z,
-            qt: z, dot: z, at: z, kp: z, vp: z, bp: z, ep: z, lse: z, dd: z,
+            qt: z, dot: z, at: z, kp: z, vp: z, bp: z, ep: z, lse: z, dd: z, failed,
         };
         cx
+    }
+
+    /// Records that a task could not get its scratch (its outputs are then not computed).
+    fn fail(&self) {
+        self.failed.store(true, Ordering::Relaxed);
     }
 }
 
@@ -133,7 +141,7 @@ fn first_live(g: &AttnShape, i0: usize, nr: usize, j: usize) -> usize {
 #[inline(always)]
 fn probs_rows<T: AttnFloat, S: Simd>(cx: &Ctx<T>, h: usize, i0: usize, nr: usize, nkv: usize, p: &mut [T]) {
     let g = cx.g;
-    gemm::<T, S>(false, nkv, nr, g.d, pan(cx.kp, h, g.nk, g.d, 0), cols(cx.qt, h, g.nq, g.d, i0), ld(g.nq), p, nr);
+    gemm::<T, S>(false, nkv, nr, g.d, pan(cx.kp, h, g.nk, g.d, 0), cols(cx.qt, h, g.nq, g.d, i0), ld(g.nq), p, nr, &mut []);
     let lse = &cx.lse[h * g.nq + i0..h * g.nq + i0 + nr];
     for j in 0..nkv {
         let f = first_live(&g, i0, nr, j);
@@ -151,8 +159,8 @@ fn fwd_rows<T: AttnFloat, S: Simd>(cx: &Ctx<T>, h: usize, i0: usize, nr: usize, 
     let g = cx.g;
     let nkv = g.visible(i0 + nr - 1);
     let mut sc = scratch();
-    let [s] = sc.slices::<T, 1>(nkv * nr);
-    gemm::<T, S>(false, nkv, nr, g.d, pan(cx.kp, h, g.nk, g.d, 0), cols(cx.qt, h, g.nq, g.d, i0), ld(g.nq), s, nr);
+    let Some([s, edge]) = sc.slices::<T, 2>([nkv * nr, nkv * MR]) else { return cx.fail() };
+    gemm::<T, S>(false, nkv, nr, g.d, pan(cx.kp, h, g.nk, g.d, 0), cols(cx.qt, h, g.nq, g.d, i0), ld(g.nq), s, nr, &mut []);
     let (mut m, mut l) = ([T::NEG_INFINITY; 64], [T::ZERO; 64]);
     let (m, l) = (&mut m[..nr], &mut l[..nr]);
     for j in 0..nkv {
@@ -176,7 +184,7 @@ fn fwd_rows<T: AttnFloat, S: Simd>(cx: &Ctx<T>, h: usize, i0: usize, nr: usize, 
             *l += *x;
         }
     }
-    gemm::<T, S>(false, nr, g.dv, nkv, A::Cols(s, nr), rows(cx.v, h, g.nk, g.dv, 0), g.dv, o, g.dv);
+    gemm::<T, S>(false, nr, g.dv, nkv, A::Cols(s, nr), rows(cx.v, h, g.nk, g.dv, 0), g.dv, o, g.dv, edge);
     for r in 0..nr {
         lse[r] = m[r] + l[r].ln();
         let inv = if l[r] == T::ZERO { T::ZERO } else { T::ONE / l[r] };
@@ -200,7 +208,7 @@ fn acc_keys<T: Float, S: Simd>(nkv: usize, nr: usize, x: &[T], pk: &mut [T], row
             }
         }
     }
-    gemm::<T, S>(true, nkv, width, nr, A::Panels(pk), rows, width, acc, width);
+    gemm::<T, S>(true, nkv, width, nr, A::Panels(pk), rows, width, acc, width, &mut []);
 }
 
 /// Backward, rows of head `h`: dQ = c·dS·K with dS = P∘(dO·Vᵀ − D), and (into the group partials
@@ -210,9 +218,10 @@ fn bwd_rows<T: AttnFloat, S: Simd>(cx: &Ctx<T>, need: Need, h: usize, i0: usize,
     let g = cx.g;
     let nkv = g.visible(i0 + nr - 1);
     let mut sc = scratch();
-    let [p, ds, pk] = sc.slices::<T, 3>(nkv.div_ceil(MR) * MR * nr);
+    let len = nkv.div_ceil(MR) * MR * nr;
+    let Some([p, ds, pk, edge]) = sc.slices::<T, 4>([len, len, len, nkv * MR]) else { return cx.fail() };
     probs_rows::<T, S>(cx, h, i0, nr, nkv, p);
-    gemm::<T, S>(false, nkv, nr, g.dv, pan(cx.vp, h, g.nk, g.dv, 0), cols(cx.dot, h, g.nq, g.dv, i0), ld(g.nq), ds, nr);
+    gemm::<T, S>(false, nkv, nr, g.dv, pan(cx.vp, h, g.nk, g.dv, 0), cols(cx.dot, h, g.nq, g.dv, i0), ld(g.nq), ds, nr, &mut []);
     let dd = &cx.dd[h * g.nq + i0..h * g.nq + i0 + nr];
     for j in 0..nkv {
         for ((x, &p), &d) in ds[j * nr..(j + 1) * nr].iter_mut().zip(&p[j * nr..(j + 1) * nr]).zip(dd) {
@@ -224,7 +233,7 @@ fn bwd_rows<T: AttnFloat, S: Simd>(cx: &Ctx<T>, need: Need, h: usize, i0: usize,
         acc_keys::<T, S>(nkv, nr, p, pk, rows(cx.d_o, h, g.nq, g.dv, i0), g.dv, kv.1);
     }
     if need.q {
-        gemm::<T, S>(false, nr, g.d, nkv, A::Cols(ds, nr), rows(cx.k, h, g.nk, g.d, 0), g.d, dq, g.d);
+        gemm::<T, S>(false, nr, g.d, nkv, A::Cols(ds, nr), rows(cx.k, h, g.nk, g.d, 0), g.d, dq, g.d, edge);
         for x in dq.iter_mut() {
             *x = *x * cx.c;
         }
@@ -250,13 +259,14 @@ fn bb_rows<T: AttnFloat, S: Simd>(
     let g = cx.g;
     let nkv = g.visible(i0 + nr - 1);
     let mut sc = scratch();
-    let [p, dp, dsb, x, pk] = sc.slices::<T, 5>(nkv.div_ceil(MR) * MR * nr);
+    let len = nkv.div_ceil(MR) * MR * nr;
+    let Some([p, dp, dsb, x, pk, edge]) = sc.slices::<T, 6>([len, len, len, len, len, nkv * MR]) else { return cx.fail() };
     probs_rows::<T, S>(cx, h, i0, nr, nkv, p);
     let (qt, dot) = (cols(cx.qt, h, g.nq, g.d, i0), cols(cx.dot, h, g.nq, g.dv, i0));
-    gemm::<T, S>(false, nkv, nr, g.dv, pan(cx.vp, h, g.nk, g.dv, 0), dot, ld(g.nq), dp, nr);
-    gemm::<T, S>(false, nkv, nr, g.d, pan(cx.kp, h, g.nk, g.d, 0), cols(cx.at, h, g.nq, g.d, i0), ld(g.nq), dsb, nr);
-    gemm::<T, S>(true, nkv, nr, g.d, pan(cx.bp, h, g.nk, g.d, 0), qt, ld(g.nq), dsb, nr);
-    gemm::<T, S>(false, nkv, nr, g.dv, pan(cx.ep, h, g.nk, g.dv, 0), dot, ld(g.nq), x, nr);
+    gemm::<T, S>(false, nkv, nr, g.dv, pan(cx.vp, h, g.nk, g.dv, 0), dot, ld(g.nq), dp, nr, &mut []);
+    gemm::<T, S>(false, nkv, nr, g.d, pan(cx.kp, h, g.nk, g.d, 0), cols(cx.at, h, g.nq, g.d, i0), ld(g.nq), dsb, nr, &mut []);
+    gemm::<T, S>(true, nkv, nr, g.d, pan(cx.bp, h, g.nk, g.d, 0), qt, ld(g.nq), dsb, nr, &mut []);
+    gemm::<T, S>(false, nkv, nr, g.dv, pan(cx.ep, h, g.nk, g.dv, 0), dot, ld(g.nq), x, nr, &mut []);
     let dd = &cx.dd[h * g.nq + i0..h * g.nq + i0 + nr];
     // Statistics: Σ_j P∘dS̄ and Σ_j P∘(X + dS̄∘dP) per row, keys ascending; with Σ_j P∘dP = D,
     // ρ = Σ_j P∘P̄ = Σ_j P∘(X + dS̄∘dP) + 2·D̄·D.
@@ -290,15 +300,15 @@ fn bb_rows<T: AttnFloat, S: Simd>(
         x[..f].fill(T::ZERO);
     }
     if need.q {
-        gemm::<T, S>(false, nr, g.d, nkv, A::Cols(dp, nr), rows(cx.b, h, g.nk, g.d, 0), g.d, qbar, g.d);
-        gemm::<T, S>(true, nr, g.d, nkv, A::Cols(x, nr), rows(cx.k, h, g.nk, g.d, 0), g.d, qbar, g.d);
+        gemm::<T, S>(false, nr, g.d, nkv, A::Cols(dp, nr), rows(cx.b, h, g.nk, g.d, 0), g.d, qbar, g.d, edge);
+        gemm::<T, S>(true, nr, g.d, nkv, A::Cols(x, nr), rows(cx.k, h, g.nk, g.d, 0), g.d, qbar, g.d, edge);
         for y in qbar.iter_mut() {
             *y = *y * cx.c;
         }
     }
     if need.d_o {
-        gemm::<T, S>(false, nr, g.dv, nkv, A::Cols(p, nr), rows(cx.e, h, g.nk, g.dv, 0), g.dv, dobar, g.dv);
-        gemm::<T, S>(true, nr, g.dv, nkv, A::Cols(dsb, nr), rows(cx.v, h, g.nk, g.dv, 0), g.dv, dobar, g.dv);
+        gemm::<T, S>(false, nr, g.dv, nkv, A::Cols(p, nr), rows(cx.e, h, g.nk, g.dv, 0), g.dv, dobar, g.dv, edge);
+        gemm::<T, S>(true, nr, g.dv, nkv, A::Cols(dsb, nr), rows(cx.v, h, g.nk, g.dv, 0), g.dv, dobar, g.dv, edge);
     }
     if need.kv {
         acc_keys::<T, S>(nkv, nr, dp, pk, rows(cx.a, h, g.nq, g.d, i0), g.d, kv.0);

@@ -70,6 +70,10 @@ fn scratch_kept_between_calls_is_bounded() {
         assert!(kept_scratch_bytes() <= SCRATCH_KEEP_BYTES, "the bound is on the total");
         super::release_scratch();
         assert_eq!(kept_scratch_bytes(), 0);
+        // Memory no machine has, or a size that overflows: None (the kernels report OutOfMemory).
+        assert!(scratch().carve::<f64>(&[1 << 58]).is_none());
+        assert!(scratch().carve::<f32>(&[usize::MAX, 2]).is_none());
+        assert!(scratch().slices::<f64, 2>([usize::MAX / 4, 1]).is_none());
     })
     .join()
     .unwrap();
