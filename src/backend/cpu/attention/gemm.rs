@@ -23,11 +23,11 @@ pub(super) enum A<'a, T> {
 
 /// C[m×n] = (C if `acc`, else 0) + A[m×k]·B[k×n] (B and C row-major with row strides `ldb`, `ldc`).
 /// Each element of C is one FMA chain over k ascending, whatever the tile shape or instruction set.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
 ///
 /// `edge` holds the zero-padded copy of a column-major A's last partial panel: `k·MR` elements when `a`
 /// is [`A::Cols`] (callers carve it with their strips, so a kernel allocates nothing), empty otherwise.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(super) fn gemm<T: Float, S: Simd>(
     acc: bool,
     m: usize,
