@@ -65,10 +65,9 @@ impl Shape {
     /// (outer, n, inner) view that every axis kernel uses. An axis at or past the rank is a trailing
     /// axis of size 1 (the shape read as if padded with ones): (numel, 1, 1).
     pub fn split_at_axis(&self, axis: usize) -> (usize, usize, usize) {
-        let prod = |d: &[usize]| d.iter().fold(1usize, |a, &b| a.saturating_mul(b));
         match self.0.split_at_checked(axis) {
-            Some((before, [n, after @ ..])) => (prod(before), *n, prod(after)),
-            _ => (prod(&self.0), 1, 1),
+            Some((before, [n, after @ ..])) => (numel(before), *n, numel(after)),
+            _ => (numel(&self.0), 1, 1),
         }
     }
     /// The broadcast of two shapes (NumPy rules), or an error naming `op` and both shapes.

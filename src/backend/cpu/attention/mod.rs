@@ -203,7 +203,7 @@ fn relayout<'s, T: Float>(
         Layout::Panels => n.div_ceil(MR) * MR * w,
     };
     let lens: Vec<usize> = ops.iter().map(|&(_, n, w, lay)| heads * size(n, w, lay)).collect();
-    let mut outs = sc.carve::<T>(&lens).ok_or_else(|| no_scratch::<T>(op, lens.iter().fold(0usize, |a, &l| a.saturating_add(l))))?;
+    let mut outs = sc.carve::<T>(&lens).ok_or_else(|| no_scratch::<T>(op, &lens))?;
     let mut jobs = Vec::new();
     for (out, &(x, n, w, lay)) in outs.iter_mut().zip(ops) {
         if n * w > 0 {
@@ -239,15 +239,15 @@ fn relayout<'s, T: Float>(
     Ok(outs.into_iter().map(|o| &*o).collect())
 }
 
-/// The error for scratch of `elems` elements of `T` that could not be allocated.
-fn no_scratch<T>(op: &'static str, elems: usize) -> Error {
-    Error::oom(op, "attention scratch", Some(elems as u128 * std::mem::size_of::<T>() as u128), "cpu")
+/// The error for scratch slices of `lens` elements of `T` that could not be allocated.
+fn no_scratch<T>(op: &'static str, lens: &[usize]) -> Error {
+    let bytes = lens.iter().map(|&l| l as u128).sum::<u128>() * std::mem::size_of::<T>() as u128;
+    Error::oom(op, "attention scratch", Some(bytes), "cpu")
 }
 
 /// An `N`-slice carve of `sc`, or the error naming `op`.
 fn carve<'s, T: Float, const N: usize>(op: &'static str, sc: &'s mut Scratch, lens: [usize; N]) -> Result<[&'s mut [T]; N]> {
-    let elems = lens.iter().fold(0usize, |a, &l| a.saturating_add(l));
-    sc.slices(lens).ok_or_else(|| no_scratch::<T>(op, elems))
+    sc.slices(lens).ok_or_else(|| no_scratch::<T>(op, &lens))
 }
 
 /// `Ok(v)`, or the `OutOfMemory` of a task that could not get its scratch.
