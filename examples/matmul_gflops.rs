@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo run --release --example matmul_gflops                  # all threads
 //! RAYON_NUM_THREADS=2 cargo run --release --example matmul_gflops -- --json
+//! cargo run --release --example matmul_gflops -- --only 2048x2048x2048   # one shape
 //! ```
 //! `benches/compare_cpu.sh` runs this beside PyTorch's `a @ b` (MKL) in one invocation.
 
@@ -15,7 +16,10 @@ use std::time::Instant;
 fn main() {
     // Kernels called from main run their tasks here instead of waking the pool (see the docs).
     metagrad::use_calling_thread().expect("rayon is not used before main");
-    let json = std::env::args().any(|a| a == "--json");
+    let args: Vec<String> = std::env::args().collect();
+    let json = args.iter().any(|a| a == "--json");
+    // `--only KEY` times one shape (for profiling), e.g. `--only 2048x2048x2048`.
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let machine = Machine::measure();
     // (key, name, m, k, n, A transposed, B transposed): the MLP benchmark's products, the step_mlp
     // training step's (batch 64), then 2048³.
@@ -35,11 +39,22 @@ fn main() {
     }
     let mut rows = Vec::new();
     for (key, name, m, k, n, ta, tb) in shapes {
+        if only.as_ref().is_some_and(|o| o != key) {
+            continue;
+        }
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1013) as f32) * 1e-3 - 0.5).collect();
         let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729 % 997) as f32) * 1e-3 - 0.5).collect();
         let a = Tensor::from_vec(a, if ta { [k, m] } else { [m, k] }).expect("shape");
         let b = Tensor::from_vec(b, if tb { [n, k] } else { [k, n] }).expect("shape");
-        let reps = if m >= 2048 { 5 } else { 30 };
+        let reps = if m >= 2048 {
+            if only.is_some() {
+                20
+            } else {
+                5
+            }
+        } else {
+            30
+        };
         let mut times = Vec::new();
         for _ in 0..=reps {
             let t0 = Instant::now();

@@ -242,6 +242,45 @@ unsafe impl<T: Copy, const MR: usize> Bcast<T> for RowPtrs<T, MR> {
     }
 }
 
+/// A read in place at fixed strides: row r of the tile at step kk is `data[off + r·rs + kk·ks]` (a
+/// row-major A has rs = k, ks = 1; a transposed one rs = 1, ks = m). For an operand that meets one
+/// tile only, where packing would copy it for a single use.
+#[derive(Clone, Copy)]
+pub(crate) struct StridedA<T> {
+    ptr: *const T,
+    rs: usize,
+    ks: usize,
+    rows: usize,
+    kc: usize,
+}
+
+impl<T> StridedA<T> {
+    /// `rows` rows of kc steps from `data[off..]` at strides rs (rows) and ks (steps), all inside
+    /// `data` (checked).
+    #[inline(always)]
+    pub(crate) fn new(data: &[T], off: usize, rs: usize, ks: usize, rows: usize, kc: usize) -> StridedA<T> {
+        let last = off + rows.saturating_sub(1) * rs + kc.saturating_sub(1) * ks;
+        assert!(rows == 0 || kc == 0 || last < data.len(), "strided operand reaches {last} in {} elements", data.len());
+        StridedA { ptr: data.as_ptr().wrapping_add(off), rs, ks, rows, kc }
+    }
+}
+
+// SAFETY: `new` checked that the last element (row rows - 1, step kc - 1) lies inside the data.
+unsafe impl<T: Copy> Bcast<T> for StridedA<T> {
+    #[inline(always)]
+    fn at(&self, kk: usize, r: usize) -> *const T {
+        self.ptr.wrapping_add(r * self.rs + kk * self.ks)
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.kc
+    }
+    #[inline(always)]
+    fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
 /// Where the k-th row of B's NR columns is.
 ///
 /// # Safety
@@ -287,6 +326,42 @@ unsafe impl<T: Copy> Rows<T> for Packed<T> {
     #[inline(always)]
     fn prefetch(&self, kk: usize, col: usize) {
         // The panel streams from L2: ask for its rows a few steps ahead (any address is fine).
+        prefetch(self.row(kk + PREFETCH_AHEAD).wrapping_add(col));
+    }
+}
+
+/// Rows of B read in place at a fixed stride: row kk is `data[off + kk·ld..][..NR]` (a row-major B
+/// read where it lies, for a panel that meets one tile only).
+#[derive(Clone, Copy)]
+pub(crate) struct StridedB<T> {
+    ptr: *const T,
+    ld: usize,
+    kc: usize,
+}
+
+impl<T> StridedB<T> {
+    /// kc rows of nr elements from `data[off..]` at stride ld, all inside `data` (checked).
+    #[inline(always)]
+    pub(crate) fn new(data: &[T], off: usize, ld: usize, kc: usize, nr: usize) -> StridedB<T> {
+        let end = off + kc.saturating_sub(1) * ld + nr;
+        assert!(kc == 0 || end <= data.len(), "strided rows reach {end} in {} elements", data.len());
+        StridedB { ptr: data.as_ptr().wrapping_add(off), ld, kc }
+    }
+}
+
+// SAFETY: `new` checked that the last row's nr elements lie inside the data.
+unsafe impl<T: Copy> Rows<T> for StridedB<T> {
+    #[inline(always)]
+    fn row(&self, kk: usize) -> *const T {
+        self.ptr.wrapping_add(kk * self.ld)
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.kc
+    }
+    #[inline(always)]
+    fn prefetch(&self, kk: usize, col: usize) {
+        // Rows a stride apart defeat the hardware's next-line prefetcher: ask a few rows ahead.
         prefetch(self.row(kk + PREFETCH_AHEAD).wrapping_add(col));
     }
 }

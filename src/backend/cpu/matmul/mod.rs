@@ -19,6 +19,9 @@
 //! model's training step), all its k blocks are packed in one parallel region and each task runs them
 //! in order: two parallel regions per product instead of two per k block.
 //!
+//! Where C is a single row or column of tiles, the large operand meets one tile per panel and is read
+//! where it lies instead of packed ([`InPlace`]).
+//!
 //! The inner loop walks along rows of C, so consecutive tiles touch the same rows of C (the same pages,
 //! sequential lines the hardware prefetcher follows). This is BLIS's loop nest with the roles of the two
 //! operands as in its column-major micro-kernels. The blocking comes from the caches this CPU reports
@@ -40,7 +43,7 @@
 
 use super::float::Float;
 use super::pool;
-use super::tile::{self, aligned, tile_into, Caches, Packed, PackedA, TileJob, Tiled, C};
+use super::tile::{self, aligned, tile_into, Caches, Packed, PackedA, StridedA, StridedB, TileJob, Tiled, C};
 use super::transpose::{transpose_rows, Transpose};
 use crate::error::{shape_err, Result};
 use rayon::prelude::*;
@@ -101,7 +104,14 @@ pub(crate) fn matmul_t_into<T: Tiled>(
     // is the same products in the same order (one FMA chain over k per element), so compute that and
     // transpose it back when its tiles are fuller.
     let padded = |rows: usize, cols: usize| rows.div_ceil(mr) * mr * cols.div_ceil(nr) * nr;
-    if padded(n, m) * 2 < padded(m, n) {
+    // Where only one orientation reads its larger operand in place (see [`InPlace`]), take it.
+    let (mr_t, nr_t) = T::tile(isa, n);
+    let flip = match (InPlace::of(m, n, tb, mr, nr).larger(m, n), InPlace::of(n, m, !ta, mr_t, nr_t).larger(n, m)) {
+        (true, false) => false,
+        (false, true) => true,
+        _ => padded(n, m) * 2 < padded(m, n),
+    };
+    if flip {
         let mut ct = pool::for_overwrite::<T>(op, m * n)?;
         matmul_t_into(op, &mut ct, b, a, n, k, m, !tb, !ta)?;
         for (i, row) in c.chunks_exact_mut(n).enumerate() {
@@ -114,6 +124,7 @@ pub(crate) fn matmul_t_into<T: Tiled>(
     }
     let p = Problem { a, b, m, k, n, ta, tb };
     let size = std::mem::size_of::<T>();
+    let inplace = InPlace::of(m, n, tb, mr, nr);
     let bl = Blocks::new(mr, nr, size);
     // Equal blocks (in whole units) rather than full ones and a sliver: a last k block of a few steps
     // would pay the tile's loads and stores for almost no work.
@@ -146,7 +157,10 @@ pub(crate) fn matmul_t_into<T: Tiled>(
             for &(pc, kb) in group {
                 for q in 0..npanels {
                     let (dst, tail) = rest.split_at_mut(kb * nr);
-                    jobs.push((pc, q, dst));
+                    // A full panel of an op(B) read in place is not copied.
+                    if !(inplace.b && (q + 1) * nr <= jn) {
+                        jobs.push((pc, q, dst));
+                    }
                     rest = tail;
                 }
             }
@@ -176,7 +190,7 @@ pub(crate) fn matmul_t_into<T: Tiled>(
                 let (r, g) = (t / groups, t % groups);
                 let q = g * per_group..((g + 1) * per_group).min(npanels);
                 blocks.iter().try_for_each(|b| {
-                    tile::run(isa, mr, RowTask { op, p: &p, b, i0: r * mt, i1: ((r + 1) * mt).min(m), q: q.clone(), c: out })
+                    tile::run(isa, mr, RowTask { op, p: &p, b, inplace, i0: r * mt, i1: ((r + 1) * mt).min(m), q: q.clone(), c: out })
                 })
             };
             if parallel {
@@ -188,6 +202,42 @@ pub(crate) fn matmul_t_into<T: Tiled>(
     }
     pool::recycle(b_buf);
     Ok(())
+}
+
+/// Which operands the tiles read where they lie instead of from packed copies.
+///
+/// Packing an operand costs a read and a write of all of it, which pays where each of its panels is
+/// read by many tiles. Where C is a single row of tiles (m ≤ MR) each panel of op(B) meets one tile,
+/// and where it is a single column (n ≤ NR) each panel of op(A) does: the last layer of a classifier
+/// (n = 10) and its gradients, a batch of one. There packing would copy the whole large operand for a
+/// single use (a 512×512×10 product spent most of its time doing so), so it is read in place: op(B)
+/// when row-major (its rows are the vector loads), op(A) in either layout (its values are broadcast).
+/// A partial last panel is still packed, so that no vector read passes the end of its buffer.
+/// Measured, reading in place panels that several tiles share (a batch of 64 against a weight) was
+/// no faster than packing them, so the rule stops at one. The bits do not change: the tiles run the
+/// same FMA chains whatever their operands' addresses.
+#[derive(Clone, Copy, Debug)]
+struct InPlace {
+    a: bool,
+    b: bool,
+}
+
+impl InPlace {
+    /// The choice for an m×n product with an MR×NR tile. A column narrower than half a tile is left
+    /// packed: its lanes would be mostly padding, and transposed (see [`matmul_t_into`]) it runs fuller
+    /// tiles.
+    fn of(m: usize, n: usize, tb: bool, mr: usize, nr: usize) -> InPlace {
+        InPlace { a: n <= nr && 2 * n > nr, b: !tb && m <= mr }
+    }
+
+    /// Whether the larger operand (op(A) when m ≥ n) is read in place.
+    fn larger(self, m: usize, n: usize) -> bool {
+        if m >= n {
+            self.a
+        } else {
+            self.b
+        }
+    }
 }
 
 /// The operands of one product (see [`matmul_t_into`]).
@@ -319,6 +369,7 @@ struct RowTask<'a, T> {
     op: &'static str,
     p: &'a Problem<'a, T>,
     b: &'a Block<'a, T>,
+    inplace: InPlace,
     i0: usize,
     i1: usize,
     q: Range<usize>,
@@ -329,22 +380,43 @@ impl<T: Float> TileJob<T> for RowTask<'_, T> {
     type Out = Result<()>;
     #[inline(always)]
     fn run<R: Transpose<T>, const MR: usize, const NV: usize>(self) -> Result<()> {
-        let RowTask { op, p, b, i0, i1, q, c } = self;
+        let RowTask { op, p, b, inplace, i0, i1, q, c } = self;
         let (im, kb, nr) = (i1 - i0, b.kb, NV * R::LANES);
-        let mut a_buf = pool::for_overwrite::<T>(op, im.div_ceil(MR) * MR * kb + 64)?;
-        let ap = aligned(&mut a_buf, im.div_ceil(MR) * MR * kb);
-        for (q, dst) in ap.chunks_exact_mut(kb * MR).enumerate() {
-            p.pack_a::<R, MR>(dst, i0 + q * MR, MR.min(im - q * MR), b.pc, kb);
+        // Packed A panels: all of them, or with op(A) in place only a partial last one.
+        let packed = if inplace.a { usize::from(!im.is_multiple_of(MR)) } else { im.div_ceil(MR) };
+        let mut a_buf = pool::for_overwrite::<T>(op, packed * MR * kb + 64)?;
+        let ap = aligned(&mut a_buf, packed * MR * kb);
+        for (r, dst) in ap.chunks_exact_mut(kb * MR).enumerate() {
+            let r = if inplace.a { im / MR } else { r };
+            p.pack_a::<R, MR>(dst, i0 + r * MR, MR.min(im - r * MR), b.pc, kb);
         }
         for r in 0..im.div_ceil(MR) {
             let (i, h) = (i0 + r * MR, MR.min(im - r * MR));
-            let apanel = PackedA::new(&ap[r * kb * MR..(r + 1) * kb * MR], kb, MR);
+            let a_here = inplace.a && h == MR;
+            let a_packed = || {
+                let r = if inplace.a { 0 } else { r };
+                PackedA::new(&ap[r * kb * MR..(r + 1) * kb * MR], kb, MR)
+            };
+            let (off, rs, ks) = if p.ta { (b.pc * p.m + i, 1, p.m) } else { (i * p.k + b.pc, p.k, 1) };
             for q in q.clone() {
                 let (j, w) = (b.jc + q * nr, nr.min(b.jn - q * nr));
-                let bpanel = Packed::new(&b.b[q * kb * nr..(q + 1) * kb * nr], kb, nr);
-                // SAFETY: rows i..i + h and columns j..j + w lie inside C and inside this task's rows
-                // (no other task touches them); C has ld = n columns.
-                unsafe { tile_into::<T, R, _, _, MR, NV>(kb, apanel, bpanel, c, i, j, h, w, b.pc == 0) };
+                let b_here = inplace.b && w == nr;
+                let b_packed = || Packed::new(&b.b[q * kb * nr..(q + 1) * kb * nr], kb, nr);
+                macro_rules! tile {
+                    ($a:expr, $b:expr) => {
+                        // SAFETY: rows i..i + h and columns j..j + w lie inside C and inside this
+                        // task's rows (no other task touches them); C has ld = n.
+                        unsafe { tile_into::<T, R, _, _, MR, NV>(kb, $a, $b, c, i, j, h, w, b.pc == 0) }
+                    };
+                }
+                let a_in = || StridedA::new(p.a, off, rs, ks, MR, kb);
+                let b_in = || StridedB::new(p.b, b.pc * p.n + j, p.n, kb, nr);
+                match (a_here, b_here) {
+                    (true, true) => tile!(a_in(), b_in()),
+                    (true, false) => tile!(a_in(), b_packed()),
+                    (false, true) => tile!(a_packed(), b_in()),
+                    (false, false) => tile!(a_packed(), b_packed()),
+                }
             }
         }
         pool::recycle(a_buf);

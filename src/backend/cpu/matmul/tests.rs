@@ -97,6 +97,25 @@ fn same_bits_for_any_thread_count() {
     }
 }
 
+/// One row or one column of tiles (the in-place path of `skinny`), split into tasks or not, with
+/// partial last panels of the operand read in place: the bits of the reference, every layout and
+/// thread count.
+#[test]
+fn single_row_or_column_of_tiles_gives_the_bits_of_the_fma_chain() {
+    for (m, k, n) in [(10, 520, 300), (3, 1100, 70), (300, 520, 24), (517, 64, 20), (12, 2100, 33), (1, 9, 1000), (700, 30, 1)] {
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1013) as f32).sin()).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729 % 997) as f32).cos()).collect();
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let want: Vec<u32> = reference(&a, &b, m, k, n, ta, tb).iter().map(|x| x.to_bits()).collect();
+            for t in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+                let got = pool.install(|| matmul_t(&a, &b, m, k, n, ta, tb));
+                assert!(got.iter().map(|x| x.to_bits()).eq(want.iter().copied()), "{m}x{k}x{n} ta={ta} tb={tb} on {t} threads");
+            }
+        }
+    }
+}
+
 #[test]
 fn cache_sizes_and_blocks_are_sane() {
     let c = Caches::get();
