@@ -96,8 +96,9 @@ template <typename T> __device__ void fill(T* out, u64 n, double v) {
 #define FILL_PARAMS(T) (T* out, u64 n, double v)
 MG_F32_F64(fill, FILL_PARAMS, (out, n, v))
 
-// Number of NaN or infinite elements, in out[0]: one block of 256 threads, a fixed tree.
-template <typename T> __device__ void count_nonfinite(u64* out, const T* x, u64 n) {
+// Number of NaN or infinite elements, in out[0] (added to it when `add`, so that one counter sums
+// the counts of several tensors): one block of 256 threads, a fixed tree.
+template <typename T> __device__ void count_nonfinite(u64* out, const T* x, u64 n, u64 add) {
     __shared__ u64 s[256];
     if (blockDim.x != 256 || gridDim.x != 1) __trap();
     const unsigned t = threadIdx.x;
@@ -109,10 +110,10 @@ template <typename T> __device__ void count_nonfinite(u64* out, const T* x, u64 
         if (t < h) s[t] += s[t + h];
         __syncthreads();
     }
-    if (t == 0) out[0] = s[0];
+    if (t == 0) out[0] = (add ? out[0] : 0) + s[0];
 }
-#define NONFINITE_PARAMS(T) (u64* out, const T* x, u64 n)
-MG_F32_F64(count_nonfinite, NONFINITE_PARAMS, (out, x, n))
+#define NONFINITE_PARAMS(T) (u64* out, const T* x, u64 n, u64 add)
+MG_F32_F64(count_nonfinite, NONFINITE_PARAMS, (out, x, n, add))
 
 // Casts between f32 and f64, and between f32 and the 16-bit storage types (round to nearest even,
 // NaN kept quiet), bit-exact with the `half` crate the CPU backend uses.

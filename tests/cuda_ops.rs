@@ -435,3 +435,56 @@ fn impossible_device_allocations_and_empty_batches_are_handled() {
     let g = grad(&y.square().unwrap().sum_all().unwrap(), &[&x, &w], false).unwrap();
     assert_eq!(g[1].value().to_device(Device::Cpu).unwrap().to_vec_f64(), vec![0.0; 54], "an empty batch has a zero weight gradient");
 }
+
+/// SGD with momentum on tanh(x·w)² for T steps, everything on `dev` (hyperparameters included).
+struct SgdOn(Device, usize);
+impl metagrad::replay::Training for SgdOn {
+    fn steps(&self) -> usize {
+        self.1
+    }
+    fn initial_state(&self) -> Result<Vec<Tensor>> {
+        // Made on the device (fill kernels): the run's only host traffic is then its own.
+        let w = Tensor::full_on(0.3, [16, 8], DType::F32, self.0)?;
+        Ok(vec![w.clone(), Tensor::full_on(0.0, [16, 8], DType::F32, self.0)?, w.mul_scalar(-0.5)?])
+    }
+    fn step(&self, ctx: &metagrad::replay::StepCtx, _: usize, s: &[Var], z: &[Var]) -> Result<Vec<Var>> {
+        let x = Var::constant(Tensor::full_on(0.25, [4, 16], DType::F32, self.0)?);
+        let loss = x.matmul(&s[0])?.tanh()?.square()?.mean_all()?.add(&s[2].square()?.mean_all()?)?;
+        let g = ctx.grad(&loss, &[&s[0], &s[2]])?;
+        let opt = metagrad::optim::Sgd {
+            lr: z[0].clone(),
+            momentum: Some(metagrad::optim::scalar(0.9, &s[0])),
+            weight_decay: metagrad::optim::scalar(0.0, &s[0]),
+            nesterov: false,
+        };
+        let (p, v) = opt.step(&[s[0].clone(), s[2].clone()], &g, &[s[1].clone(), s[1].mul_scalar(0.0)?])?;
+        let [p0, p2] = <[Var; 2]>::try_from(p).map_err(|_| metagrad::Error::Invalid { op: "test", msg: "two parameters".into() })?;
+        Ok(vec![p0, v.into_iter().next().ok_or(metagrad::Error::Invalid { op: "test", msg: "a buffer".into() })?, p2])
+    }
+    fn output(&self, s: &[Var]) -> Result<Var> {
+        s[0].square()?.sum_all()
+    }
+}
+
+/// A training run on the device makes no host synchronization per step: the state's non-finite scan
+/// is one download per `CHECK_EVERY` steps (kernels add into one device counter, whatever the number
+/// of state tensors), hyperparameters stay on the device (no uploads), and nothing is allocated from
+/// the driver once the cache is warm.
+#[test]
+fn training_on_the_gpu_downloads_once_per_checked_segment() {
+    use metagrad::replay::CHECK_EVERY;
+    let Some((dev, _exclusive)) = gpu() else { return };
+    let steps = 4 * CHECK_EVERY;
+    let p = SgdOn(dev, steps);
+    let z = vec![Tensor::full_on(0.05, [], DType::F32, dev).unwrap()];
+    let warm = train(&p, &z).unwrap();
+    drop(train(&p, &z).unwrap()); // the cache then holds what a run needs beside a live result
+    let before = cuda::memory_stats(dev).unwrap();
+    let again = train(&p, &z).unwrap();
+    let after = cuda::memory_stats(dev).unwrap();
+    assert!(again.iter().zip(&warm).all(|(a, b)| a.bit_eq(b)), "two runs on the device differ");
+    assert_eq!(after.downloads - before.downloads, (steps / CHECK_EVERY) as u64, "{before:?} → {after:?}");
+    assert_eq!(after.uploads, before.uploads, "{before:?} → {after:?}");
+    assert_eq!(after.synchronizations, before.synchronizations, "{before:?} → {after:?}");
+    assert_eq!(after.driver_allocs, before.driver_allocs, "{before:?} → {after:?}");
+}

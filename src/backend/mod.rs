@@ -188,7 +188,17 @@ impl Storage {
         match (self, device) {
             (Storage::Cpu(s), Device::Cpu) => Ok(Storage::Cpu(s.cast(op, s.dtype())?)),
             #[cfg(feature = "cuda")]
-            (Storage::Cpu(s), Device::Cuda(o)) => Ok(Storage::Cuda(CudaStorage::upload(op, &cuda::gpu(o)?, s.bytes(), s.dtype())?)),
+            (Storage::Cpu(s), Device::Cuda(o)) => {
+                // A one-element f32/f64 value (a scalar hyperparameter, moved every step) is written by
+                // the fill kernel, which takes it as an argument: a launch instead of a synchronous
+                // upload. Exact (f32 → f64 → f32 is the identity), NaNs aside, which are uploaded.
+                if let (true, [v]) = (matches!(s.dtype(), DType::F32 | DType::F64), s.to_f64(op)?.as_slice()) {
+                    if !v.is_nan() {
+                        return Storage::full(op, *v, 1, s.dtype(), device);
+                    }
+                }
+                Ok(Storage::Cuda(CudaStorage::upload(op, &cuda::gpu(o)?, s.bytes(), s.dtype())?))
+            }
             #[cfg(feature = "cuda")]
             (Storage::Cuda(s), _) => Storage::Cpu(cpu_from_bytes(op, &s.download(op)?, s.dtype())?).to_device(op, device),
             #[cfg(not(feature = "cuda"))]
@@ -372,6 +382,29 @@ impl Storage {
             #[cfg(feature = "cuda")]
             Storage::Cuda(s) => s.all_finite(op),
         }
+    }
+
+    /// Whether no element of any of `xs` is NaN or infinite: on a GPU with one download per device
+    /// (see [`cuda::all_finite_many`]).
+    pub(crate) fn all_finite_many(op: &'static str, xs: &[&Storage]) -> Result<bool> {
+        #[cfg(feature = "cuda")]
+        let mut on_gpus = Vec::new();
+        for x in xs {
+            match x {
+                Storage::Cpu(s) => {
+                    if !s.all_finite(op)? {
+                        return Ok(false);
+                    }
+                }
+                #[cfg(feature = "cuda")]
+                Storage::Cuda(s) => on_gpus.push(s),
+            }
+        }
+        #[cfg(feature = "cuda")]
+        if !cuda::all_finite_many(op, &on_gpus)? {
+            return Ok(false);
+        }
+        Ok(true)
     }
 }
 

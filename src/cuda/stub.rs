@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::Device;
 
-/// Counters of one device's caching allocator (see [`super::memory_stats`]).
+/// Counters of one device: its caching allocator and its host transfers (see [`super::memory_stats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryStats {
     /// Allocations that went to the driver (cache misses) since the device was opened.
@@ -16,6 +16,13 @@ pub struct MemoryStats {
     pub bytes_cached: usize,
     /// The most bytes ever in use at once.
     pub peak_bytes_in_use: usize,
+    /// Copies from the host to the device (index lists, `to_device`).
+    pub uploads: u64,
+    /// Copies from the device to the host; each waits for all queued work, so it is a host
+    /// synchronization (`to_vec`, non-finite checks, arena stores to host memory).
+    pub downloads: u64,
+    /// Explicit waits for the device ([`crate::cuda::synchronize`], releasing the cache).
+    pub synchronizations: u64,
 }
 
 pub(crate) use crate::backend::not_built;

@@ -137,10 +137,15 @@ pub struct MetaGradient {
     pub stats: ReplayStats,
 }
 
-/// The first tensor holding a NaN or an infinity, and its index (on a GPU a kernel counts them, and
-/// only the count is downloaded).
+/// The first tensor holding a NaN or an infinity, and its index (on a GPU kernels count them into one
+/// counter per device, and only that count is downloaded).
 fn first_non_finite<'a>(ts: impl Iterator<Item = &'a Tensor>) -> Result<Option<(usize, &'a Tensor)>> {
-    for (i, t) in ts.enumerate() {
+    // All at once first (one download per device); tensor by tensor only to name the culprit.
+    let ts: Vec<&Tensor> = ts.collect();
+    if Tensor::try_all_finite_many(ts.iter().copied())? {
+        return Ok(None);
+    }
+    for (i, t) in ts.into_iter().enumerate() {
         if !t.try_all_finite()? {
             return Ok(Some((i, t)));
         }

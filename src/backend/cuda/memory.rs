@@ -13,7 +13,7 @@ use crate::Device;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// Counters of one device's caching allocator (see [`crate::cuda::memory_stats`]).
+/// Counters of one device: its caching allocator and its host transfers (see [`crate::cuda::memory_stats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryStats {
     /// Allocations that went to the driver (cache misses) since the device was opened.
@@ -26,6 +26,13 @@ pub struct MemoryStats {
     pub bytes_cached: usize,
     /// The most bytes ever in use at once.
     pub peak_bytes_in_use: usize,
+    /// Copies from the host to the device (index lists, `to_device`).
+    pub uploads: u64,
+    /// Copies from the device to the host; each waits for all queued work, so it is a host
+    /// synchronization (`to_vec`, non-finite checks, arena stores to host memory).
+    pub downloads: u64,
+    /// Explicit waits for the device ([`crate::cuda::synchronize`], releasing the cache).
+    pub synchronizations: u64,
 }
 
 /// An opened device: its driver and its allocator.
@@ -103,12 +110,31 @@ impl Gpu {
     }
 
     fn release_cache(driver: &dyn Driver, pool: &mut Pool) -> Result<()> {
+        pool.stats.synchronizations += 1;
         driver.synchronize()?;
         for (_, ptrs) in pool.free.drain() {
             ptrs.into_iter().for_each(|p| driver.free(p));
         }
         pool.stats.bytes_cached = 0;
         Ok(())
+    }
+
+    /// Copies host bytes to the device (counted in [`MemoryStats::uploads`]).
+    pub(crate) fn htod(&self, dst: u64, src: &[u8]) -> Result<()> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).stats.uploads += 1;
+        self.driver.htod(dst, src)
+    }
+
+    /// Copies device bytes to the host after all queued work (counted in [`MemoryStats::downloads`]).
+    pub(crate) fn dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).stats.downloads += 1;
+        self.driver.dtoh(dst, src)
+    }
+
+    /// Waits for all queued work (counted in [`MemoryStats::synchronizations`]).
+    pub(crate) fn synchronize(&self) -> Result<()> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).stats.synchronizations += 1;
+        self.driver.synchronize()
     }
 
     pub(crate) fn stats(&self) -> MemoryStats {

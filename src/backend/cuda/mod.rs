@@ -65,7 +65,7 @@ use driver::Driver;
 pub(crate) use memory::Gpu;
 pub use memory::MemoryStats;
 use std::sync::{Arc, Mutex};
-pub(crate) use storage::CudaStorage;
+pub(crate) use storage::{all_finite_many, CudaStorage};
 
 pub(crate) mod kernels {
     //! The CUDA C kernel sources, embedded at compile time from `kernels/*.cu`.
@@ -144,7 +144,7 @@ pub(crate) fn device_name(device: Device) -> Result<String> {
 }
 
 pub(crate) fn synchronize(device: Device) -> Result<()> {
-    gpu_of(device)?.driver.synchronize()
+    gpu_of(device)?.synchronize()
 }
 
 pub(crate) fn gpu_of(device: Device) -> Result<Arc<Gpu>> {

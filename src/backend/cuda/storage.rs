@@ -62,7 +62,7 @@ impl CudaStorage {
         let len = bytes.len() / dtype.size_in_bytes();
         let t = CudaStorage::empty(op, gpu, len, dtype)?;
         if !bytes.is_empty() {
-            gpu.driver.htod(t.buf.ptr, bytes)?;
+            gpu.htod(t.buf.ptr, bytes)?;
         }
         Ok(t)
     }
@@ -71,7 +71,7 @@ impl CudaStorage {
     pub(crate) fn download(&self, op: &'static str) -> Result<Vec<u8>> {
         let mut out = crate::backend::cpu::pool::filled(op, self.bytes(), 0u8)?;
         if !out.is_empty() {
-            self.gpu().driver.dtoh(&mut out, self.buf.ptr)?;
+            self.gpu().dtoh(&mut out, self.buf.ptr)?;
         }
         Ok(out)
     }
@@ -110,7 +110,7 @@ impl CudaStorage {
         let v: Vec<u64> = idx.iter().map(|&i| i as u64).collect();
         let b = self.gpu().alloc(op, v.len().max(1) * 8)?;
         if !v.is_empty() {
-            self.gpu().driver.htod(b.ptr, bytemuck::cast_slice(&v))?;
+            self.gpu().htod(b.ptr, bytemuck::cast_slice(&v))?;
         }
         Ok(b)
     }
@@ -477,11 +477,7 @@ impl Backend for CudaStorage {
     }
 
     fn all_finite(&self, op: &'static str) -> Result<bool> {
-        let count = CudaStorage::empty(op, self.gpu(), 1, DType::F64)?; // 8 bytes for a u64
-        launch(self.gpu(), &kname(op, "count_nonfinite", self.dtype)?, 1, vec![count.arg(), self.arg(), Arg::U(self.len as u64)])?;
-        let mut out = [0u8; 8];
-        self.gpu().driver.dtoh(&mut out, count.buf.ptr)?;
-        Ok(u64::from_le_bytes(out) == 0)
+        all_finite_many(op, &[self])
     }
 }
 
@@ -512,4 +508,31 @@ impl CudaStorage {
 /// The `Geom` struct of kernels/index.cu.
 fn geom(s: &ConvShape) -> [usize; 14] {
     [s.n, s.c, s.h, s.w, s.kh, s.kw, s.ho, s.wo, s.stride.0, s.stride.1, s.padding.0, s.padding.1, s.dilation.0, s.dilation.1]
+}
+
+/// Whether no element of any of `xs` is NaN or infinite. Per device, one kernel per tensor adds its
+/// count of non-finite elements into one device counter (stream order serializes them), and only that
+/// counter is downloaded: one host synchronization per device, however many tensors.
+pub(crate) fn all_finite_many(op: &'static str, xs: &[&CudaStorage]) -> Result<bool> {
+    let mut groups: Vec<(&Arc<Gpu>, Vec<&CudaStorage>)> = Vec::new();
+    for &x in xs {
+        match groups.iter_mut().find(|(g, _)| Arc::ptr_eq(g, x.gpu())) {
+            Some((_, group)) => group.push(x),
+            None => groups.push((x.gpu(), vec![x])),
+        }
+    }
+    for (gpu, group) in groups {
+        let count = CudaStorage::empty(op, gpu, 1, DType::F64)?; // 8 bytes for a u64
+        for (i, x) in group.iter().enumerate() {
+            // The first kernel writes the counter, the others add to it.
+            let args = vec![count.arg(), x.arg(), Arg::U(x.len as u64), Arg::U(u64::from(i > 0))];
+            launch(gpu, &kname(op, "count_nonfinite", x.dtype)?, 1, args)?;
+        }
+        let mut out = [0u8; 8];
+        gpu.dtoh(&mut out, count.buf.ptr)?;
+        if u64::from_le_bytes(out) != 0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
