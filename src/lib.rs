@@ -9,6 +9,7 @@
 //!   ([`hvp`]), Jacobian-vector products ([`jvp`]) and backward-over-backward for every op.
 //! - Deterministic CPU kernels on rayon: the same bits for any thread count.
 //! - [`gradcheck`]: finite-difference checks (first and second order) for your own functions.
+//! - [`nn`]: named parameters ([`nn::Params`]), their map to REPLAY's flat state, and safetensors files.
 //!
 //! ```
 //! use metagrad::{Tape, Tensor, DType, hvp};
@@ -39,6 +40,7 @@ pub mod dtype;
 pub mod error;
 pub mod gradcheck;
 mod mode;
+pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod random;
