@@ -25,6 +25,10 @@ __device__ __forceinline__ float mg_abs(float x) { return fabsf(x); }
 __device__ __forceinline__ double mg_abs(double x) { return fabs(x); }
 __device__ __forceinline__ float mg_erf(float x) { return erff(x); }
 __device__ __forceinline__ double mg_erf(double x) { return erf(x); }
+__device__ __forceinline__ float mg_sin(float x) { return sinf(x); }
+__device__ __forceinline__ double mg_sin(double x) { return sin(x); }
+__device__ __forceinline__ float mg_cos(float x) { return cosf(x); }
+__device__ __forceinline__ double mg_cos(double x) { return cos(x); }
 __device__ __forceinline__ float mg_pow(float x, float p) { return powf(x, p); }
 __device__ __forceinline__ double mg_pow(double x, double p) { return pow(x, p); }
 __device__ __forceinline__ float mg_fma(float a, float b, float c) { return fmaf(a, b, c); }

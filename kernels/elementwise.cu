@@ -5,10 +5,10 @@
 // sigmoid split at 0 so exp never overflows, affine as one fused multiply-add). Each output element is
 // written by one thread: results do not depend on the launch configuration.
 
-// Unary op codes: the order of `Unary` in src/backend/cuda/ops.rs.
+// Unary op codes: `unary_code` in src/backend/cuda/storage.rs.
 enum UnaryOp {
     U_NEG, U_EXP, U_LOG, U_TANH, U_SIGMOID, U_RELU, U_SQRT, U_RSQRT, U_ABS, U_SQUARE, U_ERF, U_POWF,
-    U_CLAMP, U_AFFINE, U_STEP, U_SIGN, U_IN_RANGE
+    U_CLAMP, U_AFFINE, U_STEP, U_SIGN, U_IN_RANGE, U_SIN, U_COS, U_NONZERO
 };
 
 template <typename T> __device__ __forceinline__ T unary_op(int op, T x, T p, T q) {
@@ -34,6 +34,9 @@ template <typename T> __device__ __forceinline__ T unary_op(int op, T x, T p, T 
     case U_STEP: return x > T(0) ? T(1) : T(0);
     case U_SIGN: return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0));
     case U_IN_RANGE: return (x >= p && x <= q) ? T(1) : T(0);
+    case U_SIN: return mg_sin(x);
+    case U_COS: return mg_cos(x);
+    case U_NONZERO: return x != T(0) ? T(1) : T(0); // NaN counts as nonzero
     }
     __trap();
 }
@@ -46,8 +49,8 @@ __device__ void unary(T* __restrict__ out, const T* __restrict__ x, u64 n, int o
 #define UNARY_PARAMS(T) (T* out, const T* x, u64 n, int op, double p0, double p1)
 MG_F32_F64(unary, UNARY_PARAMS, (out, x, n, op, p0, p1))
 
-// Binary op codes: the order of `Binary` in src/ops/binary.rs.
-enum BinaryOp { B_ADD, B_SUB, B_MUL, B_DIV };
+// Binary op codes: the order of `BinaryOp` in src/backend/spec.rs.
+enum BinaryOp { B_ADD, B_SUB, B_MUL, B_DIV, B_MAX, B_MIN, B_SELECT };
 
 template <typename T> __device__ __forceinline__ T binary_op(int op, T a, T b) {
     switch (op) {
@@ -55,6 +58,9 @@ template <typename T> __device__ __forceinline__ T binary_op(int op, T a, T b) {
     case B_SUB: return a - b;
     case B_MUL: return a * b;
     case B_DIV: return a / b;
+    case B_MAX: return (b > a || mg_isnan(b)) ? b : a; // ties and a NaN in a give a
+    case B_MIN: return (b < a || mg_isnan(b)) ? b : a;
+    case B_SELECT: return b != T(0) ? a : T(-0.0); // x + (-0) = x: see BinaryOp::Select
     }
     __trap();
 }

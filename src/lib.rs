@@ -55,6 +55,7 @@ pub use device::Device;
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use ops::conv::Conv2dOpts;
+pub use ops::softmax::CrossEntropyOpts;
 pub use shape::Shape;
 pub use tensor::Tensor;
 

@@ -143,6 +143,8 @@ fn unary_ops_match_the_cpu() {
         ("square", Box::new(|x| x[0].square()), false),
         ("clamp", Box::new(|x| x[0].clamp(-0.5, 0.7)), false),
         ("erf", Box::new(|x| x[0].erf()), false),
+        ("sin", Box::new(|x| x[0].sin()), false),
+        ("cos", Box::new(|x| x[0].cos()), false),
         ("gelu", Box::new(|x| x[0].gelu()), false),
         ("gelu_tanh", Box::new(|x| x[0].gelu_tanh()), false),
         ("affine", Box::new(|x| x[0].affine(-1.5, 0.25)), false),
@@ -160,6 +162,8 @@ fn binary_ops_broadcast_like_the_cpu() {
         ("sub", Box::new(|x| x[0].sub(&x[1]))),
         ("mul", Box::new(|x| x[0].mul(&x[1]))),
         ("div", Box::new(|x| x[0].div(&x[1]))),
+        ("maximum", Box::new(|x| x[0].maximum(&x[1]))),
+        ("minimum", Box::new(|x| x[0].minimum(&x[1]))),
     ];
     for (name, f) in &ops {
         check(name, vec![randn(&[4, 5], 1), positive(&[4, 5], 2)], f.as_ref());
@@ -183,6 +187,50 @@ fn reductions_match_the_cpu() {
     check("log_softmax", x(), &|x| x[0].log_softmax(-1));
     let labels: Vec<usize> = (0..12).map(|i| (i * 7) % 10).collect();
     check("cross_entropy", vec![randn(&[12, 10], 12), positive(&[12], 13)], &move |x| x[0].cross_entropy(&labels, Some(&x[1])));
+}
+
+#[test]
+fn selection_ops_and_cross_entropy_with_match_the_cpu() {
+    use metagrad::CrossEntropyOpts;
+    // Conditions (0/1 in f64, and with other nonzero values) live on the operands' device.
+    let cond = |d: &[usize], seed: u64| {
+        let v: Vec<f64> = randn(d, seed)
+            .to_vec_f64()
+            .iter()
+            .map(|&x| {
+                if x > 0.3 {
+                    1.0
+                } else if x < -1.0 {
+                    -2.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Tensor::from_vec(v, d.to_vec()).unwrap()
+    };
+    let on = |c: &Tensor, x: &Var| c.to_device(x.value().device()).unwrap();
+    let c1 = cond(&[3, 1, 5], 31);
+    check("where", vec![randn(&[4, 5], 32), randn(&[3, 4, 1], 33)], &move |x| Var::where_(&on(&c1, &x[0]), &x[0], &x[1]));
+    let c2 = cond(&[5], 34);
+    check("masked_fill", vec![randn(&[4, 5], 35)], &move |x| x[0].masked_fill(&on(&c2, &x[0]), -0.75));
+    // A condition of another dtype than the operands.
+    let c3 = cond(&[4, 5], 36).to_dtype(DType::F32);
+    check("where(f32 cond)", vec![randn(&[4, 5], 37), randn(&[], 38)], &move |x| Var::where_(&on(&c3, &x[0]), &x[0], &x[1]));
+    // Cross-entropy over [2, 6, 10] logits with ignored positions, smoothing and weights.
+    let labels: Vec<usize> = (0..12).map(|i| if i % 5 == 3 { usize::MAX } else { (i * 7) % 10 }).collect();
+    check("cross_entropy_with", vec![randn(&[2, 6, 10], 39), positive(&[2, 6], 40)], &move |x| {
+        x[0].cross_entropy_with(&labels, CrossEntropyOpts { ignore_index: Some(usize::MAX), label_smoothing: 0.1, weights: Some(&x[1]) })
+    });
+    // argmax downloads and agrees with the CPU (distinct values: no ties).
+    let Some((dev, _exclusive)) = gpu() else { return };
+    let x = randn(&[3, 7, 5], 41);
+    for dt in [DType::F64, DType::F32] {
+        let g = x.to_dtype(dt).to_device(dev).unwrap();
+        for axis in [0, 1, -1] {
+            assert_eq!(g.argmax(axis).unwrap(), x.argmax(axis).unwrap(), "argmax {dt} axis {axis}");
+        }
+    }
 }
 
 #[test]

@@ -137,6 +137,7 @@ fn elementwise_unary_ops() {
             x.abs()?.add_scalar(0.1)?.powf(1.5)?,
             x.mul_scalar(-0.5)?.exp()?.neg()?,
             x.affine(0.3, -0.2)?.abs()?,
+            x.sin()?.mul(&x.mul_scalar(3.0)?.cos()?)?,
         ];
         let mut acc = parts[0].clone();
         for p in &parts[1..] {
@@ -152,6 +153,23 @@ fn broadcast_binary_ops() {
         let (a, b, c, s, d) = (&v[0], &v[1], &v[2], &v[3], &v[4]);
         let den = c.square()?.add_scalar(1.0)?;
         a.mul(b)?.add(&a.div(&den)?)?.sub(&c.mul(b)?)?.add(&d.mul(a)?)?.mul(&s.tanh()?)?.add(&b.div(&d.square()?.add_scalar(1.0)?)?)
+    });
+}
+
+#[test]
+fn selection_ops() {
+    // maximum and minimum with broadcasting, where_ with a [300, 1] condition and masked_fill with a
+    // [257] mask: the VJPs are selections themselves.
+    let bits = |d: &[usize], seed: u64| {
+        let v: Vec<f64> =
+            Tensor::randn(d.to_vec(), DType::F64, seed).to_vec_f64().iter().map(|&x| if x > 0.0 { 1.0 } else { 0.0 }).collect();
+        Tensor::from_vec(v, d.to_vec()).unwrap()
+    };
+    let (rows, cols) = (bits(&[300, 1], 77), bits(&[257], 78));
+    check_op("selection", &[&[300, 257], &[257], &[300, 1]], |v| {
+        let (a, b, c) = (&v[0], &v[1], &v[2]);
+        let m = a.maximum(b)?.add(&a.minimum(c)?)?;
+        m.add(&Var::where_(&rows, a, b)?)?.add(&a.masked_fill(&cols, -0.5)?)
     });
 }
 

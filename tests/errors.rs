@@ -1,7 +1,9 @@
 //! Bad input: a shape or dtype mismatch returns an [`Error`] that names the op and the offending shapes
 //! or dtypes; misuse of the tape is an [`Error::Autodiff`]; nothing panics on user input (a proptest
 //! throws random ops at random, mostly incompatible, shapes under `catch_unwind`).
-use metagrad::{grad, grad_with, gradcheck, hvp, jvp, vjp, Conv2dOpts, DType, Error, GradOptions, Result, Shape, Tape, Tensor, Var};
+use metagrad::{
+    grad, grad_with, gradcheck, hvp, jvp, vjp, Conv2dOpts, CrossEntropyOpts, DType, Error, GradOptions, Result, Shape, Tape, Tensor, Var,
+};
 use proptest::prelude::*;
 use std::fmt::Debug;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -53,7 +55,8 @@ fn f32v(tape: &Tape, dims: &[usize]) -> Var {
 // ---------------------------------------------------------------------------------------------------
 
 type BinOp = fn(&Var, &Var) -> Result<Var>;
-const BINARY: [(&str, BinOp); 4] = [("add", Var::add), ("sub", Var::sub), ("mul", Var::mul), ("div", Var::div)];
+const BINARY: [(&str, BinOp); 6] =
+    [("add", Var::add), ("sub", Var::sub), ("mul", Var::mul), ("div", Var::div), ("maximum", Var::maximum), ("minimum", Var::minimum)];
 
 #[test]
 fn binary_ops_reject_shapes_that_do_not_broadcast() {
@@ -100,6 +103,13 @@ fn unary_ops() -> Vec<(&'static str, UnOp)> {
         ("abs", Box::new(|x: &Var| x.abs())),
         ("square", Box::new(|x: &Var| x.square())),
         ("erf", Box::new(|x: &Var| x.erf())),
+        ("sin", Box::new(|x: &Var| x.sin())),
+        ("cos", Box::new(|x: &Var| x.cos())),
+        ("maximum", Box::new(|x: &Var| x.maximum(x))),
+        ("minimum", Box::new(|x: &Var| x.minimum(x))),
+        ("where", Box::new(|x: &Var| Var::where_(&Tensor::ones([3], DType::F32), x, x))),
+        ("masked_fill", Box::new(|x: &Var| x.masked_fill(&Tensor::zeros([2, 1], DType::F64), -1.0))),
+        ("cross_entropy_with", Box::new(|x: &Var| x.cross_entropy_with(&[0, 1], CrossEntropyOpts::default()))),
         ("powf", Box::new(|x: &Var| x.powf(2.0))),
         ("clamp", Box::new(|x: &Var| x.clamp(-1.0, 1.0))),
         ("affine", Box::new(|x: &Var| x.affine(2.0, 1.0))),
@@ -189,6 +199,16 @@ fn composite_ops_reject_mixed_dtypes_and_name_themselves() {
     expect(q.attention(&q, &k64, 0.5, true), Kind::DType, "attention", &["f32", "f64"]);
     let logits = f32v(&t, &[3, 4]);
     expect(logits.cross_entropy(&[0, 1, 2], Some(&tv(&t, &[3], DType::F64))), Kind::DType, "cross_entropy", &["f32", "f64"]);
+    let w64 = tv(&t, &[3], DType::F64);
+    let opts = CrossEntropyOpts { weights: Some(&w64), ..Default::default() };
+    expect(logits.cross_entropy_with(&[0, 1, 2], opts), Kind::DType, "cross_entropy_with", &["f32", "f64"]);
+    expect(Var::where_(&Tensor::ones([3, 4], DType::F32), &logits, &tv(&t, &[3, 4], DType::F64)), Kind::DType, "where", &["f32", "f64"]);
+    expect(
+        Tensor::where_(&Tensor::ones([1], DType::F64), &Tensor::ones([2], DType::F64), &Tensor::ones([2], DType::BF16)),
+        Kind::DType,
+        "where",
+        &["bf16"],
+    );
     expect(Var::concat(&[&q, &k64], 0), Kind::DType, "concat", &["f32", "f64"]);
     expect(q.matmul(&k64.transpose(-1, -2).unwrap()), Kind::DType, "matmul", &["f32", "f64"]);
 }
@@ -331,6 +351,69 @@ fn index_errors() {
     expect(f32v(&t, &[4]).cross_entropy(&[0], None), Kind::Shape, "cross_entropy", &["[4]"]);
     expect(logits.cross_entropy(&[0, 1, 2], Some(&f32v(&t, &[2]))), Kind::Shape, "cross_entropy", &["[2]", "[3]"]);
     expect(logits.cross_entropy(&[0, 1, 2], Some(&f32v(&t, &[3, 1]))), Kind::Shape, "cross_entropy", &["[3, 1]"]);
+}
+
+#[test]
+fn cross_entropy_with_errors() {
+    let t = Tape::new();
+    let d = CrossEntropyOpts::default;
+    let logits = f32v(&t, &[2, 3, 4]);
+    // A label count other than the number of positions (2·3 = 6), a label out of range (also with an
+    // ignore value that is not it), logits of rank 0.
+    expect(logits.cross_entropy_with(&[0; 5], d()), Kind::Shape, "cross_entropy_with", &["[2, 3, 4]", "6 positions", "5 labels"]);
+    expect(
+        logits.cross_entropy_with(&[0, 1, 2, 3, 4, 0], d()),
+        Kind::Invalid,
+        "cross_entropy_with",
+        &["label 4", "position 4", "4 classes"],
+    );
+    let ign = CrossEntropyOpts { ignore_index: Some(9), ..d() };
+    expect(
+        logits.cross_entropy_with(&[0, 9, 2, 3, usize::MAX, 0], ign),
+        Kind::Invalid,
+        "cross_entropy_with",
+        &["4 classes", "ignore_index is 9"],
+    );
+    assert!(logits.cross_entropy_with(&[0, 9, 2, 3, 9, 0], ign).is_ok());
+    expect(f32v(&t, &[]).cross_entropy_with(&[], d()), Kind::Shape, "cross_entropy_with", &["[]"]);
+    // Label smoothing outside [0, 1] (NaN included).
+    for eps in [-0.1, 1.5, f64::NAN, f64::INFINITY] {
+        let o = CrossEntropyOpts { label_smoothing: eps, ..d() };
+        expect(logits.cross_entropy_with(&[0; 6], o), Kind::Invalid, "cross_entropy_with", &["label smoothing", &eps.to_string()]);
+    }
+    // Weights of the wrong shape ([6] for leading shape [2, 3]).
+    for dims in [&[6usize][..], &[3, 2], &[2, 3, 1]] {
+        let w = f32v(&t, dims);
+        let o = CrossEntropyOpts { weights: Some(&w), ..d() };
+        expect(logits.cross_entropy_with(&[0; 6], o), Kind::Shape, "cross_entropy_with", &[&Shape::from(dims).to_string(), "[2, 3]"]);
+    }
+    let w = f32v(&t, &[2, 3]);
+    assert!(logits.cross_entropy_with(&[0; 6], CrossEntropyOpts { weights: Some(&w), label_smoothing: 0.2, ..d() }).is_ok());
+}
+
+#[test]
+fn where_masked_fill_and_argmax_errors() {
+    let t = Tape::new();
+    let (a, b) = (f32v(&t, &[2, 3]), f32v(&t, &[3]));
+    // A condition that does not broadcast with the operands: the error names all three shapes.
+    let cond = Tensor::ones([4, 1, 1], DType::F32);
+    expect(Var::where_(&Tensor::ones([2], DType::F32), &a, &b), Kind::Shape, "where", &["[2]", "[2, 3]", "[3]"]);
+    expect(Var::where_(&cond, &a, &f32v(&t, &[2])), Kind::Shape, "where", &["[4, 1, 1]", "[2, 3]", "[2]"]);
+    expect(Tensor::where_(&Tensor::ones([5], DType::F32), a.value(), b.value()), Kind::Shape, "where", &["[5]"]);
+    assert_eq!(Var::where_(&cond, &a, &b).unwrap().dims(), &[4, 2, 3]);
+    // masked_fill keeps the tensor's shape: a mask must broadcast to it, not merely with it.
+    expect(b.masked_fill(&Tensor::ones([2, 3], DType::F32), 0.0), Kind::Shape, "masked_fill", &["[2, 3]", "[3]"]);
+    expect(a.masked_fill(&Tensor::ones([2], DType::F32), 0.0), Kind::Shape, "masked_fill", &["[2]", "[2, 3]"]);
+    expect(a.value().masked_fill(&Tensor::ones([4], DType::F32), 0.0), Kind::Shape, "masked_fill", &["[4]", "[2, 3]"]);
+    expect(Tensor::ones([2], DType::F16).masked_fill(&Tensor::ones([2], DType::F32), 0.0), Kind::DType, "masked_fill", &["f16"]);
+    assert_eq!(a.masked_fill(&Tensor::ones([2, 1], DType::BF16), 0.0).unwrap().dims(), &[2, 3]);
+    // argmax: axis out of range, a scalar (no axis), an empty axis.
+    let x = a.value();
+    for axis in [2isize, -3, isize::MIN, isize::MAX] {
+        expect(x.argmax(axis), Kind::Shape, "argmax", &["[2, 3]", &axis.to_string()]);
+    }
+    expect(Tensor::scalar(1.0, DType::F32).argmax(0), Kind::Shape, "argmax", &["[]"]);
+    expect(Tensor::zeros([3, 0], DType::F32).argmax(1), Kind::Shape, "argmax", &["[3, 0]", "empty"]);
 }
 
 #[test]
@@ -666,7 +749,7 @@ struct Case {
     vals: u8,
 }
 
-const N_OPS: usize = 52;
+const N_OPS: usize = 57;
 
 fn dtype_of(i: usize) -> DType {
     // Mostly f32 so that shapes, not dtypes, are what varies; sometimes f64, bf16, f16.
@@ -778,7 +861,19 @@ fn run_case(c: &Case) -> Result<()> {
         48 => a.conv2d(&b, None, opts)?.avg_pool2d((i1, i0), opts)?,
         49 => a.narrow(ax, i0, i1)?.permute(idx)?,
         50 => a.max(ax, c.flag)?.logsumexp(ax2, !c.flag)?,
-        _ => a.softmax(ax)?.mul(&b)?.sum(&[ax2], c.flag)?,
+        51 => a.softmax(ax)?.mul(&b)?.sum(&[ax2], c.flag)?,
+        52 => a.maximum(&b)?.sub(&a.minimum(&b)?)?,
+        53 => Var::where_(cc.value(), &a, &b)?.sin()?.add(&a.cos()?)?,
+        54 => a.masked_fill(b.value(), ax as f64)?,
+        55 => {
+            let opts =
+                CrossEntropyOpts { ignore_index: c.flag.then_some(i0), label_smoothing: ax2 as f64 * 0.25, weights: c.flag.then_some(&b) };
+            a.cross_entropy_with(idx, opts)?
+        }
+        _ => {
+            let l = a.value().argmax(ax)?;
+            a.max(ax, c.flag)?.add_scalar(l.first().copied().unwrap_or(0) as f64)?
+        }
     };
     // Differentiate what came out, twice (unless it has an absurd dimension: an empty tensor of shape
     // [usize::MAX, 0] is fine, but reducing its empty axis would allocate usize::MAX zeros).
@@ -829,7 +924,7 @@ fn fit(mut c: Case, mode: u8, pert: (usize, usize)) -> Case {
     let mut b = small(&c.b, 0);
     let mut cc = small(&c.c, 0);
     match c.op {
-        0..=3 | 37 | 51 => {
+        0..=3 | 37 | 51 | 52 | 54 => {
             // b: a suffix of a with some dimensions squeezed to 1.
             b = a[pick(rnd(0), r + 1)..].to_vec();
             for (i, d) in b.iter_mut().enumerate() {
@@ -887,6 +982,29 @@ fn fit(mut c: Case, mode: u8, pert: (usize, usize)) -> Case {
             b[ax] = rnd(0) % 4 + 1;
             let m: usize = b.iter().product();
             c.idx = (0..m).map(|i| (i * 7 + rnd(1)) % a[ax]).collect();
+        }
+        53 => {
+            // b and cc: suffixes of a with some dimensions squeezed to 1.
+            b = a[pick(rnd(0), r + 1)..].to_vec();
+            cc = a[pick(rnd(1), r + 1)..].to_vec();
+            for (i, d) in b.iter_mut().enumerate() {
+                if rnd(i + 2) % 3 == 0 {
+                    *d = 1;
+                }
+            }
+            for (i, d) in cc.iter_mut().enumerate() {
+                if rnd(i + 3) % 2 == 0 {
+                    *d = 1;
+                }
+            }
+        }
+        55 => {
+            // Logits [.., C], one label per position, weights of the leading shape.
+            a = small(&c.a[..c.a.len().min(3)], 1);
+            let (classes, lead) = a.split_last().map(|(&k, l)| (k, l.to_vec())).unwrap_or((1, vec![]));
+            let n: usize = lead.iter().product();
+            c.idx = (0..n).map(|i| (i + rnd(0)) % classes).collect();
+            b = lead;
         }
         21 | 22 => {
             a = small(&c.a[..c.a.len().min(2)], 2);
@@ -1020,6 +1138,11 @@ fn every_random_op_is_reachable_with_valid_input() {
     ok(26, &[1, 2, 4, 4], &[1], &[1], (0, 0), &[2, 2], true);
     ok(27, &[2, 3, 4], &[2, 5, 4], &[2, 5, 2], (0, 0), &[], true);
     ok(28, &[70_000], &[1], &[1], (0, 0), &[], true);
+    ok(52, &[2, 3], &[3], &[1], (0, 1), &[], false);
+    ok(53, &[2, 3], &[1, 3], &[2, 1], (0, 1), &[], false);
+    ok(54, &[2, 3], &[3], &[1], (0, 1), &[], false);
+    ok(55, &[2, 3, 4], &[2, 3], &[1], (0, 2), &[0, 1, 2, 3, 0, 1], true);
+    ok(56, &[2, 3], &[1], &[1], (1, 0), &[], false);
 }
 
 #[test]

@@ -20,7 +20,7 @@
 //! The last section checks exact values against hand-derived formulas, independent of the engine.
 
 use approx::{assert_abs_diff_eq, assert_relative_eq};
-use metagrad::{grad, gradcheck, hvp, jvp, no_grad, Conv2dOpts, DType, Tape, Tensor, Var};
+use metagrad::{grad, gradcheck, hvp, jvp, no_grad, Conv2dOpts, CrossEntropyOpts, DType, Tape, Tensor, Var};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use std::ops::RangeInclusive;
@@ -444,6 +444,82 @@ proptest! {
     fn erf(d in dims(0..=4, 48), seed in any::<u64>()) {
         check_op("erf", ELEMWISE, seed, &[randn(&d, seed)], |v| v[0].erf())?;
     }
+
+    // sin x, x ~ 2·N(0, 1) (beyond one period): ∂ = g·cos x, second derivative −sin x.
+    #[test]
+    fn sin(d in dims(0..=4, 48), seed in any::<u64>()) {
+        check_op("sin", ELEMWISE, seed, &[map(&randn(&d, seed), |x| 2.0 * x)], |v| v[0].sin())?;
+    }
+
+    // cos x, x ~ 2·N(0, 1): ∂ = −g·sin x, second derivative −cos x.
+    #[test]
+    fn cos(d in dims(0..=4, 48), seed in any::<u64>()) {
+        check_op("cos", ELEMWISE, seed, &[map(&randn(&d, seed), |x| 2.0 * x)], |v| v[0].cos())?;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Selection: maximum, minimum, where_, masked_fill.
+// ---------------------------------------------------------------------------------------------------
+
+/// N(0, 1) values snapped to the grid 0.2·ℤ + `offset`: with offsets 0 and 0.1 two such tensors are at
+/// least 0.1 apart everywhere, so maximum and minimum never meet a tie, even after finite-difference steps.
+fn on_grid(d: &[usize], seed: u64, offset: f64) -> Tensor {
+    map(&randn(d, seed), |x| (x / 0.2).round() * 0.2 + offset)
+}
+
+/// A 0/1 condition of shape `d` (about half ones), in f64.
+fn condition(d: &[usize], seed: u64) -> Tensor {
+    map(&randn(d, seed), |x| if x > 0.0 { 1.0 } else { 0.0 })
+}
+
+/// Three shapes that broadcast together (each a suffix of a common shape, with size-1 dimensions).
+fn broadcast_triple() -> impl Strategy<Value = (Vec<usize>, Vec<usize>, Vec<usize>)> {
+    dims(0..=4, 48).prop_flat_map(|full| (broadcastable(full.clone()), broadcastable(full.clone()), broadcastable(full)))
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    // max(a, b) (broadcast), no ties: ∂/∂a = sum_to(g·[a > b]), ∂/∂b = sum_to(g·[b > a]).
+    #[test]
+    fn maximum((sa, sb) in broadcast_pair(), seed in any::<u64>()) {
+        check_op("maximum", ELEMWISE, seed, &[on_grid(&sa, s(seed, 1), 0.0), on_grid(&sb, s(seed, 2), 0.1)], |v| v[0].maximum(&v[1]))?;
+    }
+
+    // min(a, b) (broadcast), no ties: ∂/∂a = sum_to(g·[a < b]), ∂/∂b = sum_to(g·[b < a]).
+    #[test]
+    fn minimum((sa, sb) in broadcast_pair(), seed in any::<u64>()) {
+        check_op("minimum", ELEMWISE, seed, &[on_grid(&sa, s(seed, 1), 0.1), on_grid(&sb, s(seed, 2), 0.0)], |v| v[0].minimum(&v[1]))?;
+    }
+
+    // max(x, c) and min(c, x) with a constant c: only the tracked side's VJP runs.
+    #[test]
+    fn extremum_with_constant_operand((sx, sc) in broadcast_pair(), max in any::<bool>(), seed in any::<u64>()) {
+        let x = on_grid(&sx, s(seed, 1), 0.1);
+        let c = on_grid(&sc, s(seed, 2), 0.0);
+        let k = move |v: &Var| Var::constant(c.to_dtype(v.dtype()));
+        if max {
+            check_op("maximum(x, c)", ELEMWISE, seed, &[x], move |v| v[0].maximum(&k(&v[0])))?;
+        } else {
+            check_op("minimum(c, x)", ELEMWISE, seed, &[x], move |v| k(&v[0]).minimum(&v[0]))?;
+        }
+    }
+
+    // where(cond, a, b), all three broadcast: ∂/∂a = sum_to(g·cond), ∂/∂b = sum_to(g·(1 − cond)).
+    // The condition is f64 0/1 also when a and b are f32 (a condition need not share their dtype).
+    #[test]
+    fn where_((sc, sa, sb) in broadcast_triple(), seed in any::<u64>()) {
+        let cond = condition(&sc, s(seed, 3));
+        check_op("where", ELEMWISE, seed, &[randn(&sa, s(seed, 1)), randn(&sb, s(seed, 2))], move |v| Var::where_(&cond, &v[0], &v[1]))?;
+    }
+
+    // masked_fill(x, mask, value), the mask broadcast to x: ∂ = g·(1 − mask).
+    #[test]
+    fn masked_fill((sx, sm) in broadcast_target(), value in -3.0f64..3.0, seed in any::<u64>()) {
+        let mask = condition(&sm, s(seed, 3));
+        check_op("masked_fill", ELEMWISE, seed, &[randn(&sx, s(seed, 1))], move |v| v[0].masked_fill(&mask, value))?;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -685,6 +761,16 @@ fn ce_args() -> impl Strategy<Value = (usize, usize, Vec<usize>)> {
     (1usize..=5, 1usize..=5).prop_flat_map(|(n, c)| (Just(n), Just(c), prop::collection::vec(0..c, n)))
 }
 
+/// Logits of shape lead ++ [C] (lead of rank 0..=2) and one label per position, about a fifth of them
+/// the ignore value 7 (out of range for C ≤ 5, as ignore values often are) when `ignore`.
+fn ce_with_args() -> impl Strategy<Value = (Vec<usize>, usize, Vec<usize>, bool)> {
+    (prop::collection::vec(1usize..=3, 0..=2), 1usize..=5, any::<bool>()).prop_flat_map(|(lead, c, ignore)| {
+        let n: usize = lead.iter().product();
+        let label = if ignore { prop_oneof![4 => 0..c, 1 => Just(7usize)].boxed() } else { (0..c).boxed() };
+        (Just(lead), Just(c), prop::collection::vec(label, n), Just(ignore))
+    })
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -718,6 +804,23 @@ proptest! {
                 v[0].cross_entropy(&labels, Some(&Var::constant(w.to_dtype(v[0].dtype()))))
             })?,
             _ => check_op("cross_entropy(w)", LAYER, seed, &[x, w], move |v| v[0].cross_entropy(&labels, Some(&v[1])))?,
+        }
+    }
+
+    // (1/K) Σ_{i kept} wᵢ·ℓᵢ over logits [.., C] with ignored positions and label smoothing ε, without
+    // weights and with weights as a differentiated input: every derivative comes from index_select,
+    // log_softmax, gather and mean.
+    #[test]
+    fn cross_entropy_with((lead, c, labels, ignore) in ce_with_args(), eps in prop_oneof![Just(0.0f64), Just(1.0), 0.0f64..1.0], weighted in any::<bool>(), seed in any::<u64>()) {
+        let x = map(&randn(&[lead.clone(), vec![c]].concat(), seed), |x| 2.0 * x);
+        let w = randn(&lead, s(seed, 1));
+        fn opts(ignore: bool, eps: f64, weights: Option<&Var>) -> CrossEntropyOpts<'_> {
+            CrossEntropyOpts { ignore_index: ignore.then_some(7), label_smoothing: eps, weights }
+        }
+        if weighted {
+            check_op("cross_entropy_with(w)", LAYER, seed, &[x, w], move |v| v[0].cross_entropy_with(&labels, opts(ignore, eps, Some(&v[1]))))?;
+        } else {
+            check_op("cross_entropy_with", LAYER, seed, &[x], move |v| v[0].cross_entropy_with(&labels, opts(ignore, eps, None)))?;
         }
     }
 }
@@ -1026,4 +1129,270 @@ fn zero_size_tensors_first_and_second_order() {
         assert_eq!(h.dims(), &d[..], "{name}");
         assert!(g.value().to_vec_f64().iter().chain(&h.value().to_vec_f64()).all(|&e| e == 0.0), "{name}");
     }
+}
+
+/// sin and cos against f64 `std` (f64: within 2 ulps, as two libms may differ in the last bit; f32:
+/// within one f32 ulp of the f64 value rounded), and their first and second derivatives: sin' = cos,
+/// sin'' = −sin, cos' = −sin, cos'' = −cos.
+#[test]
+fn exact_sin_cos_values_and_derivatives() {
+    let xs = [-7.5, -3.0, -1.0, -0.0, 0.0, 1e-8, 0.5, std::f64::consts::FRAC_PI_2, 3.0, 10.0, 123.456, 1e6];
+    type Pair = (&'static str, fn(f64) -> f64, fn(f64) -> f64, fn(f64) -> f64, &'static UnaryFn);
+    let ops: [Pair; 2] =
+        [("sin", f64::sin, f64::cos, |x| -x.sin(), &|x| x.sin()), ("cos", f64::cos, |x| -x.sin(), |x| -x.cos(), &|x| x.cos())];
+    for (name, f, d1, d2, op) in ops {
+        let tape = Tape::new();
+        let x = tape.var(t1(&xs));
+        let y = op(&x).unwrap();
+        let g = grad(&y.sum_all().unwrap(), &[&x], true).unwrap().remove(0);
+        let g2 = grad(&g.sum_all().unwrap(), &[&x], false).unwrap().remove(0);
+        let (y, g, g2) = (vals(y.value()), vals(g.value()), vals(g2.value()));
+        for (i, &xi) in xs.iter().enumerate() {
+            assert_relative_eq!(y[i], f(xi), max_relative = 4.5e-16, epsilon = 1e-300);
+            assert_relative_eq!(g[i], d1(xi), max_relative = 4.5e-16, epsilon = 1e-300);
+            assert_relative_eq!(g2[i], d2(xi), max_relative = 4.5e-16, epsilon = 1e-300);
+        }
+        // sin(±0) keeps the sign; f32 values are the f64 values rounded (to within one ulp).
+        let y32 = op(&Var::constant(t1(&xs).to_dtype(DType::F32))).unwrap().value().to_vec::<f32>().unwrap();
+        for (i, &xi) in xs.iter().enumerate() {
+            let want = f(xi as f32 as f64) as f32;
+            let ulp = (want.abs().max(f32::MIN_POSITIVE) * f32::EPSILON) as f64;
+            assert!((y32[i] as f64 - want as f64).abs() <= ulp, "{name}_f32({xi}) = {:e}, want {want:e}", y32[i]);
+        }
+    }
+    let z = Tensor::from_vec(vec![-0.0f32, 0.0], [2]).unwrap();
+    let s = z.sin().unwrap().to_vec::<f32>().unwrap();
+    assert!(s[0].is_sign_negative() && s[0] == 0.0 && s[1].is_sign_positive() && s[1] == 0.0);
+    let special = Tensor::from_vec(vec![f64::INFINITY, f64::NEG_INFINITY, f64::NAN], [3]).unwrap();
+    assert!(special.sin().unwrap().to_vec_f64().iter().chain(&special.cos().unwrap().to_vec_f64()).all(|v| v.is_nan()));
+}
+
+/// maximum and minimum: values (NaN propagates from either side, ties keep a's value) and gradients
+/// (the cotangent goes to the operand taken; a tie or a NaN sends all of it to a), with broadcasting.
+#[test]
+fn exact_maximum_minimum_values_and_tie_rule() {
+    let a = [1.0, 2.0, 3.0, f64::NAN, 5.0, -0.0, f64::NEG_INFINITY];
+    let b = [2.0, 2.0, 1.0, 0.0, f64::NAN, 0.0, f64::NEG_INFINITY];
+    let tape = Tape::new();
+    let (va, vb) = (tape.var(t1(&a)), tape.var(t1(&b)));
+    let mx = va.maximum(&vb).unwrap();
+    let mn = va.minimum(&vb).unwrap();
+    let bits = |v: &[f64]| v.iter().map(|x| if x.is_nan() { u64::MAX } else { x.to_bits() }).collect::<Vec<u64>>();
+    assert_eq!(bits(&vals(mx.value())), bits(&[2.0, 2.0, 3.0, f64::NAN, f64::NAN, -0.0, f64::NEG_INFINITY]));
+    assert_eq!(bits(&vals(mn.value())), bits(&[1.0, 2.0, 1.0, f64::NAN, f64::NAN, -0.0, f64::NEG_INFINITY]));
+    let ga = grad(&mx.sum_all().unwrap(), &[&va, &vb], false).unwrap();
+    assert_eq!(vals(ga[0].value()), vec![0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]);
+    assert_eq!(vals(ga[1].value()), vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    let tape = Tape::new();
+    let (va, vb) = (tape.var(t1(&a)), tape.var(t1(&b)));
+    let gi = grad(&va.minimum(&vb).unwrap().sum_all().unwrap(), &[&va, &vb], false).unwrap();
+    assert_eq!(vals(gi[0].value()), vec![1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]);
+    assert_eq!(vals(gi[1].value()), vec![0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+    // Broadcasting: max(x [2, 3], 0 [] ) is relu with the tie at 0 going to x; the scalar's gradient
+    // sums the positions it wins.
+    let tape = Tape::new();
+    let x = tape.var(Tensor::from_vec(vec![-1.0, 0.0, 2.0, -3.0, 4.0, -0.5], [2, 3]).unwrap());
+    let z = tape.var(Tensor::scalar(0.0, DType::F64));
+    let y = x.maximum(&z).unwrap();
+    assert_eq!(vals(y.value()), vec![0.0, 0.0, 2.0, 0.0, 4.0, 0.0]);
+    let g = grad(&y.sum_all().unwrap(), &[&x, &z], true).unwrap();
+    assert_eq!(vals(g[0].value()), vec![0.0, 1.0, 1.0, 0.0, 1.0, 0.0]);
+    assert_eq!(vals(g[1].value()), vec![3.0]);
+    // The gradient is itself differentiable (second derivative zero).
+    let h = grad(&g[0].sum_all().unwrap().add(&g[1].sum_all().unwrap()).unwrap(), &[&x, &z], false).unwrap();
+    assert!(h.iter().all(|h| vals(h.value()).iter().all(|&v| v == 0.0)));
+    // The Tensor forms give the same values.
+    assert!(t1(&a).maximum(&t1(&b)).unwrap().bit_eq(mx.value()));
+    assert!(t1(&a).minimum(&t1(&b)).unwrap().bit_eq(mn.value()));
+}
+
+/// where_ and masked_fill: exact selection (an ∞ or NaN in the branch not taken never leaks, −0 is
+/// kept), broadcasting of all three operands, conditions of another dtype (f32 for f64 operands, bf16,
+/// any nonzero value and NaN counting as true), and gradients routed by the condition.
+#[test]
+fn exact_where_and_masked_fill() {
+    let cond = Tensor::from_vec(vec![1.0f32, 0.0, 1.0, 0.0, -2.5, f32::NAN], [6]).unwrap();
+    let a = [f64::INFINITY, 1.0, -0.0, f64::NAN, 5.0, 6.0];
+    let b = [1.0, f64::NEG_INFINITY, 3.0, -0.0, f64::NAN, 7.0];
+    let tape = Tape::new();
+    let (va, vb) = (tape.var(t1(&a)), tape.var(t1(&b)));
+    let y = Var::where_(&cond, &va, &vb).unwrap();
+    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<u64>>();
+    assert_eq!(bits(&vals(y.value())), bits(&[f64::INFINITY, f64::NEG_INFINITY, -0.0, -0.0, 5.0, 6.0]));
+    assert!(Tensor::where_(&cond.to_dtype(DType::BF16), &t1(&a), &t1(&b)).unwrap().bit_eq(y.value()));
+    let g = grad(&y.sum_all().unwrap(), &[&va, &vb], true).unwrap();
+    assert_eq!(vals(g[0].value()), vec![1.0, 0.0, 1.0, 0.0, 1.0, 1.0]);
+    assert_eq!(vals(g[1].value()), vec![0.0, 1.0, 0.0, 1.0, 0.0, 0.0]);
+    // d(Σ g_a·x)/dx for x = a through a second backward: zero (the VJP is a selection).
+    let h = grad(&g[0].mul(&va).unwrap().sum_all().unwrap(), &[&vb], false).unwrap();
+    assert_eq!(vals(h[0].value()), vec![0.0; 6]);
+
+    // Broadcasting: cond [2, 1], a [3], b [] → [2, 3]; a's gradient sums the rows it is picked in.
+    let tape = Tape::new();
+    let c2 = Tensor::from_vec(vec![1.0, 0.0], [2, 1]).unwrap();
+    let (va, vb) = (tape.var(t1(&[1.0, 2.0, 3.0])), tape.var(Tensor::scalar(-1.0, DType::F64)));
+    let y = Var::where_(&c2, &va, &vb).unwrap();
+    assert_eq!(y.dims(), &[2, 3]);
+    assert_eq!(vals(y.value()), vec![1.0, 2.0, 3.0, -1.0, -1.0, -1.0]);
+    let w = Var::constant(Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [2, 3]).unwrap());
+    let g = grad(&y.mul(&w).unwrap().sum_all().unwrap(), &[&va, &vb], false).unwrap();
+    assert_eq!(vals(g[0].value()), vec![1.0, 2.0, 3.0]);
+    assert_eq!(vals(g[1].value()), vec![15.0]);
+
+    // masked_fill with −∞ before a softmax: the filled logits get probability 0 and gradient 0.
+    let tape = Tape::new();
+    let x = tape.var(Tensor::from_vec(vec![0.5, 1.0, -2.0, 3.0, 0.0, 1.0], [2, 3]).unwrap());
+    let mask = Tensor::from_vec(vec![0.0, 1.0, 0.0], [3]).unwrap();
+    let p = x.masked_fill(&mask, f64::NEG_INFINITY).unwrap().softmax(-1).unwrap();
+    let pv = vals(p.value());
+    assert_eq!((pv[1], pv[4]), (0.0, 0.0));
+    let z: f64 = (0.5f64).exp() + (-2.0f64).exp();
+    assert_relative_eq!(pv[0], 0.5f64.exp() / z, max_relative = 1e-15);
+    let r = Var::constant(Tensor::from_vec(vec![1.0, -1.0, 2.0, 0.5, 3.0, -2.0], [2, 3]).unwrap());
+    let g = grad(&p.mul(&r).unwrap().sum_all().unwrap(), &[&x], false).unwrap();
+    let gv = vals(g[0].value());
+    assert!(gv.iter().all(|v| v.is_finite()), "{gv:?}");
+    assert_eq!((gv[1], gv[4]), (0.0, 0.0));
+    // Tensor::masked_fill keeps the tensor's shape and gives the same values.
+    let t = Tensor::from_vec(vec![0.5, 1.0, -2.0, 3.0, 0.0, 1.0], [2, 3]).unwrap();
+    assert_eq!(vals(&t.masked_fill(&mask, 9.0).unwrap()), vec![0.5, 9.0, -2.0, 3.0, 9.0, 1.0]);
+}
+
+/// argmax over every axis of a [2, 3, 4] tensor against a hand-written loop; ties go to the first
+/// index, the first NaN wins, and a negative axis counts from the end.
+#[test]
+fn exact_argmax() {
+    let d = [2usize, 3, 4];
+    // Values with many ties (12 distinct values over 24 elements).
+    let v: Vec<f64> = (0..24).map(|i| ((i * 7) % 12) as f64 - 5.0).collect();
+    let t = Tensor::from_vec(v.clone(), d.to_vec()).unwrap();
+    for axis in 0..3usize {
+        let (outer, n, inner): (usize, usize, usize) = (d[..axis].iter().product(), d[axis], d[axis + 1..].iter().product());
+        let mut want = vec![];
+        for o in 0..outer {
+            for i in 0..inner {
+                let mut best = 0;
+                for j in 1..n {
+                    if v[(o * n + j) * inner + i] > v[(o * n + best) * inner + i] {
+                        best = j;
+                    }
+                }
+                want.push(best);
+            }
+        }
+        assert_eq!(t.argmax(axis as isize).unwrap(), want, "axis {axis}");
+        assert_eq!(t.argmax(axis as isize - 3).unwrap(), want, "axis {}", axis as isize - 3);
+        assert_eq!(t.to_dtype(DType::F32).argmax(axis as isize).unwrap(), want, "f32 axis {axis}");
+    }
+    let rows = Tensor::from_vec(vec![1.0, 3.0, 3.0, 2.0, f64::NAN, 5.0, f64::NAN, 0.0, -0.0, 0.0, -1.0, -2.0], [3, 4]).unwrap();
+    assert_eq!(rows.argmax(-1).unwrap(), vec![1, 0, 0]);
+    assert_eq!(rows.argmax(0).unwrap(), vec![1, 1, 1, 0]);
+    // A scalar-like axis of size 1, and an empty outer axis.
+    assert_eq!(Tensor::zeros([3, 1], DType::F64).argmax(1).unwrap(), vec![0, 0, 0]);
+    assert_eq!(Tensor::zeros([0, 4], DType::F64).argmax(1).unwrap(), Vec::<usize>::new());
+    // argmax(-1) of logits are labels cross_entropy takes: the loss of logits at their argmax labels is
+    // the smallest over all labellings of each row.
+    let logits = Tensor::randn([5, 4], DType::F64, 3);
+    let labels = logits.argmax(-1).unwrap();
+    let ce = Var::constant(logits.clone()).cross_entropy_per_example(&labels).unwrap();
+    for (i, &l) in labels.iter().enumerate() {
+        for k in 0..4 {
+            let other = Var::constant(logits.narrow(0, i, 1).unwrap()).cross_entropy_per_example(&[k]).unwrap();
+            assert!(vals(ce.value())[i] <= vals(other.value())[0], "row {i}: label {l} vs {k}");
+        }
+    }
+}
+
+/// cross_entropy_with against a hand-written loop over logits [2, 3, 4] with ignored positions, label
+/// smoothing and weights (value and gradient), the default options against cross_entropy bit for bit,
+/// and the all-ignored case.
+#[test]
+fn exact_cross_entropy_with() {
+    let (lead, c) = ([2usize, 3], 4usize);
+    let n = 6;
+    let x: Vec<f64> = vals(&Tensor::randn([2, 3, 4], DType::F64, 11)).iter().map(|v| 2.0 * v).collect();
+    let w: Vec<f64> = vec![0.5, 1.0, 2.0, -1.0, 0.25, 3.0];
+    const IGN: usize = usize::MAX;
+    let labels = [2, IGN, 0, 3, IGN, 1];
+    let eps = 0.1;
+    // By hand: ℓᵢ = −Σ_c qᵢ_c log pᵢ_c with q = (1 − ε)·onehot + ε/C; L = Σ_{kept} wᵢ ℓᵢ / K, and
+    // ∂L/∂xᵢ = wᵢ·(pᵢ − qᵢ)/K for kept rows, 0 for ignored ones.
+    let kept: Vec<usize> = (0..n).filter(|&i| labels[i] != IGN).collect();
+    let k = kept.len() as f64;
+    let (mut want, mut want_g) = (0.0, vec![0.0; n * c]);
+    for &i in &kept {
+        let row = &x[i * c..(i + 1) * c];
+        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = row.iter().map(|v| (v - m).exp()).sum();
+        let mut l = 0.0;
+        for j in 0..c {
+            let logp = row[j] - m - z.ln();
+            let q = if j == labels[i] { 1.0 - eps } else { 0.0 } + eps / c as f64;
+            l -= q * logp;
+            want_g[i * c + j] = w[i] * (logp.exp() - q) / k;
+        }
+        want += w[i] * l / k;
+    }
+    let tape = Tape::new();
+    let xv = tape.var(Tensor::from_vec(x.clone(), [2, 3, 4]).unwrap());
+    let wv = tape.var(Tensor::from_vec(w.clone(), lead.to_vec()).unwrap());
+    let opts = CrossEntropyOpts { ignore_index: Some(IGN), label_smoothing: eps, weights: Some(&wv) };
+    let loss = xv.cross_entropy_with(&labels, opts).unwrap();
+    assert_relative_eq!(loss.value().to_scalar().unwrap(), want, max_relative = 1e-14);
+    let g = grad(&loss, &[&xv, &wv], false).unwrap();
+    for (got, want) in vals(g[0].value()).iter().zip(&want_g) {
+        assert_abs_diff_eq!(*got, *want, epsilon = 1e-15);
+    }
+    // ∂L/∂wᵢ = ℓᵢ/K for kept positions, 0 for ignored ones.
+    let gw = vals(g[1].value());
+    assert_eq!((gw[1], gw[4]), (0.0, 0.0));
+    // Ignored positions take no part: NaN logits there change nothing.
+    let mut xn = x.clone();
+    xn[4..8].fill(f64::NAN);
+    let tape = Tape::new();
+    let xnv = tape.var(Tensor::from_vec(xn, [2, 3, 4]).unwrap());
+    let opts = CrossEntropyOpts {
+        ignore_index: Some(IGN),
+        label_smoothing: eps,
+        weights: Some(&Var::constant(Tensor::from_vec(w.clone(), lead.to_vec()).unwrap())),
+    };
+    let ln = xnv.cross_entropy_with(&labels, opts).unwrap();
+    assert!(ln.value().bit_eq(loss.value()));
+    assert!(vals(grad(&ln, &[&xnv], false).unwrap()[0].value()).iter().all(|v| v.is_finite()));
+
+    // Default options on [N, C] logits: cross_entropy, bit for bit (value and gradient), also weighted.
+    let logits = Tensor::randn([5, 3], DType::F64, 12);
+    let lab = [0, 2, 1, 1, 0];
+    let wt = Var::constant(Tensor::randn([5], DType::F64, 13));
+    for weights in [None, Some(&wt)] {
+        let tape = Tape::new();
+        let xv = tape.var(logits.clone());
+        let a = xv.cross_entropy(&lab, weights).unwrap();
+        let b = xv.cross_entropy_with(&lab, CrossEntropyOpts { weights, ..Default::default() }).unwrap();
+        assert!(a.value().bit_eq(b.value()));
+        let (ga, gb) = (grad(&a, &[&xv], false).unwrap(), grad(&b, &[&xv], false).unwrap());
+        assert!(ga[0].value().bit_eq(gb[0].value()));
+    }
+    // ε = 1: the target is uniform, and the label does not matter.
+    let uniform = |l: &[usize]| {
+        Var::constant(logits.clone())
+            .cross_entropy_with(l, CrossEntropyOpts { label_smoothing: 1.0, ..Default::default() })
+            .unwrap()
+            .value()
+            .to_scalar()
+            .unwrap()
+    };
+    assert_relative_eq!(uniform(&lab), uniform(&[1, 1, 0, 2, 2]), max_relative = 1e-15);
+    // Rank 1: one position.
+    let one = Var::constant(t1(&[0.5, -1.0, 2.0])).cross_entropy_with(&[2], CrossEntropyOpts::default()).unwrap();
+    let z: f64 = [0.5f64, -1.0, 2.0].iter().map(|v| v.exp()).sum();
+    assert_relative_eq!(one.value().to_scalar().unwrap(), z.ln() - 2.0, max_relative = 1e-15);
+    // Everything ignored (or nothing there): 0, with a zero gradient.
+    let tape = Tape::new();
+    let xv = tape.var(logits.clone());
+    let l = xv.cross_entropy_with(&[4; 5], CrossEntropyOpts { ignore_index: Some(4), ..Default::default() }).unwrap();
+    assert_eq!(l.value().to_scalar().unwrap(), 0.0);
+    assert!(vals(grad(&l, &[&xv], false).unwrap()[0].value()).iter().all(|&v| v == 0.0));
+    let empty = tape.var(Tensor::zeros([0, 3], DType::F64));
+    assert_eq!(empty.cross_entropy_with(&[], CrossEntropyOpts::default()).unwrap().value().to_scalar().unwrap(), 0.0);
 }

@@ -27,6 +27,10 @@ pub(crate) enum UnaryOp {
     Abs,
     Square,
     Erf,
+    /// sin x (f32: computed in f64 and rounded once).
+    Sin,
+    /// cos x (f32: computed in f64 and rounded once).
+    Cos,
     Powf(f64),
     Clamp(f64, f64),
     /// a·x + b, one fused multiply-add.
@@ -37,15 +41,26 @@ pub(crate) enum UnaryOp {
     Sign,
     /// 1 where lo ≤ x ≤ hi, else 0.
     InRange(f64, f64),
+    /// 1 where x ≠ 0 (NaN included), else 0: a condition tensor read as a 0/1 mask.
+    NonZero,
 }
 
 /// The element-wise binary functions (with NumPy broadcasting).
+///
+/// The discriminants are the op codes of `kernels/elementwise.cu`: keep the order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum BinaryOp {
     Add,
     Sub,
     Mul,
     Div,
+    /// b where b > a or b is NaN, else a (ties and a NaN in a give a).
+    Max,
+    /// b where b < a or b is NaN, else a (ties and a NaN in a give a).
+    Min,
+    /// a where b ≠ 0 (NaN included), else −0: x + (−0) = x for every x, so the sum of two selections
+    /// with complementary masks is exactly one of the operands.
+    Select,
 }
 
 /// The three softmax-family reductions over an axis.

@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::{Shape, Tensor, Var};
 
 /// `f(a, b)` with broadcasting, as op `op`.
-fn zip(op: &'static str, a: &Tensor, b: &Tensor, f: BinaryOp) -> Result<Tensor> {
+pub(crate) fn zip(op: &'static str, a: &Tensor, b: &Tensor, f: BinaryOp) -> Result<Tensor> {
     super::same_dtype_t(op, a, b)?;
     let out = Shape::broadcast(op, a.shape(), b.shape())?;
     let s = a.storage().binary(op, a.dims(), b.storage(), b.dims(), out.dims(), f)?;

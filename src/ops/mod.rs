@@ -2,13 +2,18 @@
 //!
 //! Layout (one op family per file, everything about an op in one place):
 //! - `binary.rs`: add, sub, mul, div with broadcasting, scalar forms, and the `+ - * /` operators;
-//! - `unary.rs`: exp, log, tanh, sigmoid, gelu, relu, sqrt, rsqrt, powf, abs, square, clamp, erf, ...;
+//! - `unary.rs`: exp, log, tanh, sigmoid, gelu, relu, sqrt, rsqrt, powf, abs, square, clamp, erf, sin,
+//!   cos, ...;
+//! - `select.rs`: maximum and minimum (broadcasting), where_ and masked_fill (constant conditions),
+//!   argmax (indices, untracked);
 //! - `reduce.rs`: sum, mean, max over axes, logsumexp;
 //! - `matmul.rs`: matmul and batched matmul;
 //! - `linear.rs`: every *linear* data-movement op (reshape, permute, broadcast, sum_to, narrow, concat,
 //!   index_select and gather with their scatter-add adjoints, dtype and device copies) through one
 //!   mechanism;
-//! - `softmax.rs`, `norm.rs`, `conv.rs`, `attention.rs`: the composite and fused layers.
+//! - `softmax.rs`: softmax, log_softmax, cross-entropy (of [N, C] logits, and of [.., C] logits with
+//!   ignore_index, label smoothing and weights: `cross_entropy_with`);
+//! - `norm.rs`, `conv.rs`, `attention.rs`: the composite and fused layers.
 //!
 //! Each op exists twice: as a method on [`crate::Tensor`] (the kernel call, no tape: arithmetic for
 //! library code) and as a method on [`crate::Var`] (the same value, recorded with its VJP). Every VJP is
@@ -24,6 +29,7 @@ pub mod linear;
 pub mod matmul;
 pub mod norm;
 pub mod reduce;
+pub mod select;
 pub mod softmax;
 pub mod unary;
 

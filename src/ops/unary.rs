@@ -53,6 +53,10 @@ tensor_unary! {
     square => UnaryOp::Square;
     /// The error function.
     erf => UnaryOp::Erf;
+    /// sin x (radians). Deterministic on the CPU: the libm crate's f64 sine, rounded once for f32.
+    sin => UnaryOp::Sin;
+    /// cos x (radians), computed like [`Tensor::sin`].
+    cos => UnaryOp::Cos;
 }
 
 impl Tensor {
@@ -181,6 +185,16 @@ impl Var {
     /// The error function; d/dx = 2/√π · e^(−x²).
     pub fn erf(&self) -> Result<Var> {
         self.unary_op("erf", UnaryOp::Erf, |x, _| x.square()?.neg()?.exp()?.mul_scalar(std::f64::consts::FRAC_2_SQRT_PI))
+    }
+
+    /// sin x (radians); d/dx = cos x.
+    pub fn sin(&self) -> Result<Var> {
+        self.unary_op("sin", UnaryOp::Sin, |x, _| x.cos())
+    }
+
+    /// cos x (radians); d/dx = −sin x.
+    pub fn cos(&self) -> Result<Var> {
+        self.unary_op("cos", UnaryOp::Cos, |x, _| x.sin()?.neg())
     }
 
     /// a + c for a scalar c.

@@ -42,6 +42,8 @@ impl UnaryOp {
             UnaryOp::Abs => x.abs(),
             UnaryOp::Square => x * x,
             UnaryOp::Erf => x.erf(),
+            UnaryOp::Sin => x.sin(),
+            UnaryOp::Cos => x.cos(),
             UnaryOp::Powf(p) => x.powf(c(p)),
             UnaryOp::Clamp(lo, hi) => {
                 if x < c(lo) {
@@ -76,6 +78,13 @@ impl UnaryOp {
                     T::ZERO
                 }
             }
+            UnaryOp::NonZero => {
+                if x != T::ZERO {
+                    T::ONE
+                } else {
+                    T::ZERO
+                }
+            }
         }
     }
 }
@@ -89,6 +98,27 @@ impl BinaryOp {
             BinaryOp::Sub => a - b,
             BinaryOp::Mul => a * b,
             BinaryOp::Div => a / b,
+            BinaryOp::Max => {
+                if b > a || b.is_nan() {
+                    b
+                } else {
+                    a
+                }
+            }
+            BinaryOp::Min => {
+                if b < a || b.is_nan() {
+                    b
+                } else {
+                    a
+                }
+            }
+            BinaryOp::Select => {
+                if b != T::ZERO {
+                    a
+                } else {
+                    -T::ZERO
+                }
+            }
         }
     }
 }
@@ -105,9 +135,9 @@ pub(crate) fn unary<T: Float>(op: &'static str, xs: &[T], f: UnaryOp) -> Result<
     use UnaryOp::*;
     per_variant!(
         Neg => Neg, Exp => Exp, Log => Log, Tanh => Tanh, Sigmoid => Sigmoid, Relu => Relu, Sqrt => Sqrt,
-        Rsqrt => Rsqrt, Abs => Abs, Square => Square, Erf => Erf, Powf(p) => Powf(p),
+        Rsqrt => Rsqrt, Abs => Abs, Square => Square, Erf => Erf, Sin => Sin, Cos => Cos, Powf(p) => Powf(p),
         Clamp(lo, hi) => Clamp(lo, hi), Affine(a, b) => Affine(a, b), Step => Step, Sign => Sign,
-        InRange(lo, hi) => InRange(lo, hi),
+        InRange(lo, hi) => InRange(lo, hi), NonZero => NonZero,
     )
 }
 
@@ -126,6 +156,9 @@ pub(crate) fn binary<T: Float>(
         BinaryOp::Sub => zip(op, a, ad, b, bd, out, |p: T, q: T| BinaryOp::Sub.apply(p, q)),
         BinaryOp::Mul => zip(op, a, ad, b, bd, out, |p: T, q: T| BinaryOp::Mul.apply(p, q)),
         BinaryOp::Div => zip(op, a, ad, b, bd, out, |p: T, q: T| BinaryOp::Div.apply(p, q)),
+        BinaryOp::Max => zip(op, a, ad, b, bd, out, |p: T, q: T| BinaryOp::Max.apply(p, q)),
+        BinaryOp::Min => zip(op, a, ad, b, bd, out, |p: T, q: T| BinaryOp::Min.apply(p, q)),
+        BinaryOp::Select => zip(op, a, ad, b, bd, out, |p: T, q: T| BinaryOp::Select.apply(p, q)),
     }
 }
 
@@ -380,5 +413,92 @@ fn zip_n_dispatch<T: Float, const M: usize, const N: usize>(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { zip_n_avx2(ins, outs, f) },
         _ => zip_n_slices(ins, outs, f),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every instruction-set level this CPU runs (the best, then the lower ones).
+    fn isas() -> Vec<Isa> {
+        match super::super::detect() {
+            Isa::Avx512 => vec![Isa::Avx512, Isa::Avx2, Isa::Portable],
+            Isa::Avx2 => vec![Isa::Avx2, Isa::Portable],
+            Isa::Portable => vec![Isa::Portable],
+        }
+    }
+
+    /// Arguments over many magnitudes and both signs, with ±0, ±∞, NaN and subnormals.
+    fn args<T: Float>() -> Vec<T> {
+        let mut v: Vec<T> = (0..4000).map(|i| T::from_f64(((i as f64) * 0.7717 - 1500.0) * if i % 3 == 0 { 1e-3 } else { 1.0 })).collect();
+        v.extend([0.0, -0.0, f64::INFINITY, f64::NEG_INFINITY, f64::NAN, 1e-310, 1e30, -1e30].map(T::from_f64));
+        v
+    }
+
+    fn bits<T: Float>(v: &[T]) -> Vec<f64> {
+        v.iter().map(|x| x.to_f64()).collect()
+    }
+
+    fn same<T: Float>(a: &[T], b: &[T]) -> bool {
+        a.iter().zip(b).all(|(x, y)| x.to_f64().to_bits() == y.to_f64().to_bits() || (x.is_nan() && y.is_nan())) && a.len() == b.len()
+    }
+
+    fn unary_agrees_across_isas<T: Float>() {
+        let xs = args::<T>();
+        for f in [UnaryOp::Sin, UnaryOp::Cos, UnaryOp::NonZero] {
+            let run = |isa: Isa| {
+                let mut out = vec![T::ZERO; xs.len()];
+                map_slice_dispatch(isa, &mut out, &xs, &move |v: T| f.apply(v));
+                out
+            };
+            let reference = run(Isa::Portable);
+            for isa in isas() {
+                assert!(same(&run(isa), &reference), "{f:?} differs on {isa:?}: {:?}", bits(&run(isa)));
+            }
+        }
+    }
+
+    fn binary_agrees_across_isas<T: Float>() {
+        let xs = args::<T>();
+        let ys: Vec<T> = xs.iter().rev().copied().collect();
+        for f in [BinaryOp::Max, BinaryOp::Min, BinaryOp::Select] {
+            for (sa, sb) in [(1, 1), (1, 0), (0, 1)] {
+                let run = |isa: Isa| {
+                    let mut out = vec![T::ZERO; xs.len()];
+                    zip_row_dispatch(isa, &mut out, &xs, sa, &ys, sb, &move |p: T, q: T| f.apply(p, q));
+                    out
+                };
+                let reference = run(Isa::Portable);
+                for isa in isas() {
+                    assert!(same(&run(isa), &reference), "{f:?} ({sa}, {sb}) differs on {isa:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn new_unary_and_binary_ops_agree_bitwise_across_instruction_sets() {
+        unary_agrees_across_isas::<f32>();
+        unary_agrees_across_isas::<f64>();
+        binary_agrees_across_isas::<f32>();
+        binary_agrees_across_isas::<f64>();
+    }
+
+    #[test]
+    fn max_min_select_semantics() {
+        let nan = f64::NAN;
+        assert_eq!(BinaryOp::Max.apply(1.0, 2.0), 2.0);
+        assert_eq!(BinaryOp::Max.apply(-0.0f64, 0.0).to_bits(), (-0.0f64).to_bits()); // a tie keeps a
+        assert!(BinaryOp::Max.apply(nan, 1.0).is_nan() && BinaryOp::Max.apply(1.0, nan).is_nan());
+        assert_eq!(BinaryOp::Min.apply(1.0, 2.0), 1.0);
+        assert_eq!(BinaryOp::Min.apply(0.0f64, -0.0).to_bits(), 0.0f64.to_bits());
+        assert!(BinaryOp::Min.apply(nan, 1.0).is_nan() && BinaryOp::Min.apply(1.0, nan).is_nan());
+        assert_eq!(BinaryOp::Select.apply(f64::INFINITY, 1.0), f64::INFINITY);
+        assert!(BinaryOp::Select.apply(7.0, nan) == 7.0); // NaN counts as true
+        assert_eq!(BinaryOp::Select.apply(f64::INFINITY, 0.0).to_bits(), (-0.0f64).to_bits());
+        assert_eq!(BinaryOp::Select.apply(nan, -0.0).to_bits(), (-0.0f64).to_bits());
+        assert_eq!(UnaryOp::NonZero.apply(nan), 1.0);
+        assert_eq!(UnaryOp::NonZero.apply(-0.0f64), 0.0);
     }
 }

@@ -38,6 +38,10 @@ pub(crate) trait Float:
     fn powf(self, p: Self) -> Self;
     /// The error function (libm).
     fn erf(self) -> Self;
+    /// Sine (libm's, in f64 for both types: the same bits on every platform and ISA).
+    fn sin(self) -> Self;
+    /// Cosine (as [`Float::sin`]).
+    fn cos(self) -> Self;
     /// Fused multiply-add self·a + b, correctly rounded on every target (so SIMD and scalar paths agree).
     fn mul_add(self, a: Self, b: Self) -> Self;
     /// Whether the value is neither NaN nor infinite.
@@ -47,7 +51,7 @@ pub(crate) trait Float:
 }
 
 macro_rules! float {
-    ($t:ident, $erf:path, $tanh:path) => {
+    ($t:ident, $erf:path, $tanh:path, $sin:path, $cos:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -81,6 +85,14 @@ macro_rules! float {
                 $erf(self)
             }
             #[inline(always)]
+            fn sin(self) -> Self {
+                $sin(self)
+            }
+            #[inline(always)]
+            fn cos(self) -> Self {
+                $cos(self)
+            }
+            #[inline(always)]
             fn mul_add(self, a: Self, b: Self) -> Self {
                 $t::mul_add(self, a, b)
             }
@@ -95,9 +107,10 @@ macro_rules! float {
         }
     };
 }
-// f32 tanh: our vectorizable version (see `math`); f64: the platform's libm.
-float!(f32, libm::erff, super::math::tanh_f32);
-float!(f64, libm::erf, f64::tanh);
+// f32 tanh: our vectorizable version (see `math`); f64: the platform's libm. sin and cos: the libm
+// crate's (pure Rust, so the same bits on every platform), f32 computed in f64 and rounded once.
+float!(f32, libm::erff, super::math::tanh_f32, super::math::sin_f32, super::math::cos_f32);
+float!(f64, libm::erf, f64::tanh, libm::sin, libm::cos);
 
 /// Runs `$body` with the type alias `$T` bound to f32 or f64 according to `$dtype`; a storage-only
 /// dtype returns an [`crate::Error::DType`] naming `$op`. The body runs inside

@@ -136,6 +136,9 @@ fn unary_code(f: UnaryOp) -> (i32, f64, f64) {
         UnaryOp::Step => (14, 0.0, 0.0),
         UnaryOp::Sign => (15, 0.0, 0.0),
         UnaryOp::InRange(lo, hi) => (16, lo, hi),
+        UnaryOp::Sin => (17, 0.0, 0.0),
+        UnaryOp::Cos => (18, 0.0, 0.0),
+        UnaryOp::NonZero => (19, 0.0, 0.0),
     }
 }
 
