@@ -114,6 +114,9 @@ impl Training for StepMlp {
 
 /// (median ms, min ms, last result) of `reps` calls after one warm-up.
 fn timed<R>(reps: usize, mut f: impl FnMut() -> Result<R>) -> Result<(f64, f64, R)> {
+    if reps == 0 {
+        return Err(metagrad::Error::Invalid { op: "step_speed", msg: "--reps must be at least 1".into() });
+    }
     let mut out = f()?;
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
