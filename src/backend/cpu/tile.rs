@@ -296,61 +296,34 @@ pub(crate) unsafe trait Rows<T>: Copy {
     fn prefetch(&self, _kk: usize, _col: usize) {}
 }
 
-/// A packed B panel: kc rows of NR contiguous elements.
+/// Rows of B at a fixed stride: row kk is `data[off + kk·ld..][..NR]`. A packed panel has ld = NR
+/// ([`Packed::new`]); a row-major B read where it lies, for a panel that meets one tile only, has the
+/// matrix's row length ([`Packed::strided`]).
 #[derive(Clone, Copy)]
 pub(crate) struct Packed<T> {
-    ptr: *const T,
-    nr: usize,
-    kc: usize,
-}
-
-impl<T> Packed<T> {
-    /// The first kc rows of NR elements of `panel` (checked).
-    #[inline(always)]
-    pub(crate) fn new(panel: &[T], kc: usize, nr: usize) -> Packed<T> {
-        assert!(panel.len() >= kc * nr, "packed panel of {} elements is shorter than {kc}x{nr}", panel.len());
-        Packed { ptr: panel.as_ptr(), nr, kc }
-    }
-}
-
-// SAFETY: `new` checked that kc rows of nr elements lie inside the panel.
-unsafe impl<T: Copy> Rows<T> for Packed<T> {
-    #[inline(always)]
-    fn row(&self, kk: usize) -> *const T {
-        self.ptr.wrapping_add(kk * self.nr)
-    }
-    #[inline(always)]
-    fn len(&self) -> usize {
-        self.kc
-    }
-    #[inline(always)]
-    fn prefetch(&self, kk: usize, col: usize) {
-        // The panel streams from L2: ask for its rows a few steps ahead (any address is fine).
-        prefetch(self.row(kk + PREFETCH_AHEAD).wrapping_add(col));
-    }
-}
-
-/// Rows of B read in place at a fixed stride: row kk is `data[off + kk·ld..][..NR]` (a row-major B
-/// read where it lies, for a panel that meets one tile only).
-#[derive(Clone, Copy)]
-pub(crate) struct StridedB<T> {
     ptr: *const T,
     ld: usize,
     kc: usize,
 }
 
-impl<T> StridedB<T> {
+impl<T> Packed<T> {
+    /// The first kc rows of NR elements of the packed `panel` (checked).
+    #[inline(always)]
+    pub(crate) fn new(panel: &[T], kc: usize, nr: usize) -> Packed<T> {
+        Packed::strided(panel, 0, nr, kc, nr)
+    }
+
     /// kc rows of nr elements from `data[off..]` at stride ld, all inside `data` (checked).
     #[inline(always)]
-    pub(crate) fn new(data: &[T], off: usize, ld: usize, kc: usize, nr: usize) -> StridedB<T> {
+    pub(crate) fn strided(data: &[T], off: usize, ld: usize, kc: usize, nr: usize) -> Packed<T> {
         let end = off + kc.saturating_sub(1) * ld + nr;
-        assert!(kc == 0 || end <= data.len(), "strided rows reach {end} in {} elements", data.len());
-        StridedB { ptr: data.as_ptr().wrapping_add(off), ld, kc }
+        assert!(kc == 0 || end <= data.len(), "rows of B reach {end} in {} elements", data.len());
+        Packed { ptr: data.as_ptr().wrapping_add(off), ld, kc }
     }
 }
 
-// SAFETY: `new` checked that the last row's nr elements lie inside the data.
-unsafe impl<T: Copy> Rows<T> for StridedB<T> {
+// SAFETY: the constructors checked that the last row's nr elements lie inside the data.
+unsafe impl<T: Copy> Rows<T> for Packed<T> {
     #[inline(always)]
     fn row(&self, kk: usize) -> *const T {
         self.ptr.wrapping_add(kk * self.ld)
@@ -361,7 +334,8 @@ unsafe impl<T: Copy> Rows<T> for StridedB<T> {
     }
     #[inline(always)]
     fn prefetch(&self, kk: usize, col: usize) {
-        // Rows a stride apart defeat the hardware's next-line prefetcher: ask a few rows ahead.
+        // The rows stream from L2 (or, a stride apart, defeat the next-line prefetcher): ask for them
+        // a few steps ahead (any address is fine).
         prefetch(self.row(kk + PREFETCH_AHEAD).wrapping_add(col));
     }
 }

@@ -43,7 +43,7 @@
 
 use super::float::Float;
 use super::pool;
-use super::tile::{self, aligned, tile_into, Caches, Packed, PackedA, StridedA, StridedB, TileJob, Tiled, C};
+use super::tile::{self, aligned, tile_into, Caches, Packed, PackedA, StridedA, TileJob, Tiled, C};
 use super::transpose::{transpose_rows, Transpose};
 use crate::error::{shape_err, Result};
 use rayon::prelude::*;
@@ -410,7 +410,7 @@ impl<T: Float> TileJob<T> for RowTask<'_, T> {
                     };
                 }
                 let a_in = || StridedA::new(p.a, off, rs, ks, MR, kb);
-                let b_in = || StridedB::new(p.b, b.pc * p.n + j, p.n, kb, nr);
+                let b_in = || Packed::strided(p.b, b.pc * p.n + j, p.n, kb, nr);
                 match (a_here, b_here) {
                     (true, true) => tile!(a_in(), b_in()),
                     (true, false) => tile!(a_in(), b_packed()),
