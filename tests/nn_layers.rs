@@ -551,3 +551,72 @@ fn bad_input_is_an_error_naming_the_layer() {
     let y = lin.forward(&p.vars(&leaves).unwrap(), &Var::constant(randn(&[2, 4], 1))).unwrap();
     assert!(y.is_tracked());
 }
+
+mod hand_written_gpt {
+    use super::*;
+    const V: usize = 11;
+    const L: usize = 5;
+    const D: usize = 8;
+    const H: usize = 2;
+    const BLOCKS: usize = 2;
+    const B: usize = 3;
+
+    /// The GPT of `examples/step_speed.rs`, written by hand on the flat parameter list (its code, at small
+    /// sizes), against the same model from the layers: the parameter order is the example's, and the loss
+    /// and gradients are the same bits.
+    #[test]
+    fn layers_reproduce_the_hand_written_gpt_bit_for_bit() {
+        let (hd, dm) = (D / H, 4 * D);
+        let mut p = Params::new();
+        let tok = Embedding::init(&mut p, "tok", V, D, 0.02, DType::F32, 3).unwrap();
+        p.insert("pos", Init::Normal(0.02).tensor("pos", &[L, D], DType::F32, 3).unwrap()).unwrap();
+        let blocks: Vec<Block> =
+            (0..BLOCKS).map(|i| Block::init(&mut p, &format!("blocks.{i}"), D, H, dm, 0.02, DType::F32, 3).unwrap()).collect();
+        let ln_f = LayerNorm::init(&mut p, "ln_f", D, 1e-5, DType::F32).unwrap();
+        let p = {
+            let mut r = Params::new();
+            for (i, (n, t)) in p.iter().enumerate() {
+                r.insert(n, Tensor::randn(t.dims().to_vec(), DType::F32, 70 + i as u64).mul_scalar(0.1).unwrap()).unwrap();
+            }
+            r
+        };
+        assert_eq!(p.len(), 2 + 12 * BLOCKS + 2);
+        let tokens: Vec<usize> = (0..B * (L + 1)).map(|i| (i * 7 + 3) % V).collect();
+        let inputs: Vec<usize> = (0..B).flat_map(|b| (0..L).map(|t| tokens[b * (L + 1) + t]).collect::<Vec<_>>()).collect();
+        let targets: Vec<usize> = (0..B).flat_map(|b| (0..L).map(|t| tokens[b * (L + 1) + t + 1]).collect::<Vec<_>>()).collect();
+        // step_speed's gpt_loss.
+        let by_hand = |p: &[Var]| -> Result<Var> {
+            let mut h = p[0].index_select(0, &inputs)?.reshape([B, L, D])?.add(&p[1])?;
+            for l in 0..BLOCKS {
+                let q = &p[2 + 12 * l..14 + 12 * l];
+                let qkv = h.layer_norm(Some(&q[0]), Some(&q[1]), 1e-5)?.matmul(&q[2])?.add(&q[3])?;
+                let head = |i: usize| qkv.narrow(-1, i * D, D)?.reshape([B, L, H, hd])?.permute(&[0, 2, 1, 3]);
+                let o = head(0)?.attention(&head(1)?, &head(2)?, 1.0 / (hd as f64).sqrt(), true)?;
+                let o = o.permute(&[0, 2, 1, 3])?.reshape([B, L, D])?;
+                h = h.add(&o.matmul(&q[4])?.add(&q[5])?)?;
+                let m = h.layer_norm(Some(&q[6]), Some(&q[7]), 1e-5)?.matmul(&q[8])?.add(&q[9])?.gelu()?.matmul(&q[10])?.add(&q[11])?;
+                h = h.add(&m)?;
+            }
+            let n = p.len();
+            let logits = h.layer_norm(Some(&p[n - 2]), Some(&p[n - 1]), 1e-5)?.reshape([B * L, D])?.matmul_t(&p[0], false, true)?;
+            logits.cross_entropy(&targets, None)
+        };
+        let from_layers = |s: &[Var]| -> Result<Var> {
+            let v = p.vars(s)?;
+            let mut h = tok.forward(&v, &inputs, &[B, L])?.add(v.get("test", "pos")?)?;
+            for b in &blocks {
+                h = b.forward(&v, &h)?;
+            }
+            tok.attend(&v, &ln_f.forward(&v, &h)?.reshape([B * L, D])?)?.cross_entropy(&targets, None)
+        };
+        let tape = Tape::new();
+        let leaves = p.leaves(&tape);
+        let (a, b) = (by_hand(&leaves).unwrap(), from_layers(&leaves).unwrap());
+        assert!(a.value().bit_eq(b.value()), "loss {:?} vs {:?}", a.value(), b.value());
+        let refs: Vec<&Var> = leaves.iter().collect();
+        let (ga, gb) = (metagrad::grad(&a, &refs, false).unwrap(), metagrad::grad(&b, &refs, false).unwrap());
+        for (i, (x, y)) in ga.iter().zip(&gb).enumerate() {
+            assert!(x.value().bit_eq(y.value()), "gradient of `{}`", p.name_of(i).unwrap());
+        }
+    }
+}
