@@ -75,7 +75,7 @@ impl Linear {
     /// x [.., d_in] → [.., d_out].
     pub fn forward(&self, p: &NamedVars<'_>, x: &Var) -> Result<Var> {
         const OP: &str = "nn::Linear";
-        if last_dim(OP, x)? != self.d_in || x.shape().rank() < 1 {
+        if last_dim(OP, x)? != self.d_in {
             return shape_err(OP, format!("`{}` is [{}, {}] but the input is {}", self.weight, self.d_in, self.d_out, x.shape()));
         }
         let w = p.get(OP, &self.weight)?;
