@@ -9,7 +9,8 @@
 //!   ([`hvp`]), Jacobian-vector products ([`jvp`]) and backward-over-backward for every op.
 //! - Deterministic CPU kernels on rayon: the same bits for any thread count.
 //! - [`gradcheck`]: finite-difference checks (first and second order) for your own functions.
-//! - [`nn`]: named parameters ([`nn::Params`]), their map to REPLAY's flat state, and safetensors files.
+//! - [`nn`]: named parameters ([`nn::Params`]), their map to REPLAY's flat state, and safetensors files;
+//!   layers ([`nn::Linear`] .. the transformer [`nn::Block`]), dropout, gradient clipping, lr schedules.
 //!
 //! ```
 //! use metagrad::{Tape, Tensor, DType, hvp};

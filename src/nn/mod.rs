@@ -17,6 +17,32 @@
 //!   [safetensors](https://github.com/huggingface/safetensors) file, readable by PyTorch, JAX and
 //!   NumPy through Python's `safetensors` package.
 //!
+//! # Layers
+//!
+//! [`Linear`], [`Conv2d`], [`BatchNorm2d`], [`LayerNorm`], [`RmsNorm`], [`Embedding`], [`Dropout`],
+//! [`MultiHeadAttention`], [`Mlp`] and the pre-norm transformer [`Block`] are plain data (sizes and
+//! the full names of their parameters). `init` inserts a layer's parameters into a `Params` under a
+//! prefix; `forward` reads them by name from [`Params::vars`], a view of a flat slice of `Var`s (the
+//! leaves of a tape, or the `state` of a [`crate::replay::Training::step`] as it arrives). With
+//! [`clip_grad_norm`], [`warmup_cosine`] and [`piecewise_linear`], a whole taped training step is
+//! differentiable in its metaparameters.
+//!
+//! ```
+//! use metagrad::nn::{Block, Params};
+//! use metagrad::{grad, DType, Tape, Tensor, Var};
+//! # fn main() -> metagrad::Result<()> {
+//! let mut p = Params::new();
+//! let block = Block::init(&mut p, "blocks.0", 8, 2, 32, 0.02, DType::F64, 7)?;
+//! assert_eq!(p.names().next(), Some("blocks.0.ln1.weight"));
+//! let tape = Tape::new();
+//! let leaves = p.leaves(&tape);
+//! let x = Var::constant(Tensor::randn([2, 5, 8], DType::F64, 1));
+//! let y = block.forward(&p.vars(&leaves)?, &x)?; // [2, 5, 8]
+//! let g = grad(&y.square()?.sum_all()?, &leaves.iter().collect::<Vec<_>>(), false)?;
+//! assert_eq!(g.len(), p.len());
+//! # Ok(()) }
+//! ```
+//!
 //! A `Params` is plain data (names and tensor handles, which are cheap to clone): no global
 //! registry, no interior mutability.
 //!
@@ -62,8 +88,16 @@
 //! ```
 
 mod checkpoint;
+mod layers;
+mod schedule;
+mod transformer;
+mod vars;
 
 pub use checkpoint::{load_safetensors, save_safetensors};
+pub use layers::{BatchNorm2d, Conv2d, Dropout, Embedding, LayerNorm, Linear, RmsNorm};
+pub use schedule::{clip_grad_norm, piecewise_linear, warmup_cosine};
+pub use transformer::{Block, Mlp, MultiHeadAttention};
+pub use vars::{Init, NamedVars};
 
 use crate::error::{invalid, Error, Result};
 use crate::{Device, Tensor};
