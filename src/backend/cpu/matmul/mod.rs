@@ -114,11 +114,7 @@ pub(crate) fn matmul_t_into<T: Tiled>(
     if flip {
         let mut ct = pool::for_overwrite::<T>(op, m * n)?;
         matmul_t_into(op, &mut ct, b, a, n, k, m, !tb, !ta)?;
-        for (i, row) in c.chunks_exact_mut(n).enumerate() {
-            for (j, x) in row.iter_mut().enumerate() {
-                *x = ct[j * m + i];
-            }
-        }
+        tile::run(isa, mr, TransposeBack { ct: &ct, c, m, n });
         pool::recycle(ct);
         return Ok(());
     }
@@ -343,6 +339,26 @@ pub(super) struct Block<'a, T> {
     pc: usize,
     kb: usize,
     b: &'a [T],
+}
+
+/// C (m×n) = the transpose of Cᵀ (`ct`, n×m), through register block transposes (a scalar loop of
+/// strided loads cost several percent of a small model's step).
+struct TransposeBack<'a, T> {
+    ct: &'a [T],
+    c: &'a mut [T],
+    m: usize,
+    n: usize,
+}
+
+impl<T: Float> TileJob<T> for TransposeBack<'_, T> {
+    type Out = ();
+    #[inline(always)]
+    fn run<R: Transpose<T>, const MR: usize, const NV: usize>(self) {
+        let TransposeBack { ct, c, m, n } = self;
+        assert!(ct.len() >= m * n && c.len() >= m * n);
+        // SAFETY: row j of Cᵀ is ct[j·m..][..m] (checked above); C holds m rows of n at stride n.
+        unsafe { transpose_rows::<T, R>(n, |j| ct[j * m..].as_ptr(), m, c.as_mut_ptr(), n) };
+    }
 }
 
 /// Packs one B panel (see [`Problem::pack_b`]).
