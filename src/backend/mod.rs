@@ -192,9 +192,11 @@ impl Storage {
                 // A one-element f32/f64 value (a scalar hyperparameter, moved every step) is written by
                 // the fill kernel, which takes it as an argument: a launch instead of a synchronous
                 // upload. Exact (f32 → f64 → f32 is the identity), NaNs aside, which are uploaded.
-                if let (true, [v]) = (matches!(s.dtype(), DType::F32 | DType::F64), s.to_f64(op)?.as_slice()) {
-                    if !v.is_nan() {
-                        return Storage::full(op, *v, 1, s.dtype(), device);
+                if s.len() == 1 && matches!(s.dtype(), DType::F32 | DType::F64) {
+                    if let [v] = s.to_f64(op)?[..] {
+                        if !v.is_nan() {
+                            return Storage::full(op, v, 1, s.dtype(), device);
+                        }
                     }
                 }
                 Ok(Storage::Cuda(CudaStorage::upload(op, &cuda::gpu(o)?, s.bytes(), s.dtype())?))
