@@ -187,8 +187,7 @@ fn run(a: &Args) -> std::result::Result<(), Box<dyn std::error::Error>> {
     let (train, val) = ids.split_at(split);
     let cfg = Config { d: a.d, heads: a.heads, blocks: a.blocks, ctx: a.ctx, dtype: DType::F32, seed: a.seed };
     let gpt = Gpt::new(cfg, vocab.len())?;
-    let hyper =
-        Hyper { steps: a.steps, batch: a.batch, lr: a.lr, warmup: a.steps / 10, clip: 1.0, weight_decay: 0.01, seed: a.seed };
+    let hyper = Hyper { steps: a.steps, batch: a.batch, lr: a.lr, warmup: a.steps / 10, clip: 1.0, weight_decay: 0.01, seed: a.seed };
     let run = Run::new(&gpt, &gpt.params, hyper, train, val, 64, false)?;
     println!(
         "{}: {} characters ({} distinct), {} training, {} validation; GPT d={} heads={} blocks={} ctx={}, {} parameters; \
@@ -286,7 +285,12 @@ fn run(a: &Args) -> std::result::Result<(), Box<dyn std::error::Error>> {
         let checks: Vec<String> = mr
             .checks
             .iter()
-            .map(|c| format!("{{\"index\": {}, \"replay\": {:e}, \"fd\": {:e}, \"rel_error\": {:e}}}", c.index, c.replay, c.finite_difference, c.rel_error))
+            .map(|c| {
+                format!(
+                    "{{\"index\": {}, \"replay\": {:e}, \"fd\": {:e}, \"rel_error\": {:e}}}",
+                    c.index, c.replay, c.finite_difference, c.rel_error
+                )
+            })
             .collect();
         println!(
             "{{\"train_loss\": {last_train}, \"val_loss\": {last_val}, \"val_loss_init\": {val0}, \"ms_per_step\": {ms_per_step:.3}, \

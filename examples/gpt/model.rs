@@ -173,11 +173,13 @@ impl Gpt {
                 let probs = last.mul_scalar(1.0 / temperature)?.softmax(-1)?.to_vec_f64();
                 let u = uniform(derive_seed(seed, i as u64), 0);
                 let mut acc = 0.0;
-                probs.iter().position(|q| {
-                    acc += q;
-                    acc > u
-                })
-                .unwrap_or(probs.len() - 1)
+                probs
+                    .iter()
+                    .position(|q| {
+                        acc += q;
+                        acc > u
+                    })
+                    .unwrap_or(probs.len() - 1)
             };
             ids.push(next);
         }
@@ -245,7 +247,15 @@ pub struct Run<'a> {
 
 impl<'a> Run<'a> {
     /// A run from the parameter values `start` (the model's names and shapes), AdamW moments zero.
-    pub fn new(model: &'a Gpt, start: &Params, hyper: Hyper, train: &'a [usize], val: &'a [usize], val_windows: usize, weighted: bool) -> Result<Run<'a>> {
+    pub fn new(
+        model: &'a Gpt,
+        start: &Params,
+        hyper: Hyper,
+        train: &'a [usize],
+        val: &'a [usize],
+        val_windows: usize,
+        weighted: bool,
+    ) -> Result<Run<'a>> {
         let mut layout = Params::from_state(&model.params, &start.to_state())?;
         layout.add_buffers("adamw.m")?;
         layout.add_buffers("adamw.v")?;
