@@ -7,6 +7,7 @@ SUITE is one of
   bob     examples/bob_throughput --json       vs benches/peers/torch_cpu.py and jax_cpu.py (fwd, bwd, HVP)
   step    examples/step_speed --json           vs benches/peers/jax_step_mlp.py (training and metagradients)
   gpt     examples/step_speed --json --gpt     vs benches/peers/jax_gpt.py and torch_gpt.py
+  gpt-example  the same at examples/gpt's size (--gpt-size example / --size example: d 64, context 64)
 
 Each round runs every program once, one after the other; the machine is shared and noisy, so the
 table reports, per figure, the median over rounds of each side and the median over rounds of the
@@ -72,8 +73,13 @@ def suite(name, py, threads):
             for s in ["kary8", "store_all"]:
                 rows.append((f"mlp {b} metagrad {s} ms", lambda r, b=b, s=s: r["ours"][b][f"metagrad_{s}_ms"], lambda r, b=b: r["jax"][b]["metagrad_ms"], "time", "jax"))
         return progs, rows
-    if name == "gpt":
-        progs = [("ours", ours("step_speed", "--json", "--gpt")), ("jax", peer("jax_gpt.py")), ("torch", peer("torch_gpt.py"))]
+    if name in ("gpt", "gpt-example"):
+        size = "example" if name == "gpt-example" else "small"
+        progs = [
+            ("ours", ours("step_speed", "--json", "--gpt", "--gpt-size", size)),
+            ("jax", peer("jax_gpt.py", "--size", size)),
+            ("torch", peer("torch_gpt.py", "--size", size)),
+        ]
         rows = []
         for k in ["step_ms", "fwd_hvp_ms"]:
             for p in ["jax", "torch"]:
@@ -84,7 +90,7 @@ def suite(name, py, threads):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("suite", choices=["matmul", "bob", "step", "gpt"])
+    ap.add_argument("suite", choices=["matmul", "bob", "step", "gpt", "gpt-example"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--python", default=sys.executable, help="the peers' python (with torch and jax)")

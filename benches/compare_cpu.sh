@@ -3,10 +3,10 @@
 # the peers from PyPI into a venv under the cache directory (benches/peers/setup.sh), runs
 # benches/compare.py SUITE with ROUNDS interleaved rounds, and writes the table and every raw JSON line
 # to benches/results/cpu-SUITE-DATE.txt (also shown).
-#   bash benches/compare_cpu.sh matmul|bob|step|gpt [ROUNDS]
+#   bash benches/compare_cpu.sh matmul|bob|step|gpt|gpt-example [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SUITE=${1:?usage: compare_cpu.sh matmul|bob|step|gpt [ROUNDS]}
+SUITE=${1:?usage: compare_cpu.sh matmul|bob|step|gpt|gpt-example [ROUNDS]}
 ROUNDS=${2:-3}
 PY=$(bash benches/peers/setup.sh | tail -1)
 cargo build --release --examples >&2

@@ -7,7 +7,8 @@
 //! cargo run --release --example step_speed                 # MLP: a table
 //! cargo run --release --example step_speed -- --json       # one JSON object {"b64": .., "b512": .., "machine": ..}
 //! cargo run --release --example step_speed -- --gpt        # the GPT ({"gpt": .., "machine": ..} with --json)
-//! python3 benches/compare.py step   # ratios against the peers in one run (also: gpt)
+//! cargo run --release --example step_speed -- --gpt --gpt-size example   # at examples/gpt's size
+//! python3 benches/compare.py step   # ratios against the peers in one run (also: gpt, gpt-example)
 //! ```
 //!
 //! **MLP** (`step_mlp`): 784-128-10 with tanh, f32; 2,048 training and 512 validation examples; T = 200
@@ -21,6 +22,8 @@
 //! (the fused kernel) and a GELU MLP of 128, tied head, batch 16, AdamW (lr 1e-3, wd 0.01); 28,576
 //! parameters. `step_ms`: one training step (forward, gradient, AdamW) on a fresh batch; `forward_ms`,
 //! `grad_ms`, `fwd_hvp_ms` (loss and the HVP along v, reverse over reverse) at the initial parameters.
+//! `--gpt-size example` runs the same spec at `examples/gpt`'s size (vocabulary 76, context 64, width
+//! 64, MLP 256; 109,056 parameters; the peers' `--size example`).
 //!
 //! Both print the checks the peers print (φ, metagradient norms; losses after 0 and 50 steps, gradient
 //! and HVP norms), so the numbers can be compared, not only the times.
@@ -176,14 +179,30 @@ fn run_mlp(batch: usize, reps: usize, train_only: bool) -> Result<String> {
 
 // ---- GPT (the spec of benches/peers/jax_gpt.py) ----
 
-const V: usize = 65;
-const L: usize = 32;
-const D: usize = 32;
-const H: usize = 4;
-const HD: usize = D / H;
 const BLOCKS: usize = 2;
-const D_MLP: usize = 128;
 const B: usize = 16;
+
+/// The GPT's sizes: `--gpt-size small` (the default; the spec above) or `example` (the model of
+/// `examples/gpt`: vocabulary 76, context 64, width 64, 4 heads, MLP 256; 109,056 parameters).
+#[derive(Clone, Copy)]
+struct Size {
+    v: usize,
+    l: usize,
+    d: usize,
+    h: usize,
+    hd: usize,
+    mlp: usize,
+}
+
+fn size() -> Size {
+    static S: std::sync::OnceLock<Size> = std::sync::OnceLock::new();
+    *S.get_or_init(|| {
+        let args: Vec<String> = std::env::args().collect();
+        let example = args.windows(2).any(|w| w[0] == "--gpt-size" && w[1] == "example");
+        let (v, l, d) = if example { (76, 64, 64) } else { (65, 32, 32) };
+        Size { v, l, d, h: 4, hd: d / 4, mlp: 4 * d }
+    })
+}
 
 /// How a parameter starts: 0.02·normal(stream), or a constant.
 enum Init {
@@ -194,24 +213,25 @@ use Init::{Const, Normal};
 
 /// The parameters in the spec's order: (shape, init).
 fn gpt_specs() -> Vec<(Vec<usize>, Init)> {
-    let mut s = vec![(vec![V, D], Normal(100)), (vec![L, D], Normal(101))];
+    let z = size();
+    let mut s = vec![(vec![z.v, z.d], Normal(100)), (vec![z.l, z.d], Normal(101))];
     for l in 0..BLOCKS as u64 {
         s.extend([
-            (vec![D], Const(1.0)),
-            (vec![D], Const(0.0)),
-            (vec![D, 3 * D], Normal(102 + 4 * l)),
-            (vec![3 * D], Const(0.0)),
-            (vec![D, D], Normal(103 + 4 * l)),
-            (vec![D], Const(0.0)),
-            (vec![D], Const(1.0)),
-            (vec![D], Const(0.0)),
-            (vec![D, D_MLP], Normal(104 + 4 * l)),
-            (vec![D_MLP], Const(0.0)),
-            (vec![D_MLP, D], Normal(105 + 4 * l)),
-            (vec![D], Const(0.0)),
+            (vec![z.d], Const(1.0)),
+            (vec![z.d], Const(0.0)),
+            (vec![z.d, 3 * z.d], Normal(102 + 4 * l)),
+            (vec![3 * z.d], Const(0.0)),
+            (vec![z.d, z.d], Normal(103 + 4 * l)),
+            (vec![z.d], Const(0.0)),
+            (vec![z.d], Const(1.0)),
+            (vec![z.d], Const(0.0)),
+            (vec![z.d, z.mlp], Normal(104 + 4 * l)),
+            (vec![z.mlp], Const(0.0)),
+            (vec![z.mlp, z.d], Normal(105 + 4 * l)),
+            (vec![z.d], Const(0.0)),
         ]);
     }
-    s.extend([(vec![D], Const(1.0)), (vec![D], Const(0.0))]);
+    s.extend([(vec![z.d], Const(1.0)), (vec![z.d], Const(0.0))]);
     s
 }
 
@@ -228,9 +248,10 @@ fn gpt_params() -> Result<Vec<Tensor>> {
         .collect()
 }
 
-/// tokens[b, t] = floor(uniform(1000 + s, b·33 + t)·65), [B, L + 1] row-major.
+/// tokens[b, t] = floor(uniform(1000 + s, b·(L + 1) + t)·V), [B, L + 1] row-major.
 fn tokens_of_step(s: usize) -> Vec<usize> {
-    (0..(B * (L + 1)) as u64).map(|i| ((mgdata::uniform(1000 + s as u64, i) * V as f64).floor() as usize).min(V - 1)).collect()
+    let z = size();
+    (0..(B * (z.l + 1)) as u64).map(|i| ((mgdata::uniform(1000 + s as u64, i) * z.v as f64).floor() as usize).min(z.v - 1)).collect()
 }
 
 /// `--composite`: attention from its composite ops (matmuls, masked softmax) instead of the fused kernel.
@@ -241,22 +262,23 @@ fn composite() -> bool {
 
 /// Mean next-token cross-entropy of the GPT with parameters `p` on `tokens`.
 fn gpt_loss(p: &[Var], tokens: &[usize]) -> Result<Var> {
-    let inputs: Vec<usize> = (0..B).flat_map(|b| (0..L).map(move |t| tokens[b * (L + 1) + t])).collect();
-    let targets: Vec<usize> = (0..B).flat_map(|b| (0..L).map(move |t| tokens[b * (L + 1) + t + 1])).collect();
-    let mut h = p[0].index_select(0, &inputs)?.reshape([B, L, D])?.add(&p[1])?;
+    let z = size();
+    let inputs: Vec<usize> = (0..B).flat_map(|b| (0..z.l).map(move |t| tokens[b * (z.l + 1) + t])).collect();
+    let targets: Vec<usize> = (0..B).flat_map(|b| (0..z.l).map(move |t| tokens[b * (z.l + 1) + t + 1])).collect();
+    let mut h = p[0].index_select(0, &inputs)?.reshape([B, z.l, z.d])?.add(&p[1])?;
     for l in 0..BLOCKS {
         let q = &p[2 + 12 * l..14 + 12 * l];
         let qkv = h.layer_norm(Some(&q[0]), Some(&q[1]), 1e-5)?.matmul(&q[2])?.add(&q[3])?;
-        let head = |i: usize| qkv.narrow(-1, i * D, D)?.reshape([B, L, H, HD])?.permute(&[0, 2, 1, 3]);
-        let (qh, kh, vh, scale) = (head(0)?, head(1)?, head(2)?, 1.0 / (HD as f64).sqrt());
+        let head = |i: usize| qkv.narrow(-1, i * z.d, z.d)?.reshape([B, z.l, z.h, z.hd])?.permute(&[0, 2, 1, 3]);
+        let (qh, kh, vh, scale) = (head(0)?, head(1)?, head(2)?, 1.0 / (z.hd as f64).sqrt());
         let o = if composite() { qh.attention_composite(&kh, &vh, scale, true)? } else { qh.attention(&kh, &vh, scale, true)? };
-        let o = o.permute(&[0, 2, 1, 3])?.reshape([B, L, D])?;
+        let o = o.permute(&[0, 2, 1, 3])?.reshape([B, z.l, z.d])?;
         h = h.add(&o.matmul(&q[4])?.add(&q[5])?)?;
         let m = h.layer_norm(Some(&q[6]), Some(&q[7]), 1e-5)?.matmul(&q[8])?.add(&q[9])?.gelu()?.matmul(&q[10])?.add(&q[11])?;
         h = h.add(&m)?;
     }
     let n = p.len();
-    let logits = h.layer_norm(Some(&p[n - 2]), Some(&p[n - 1]), 1e-5)?.reshape([B * L, D])?.matmul_t(&p[0], false, true)?;
+    let logits = h.layer_norm(Some(&p[n - 2]), Some(&p[n - 1]), 1e-5)?.reshape([B * z.l, z.d])?.matmul_t(&p[0], false, true)?;
     logits.cross_entropy(&targets, None)
 }
 
@@ -350,7 +372,7 @@ fn main() {
     let flag = |f: &str| args.iter().any(|a| a == f);
     let value = |f: &str| args.iter().position(|a| a == f).and_then(|i| args.get(i + 1)).and_then(|v| v.parse::<usize>().ok());
     if flag("--help") || flag("-h") {
-        println!("usage: step_speed [--json] [--gpt [--composite]] [--reps N] [--batches 64,512] [--train-only]");
+        println!("usage: step_speed [--json] [--gpt [--composite] [--gpt-size small|example]] [--reps N] [--batches 64,512] [--train-only]");
         return;
     }
     let machine = Machine::measure();

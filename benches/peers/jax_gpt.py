@@ -34,7 +34,7 @@ s AdamW steps on the tokens of step s (so loss_step0 is the loss at init on step
 gradient's and the HVP's L2 norms (at init, step 0 tokens) and <v, Hv>.
 Prints one JSON object {"gpt": {...}, "machine": {...}}.
 
-    python benches/peers/jax_gpt.py [--reps 20] [--threads 2]
+    python benches/peers/jax_gpt.py [--reps 20] [--threads 2] [--size small|example]
 """
 
 import argparse
@@ -60,10 +60,16 @@ def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--size", choices=("small", "example"), default="small",
+                    help="small: the spec above; example: examples/gpt's model (V 76, L 64, d 64, MLP 256)")
     return ap.parse_args()
 
 
 ARGS = parse_args()
+if ARGS.size == "example":
+    V, L, D, D_MLP = 76, 64, 64, 256
+    HD = D // H
+    N_PARAMS = 109056
 mgdata.limit_threads(ARGS.threads, jax=True)  # must precede `import jax`
 
 import jax  # noqa: E402

@@ -100,7 +100,7 @@ pub use transformer::{Block, Mlp, MultiHeadAttention};
 pub use vars::{Init, NamedVars};
 
 use crate::error::{invalid, Error, Result};
-use crate::{Device, Tensor};
+use crate::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::fmt;
 
@@ -385,6 +385,16 @@ impl Params {
             *t = t.to_device(device)?;
         }
         Ok(out)
+    }
+
+    /// A copy with every tensor (parameters and buffers) converted to `dtype` (see
+    /// [`Tensor::to_dtype`]): e.g. an f32 training state in f64 for a metagradient check.
+    pub fn to_dtype(&self, dtype: DType) -> Params {
+        let mut out = self.clone();
+        for t in out.tensors.iter_mut().chain(out.groups.iter_mut().flat_map(|(_, b)| b.iter_mut())) {
+            *t = t.to_dtype(dtype);
+        }
+        out
     }
 
     /// `e` with the names of this collection added where its message refers to a flat state index or
