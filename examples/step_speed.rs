@@ -372,7 +372,9 @@ fn main() {
     let flag = |f: &str| args.iter().any(|a| a == f);
     let value = |f: &str| args.iter().position(|a| a == f).and_then(|i| args.get(i + 1)).and_then(|v| v.parse::<usize>().ok());
     if flag("--help") || flag("-h") {
-        println!("usage: step_speed [--json] [--gpt [--composite] [--gpt-size small|example]] [--reps N] [--batches 64,512] [--train-only]");
+        println!(
+            "usage: step_speed [--json] [--gpt [--composite] [--gpt-size small|example]] [--reps N] [--batches 64,512] [--train-only]"
+        );
         return;
     }
     let machine = Machine::measure();

@@ -30,7 +30,7 @@
 //! weight w (all 1). REPLAY (`replay::metagradient`) gives the exact ∂(validation loss after those
 //! steps)/∂w; three of its components (the first, the last and the largest) are checked against
 //! central finite differences of `replay::evaluate` (step 1e-4), printed with their relative errors.
-//! `--json` ends with one JSON summary object.
+//! `--json` prints one JSON summary object on stdout (progress then goes to stderr).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -42,6 +42,13 @@ use model::{Config, Gpt, Hyper, Run, Vocab};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
+
+/// Progress goes to stdout, or to stderr under `--json` (stdout then holds only the summary object).
+macro_rules! say {
+    ($json:expr, $($t:tt)*) => {
+        if $json { eprintln!($($t)*) } else { println!($($t)*) }
+    };
+}
 
 const HELP: &str = "\
 gpt: a character-level GPT on metagrad::nn, trained with AdamW, with a REPLAY metagradient check.
@@ -65,7 +72,7 @@ USAGE: cargo run --release --example gpt -- [FLAGS]
   --temperature X     sampling temperature, 0 for greedy (default 0.8)
   --meta-steps N      steps of the metagradient run (default 6)
   --meta-batch N      sequences per step in the metagradient run (default 4)
-  --json              end with one JSON summary object
+  --json              print one JSON summary object on stdout (progress to stderr)
   --help              this text
 ";
 
@@ -178,18 +185,18 @@ fn run(a: &Args) -> std::result::Result<(), Box<dyn std::error::Error>> {
         )
     })?;
     let machine = common::Machine::measure();
-    if !a.json {
-        println!("{}\n", machine.line());
-    }
+    say!(a.json, "{}\n", machine.line());
     let vocab = Vocab::of(&text);
     let ids = vocab.encode(&text)?;
     let split = ids.len() * 9 / 10;
     let (train, val) = ids.split_at(split);
     let cfg = Config { d: a.d, heads: a.heads, blocks: a.blocks, ctx: a.ctx, dtype: DType::F32, seed: a.seed };
     let gpt = Gpt::new(cfg, vocab.len())?;
-    let hyper = Hyper { steps: a.steps, batch: a.batch, lr: a.lr, warmup: a.steps / 10, clip: 1.0, weight_decay: 0.01, seed: a.seed, t0: 0 };
+    let hyper =
+        Hyper { steps: a.steps, batch: a.batch, lr: a.lr, warmup: a.steps / 10, clip: 1.0, weight_decay: 0.01, seed: a.seed, t0: 0 };
     let run = Run::new(&gpt, &gpt.params, hyper, train, val, 64, false)?;
-    println!(
+    say!(
+        a.json,
         "{}: {} characters ({} distinct), {} training, {} validation; GPT d={} heads={} blocks={} ctx={}, {} parameters; \
          AdamW {} steps, batch {}",
         a.data.display(),
@@ -211,7 +218,7 @@ fn run(a: &Args) -> std::result::Result<(), Box<dyn std::error::Error>> {
     let mut csv = std::fs::File::create(a.out.join("losses.csv"))?;
     writeln!(csv, "step,train_loss,val_loss")?;
     let val0 = run.val_loss(&gpt.params.to_state())?;
-    println!("step     0  val {val0:.4}");
+    say!(a.json, "step     0  val {val0:.4}");
     let (mut eval_s, mut last_train, mut last_val) = (0.0, f64::NAN, val0);
     let t0 = Instant::now();
     let state = train_with(&run, &[], |info: &StepInfo<'_>| -> Result<()> {
@@ -222,7 +229,7 @@ fn run(a: &Args) -> std::result::Result<(), Box<dyn std::error::Error>> {
         let val = if t.is_multiple_of(a.eval_every) || t == a.steps {
             let v = run.val_loss(&info.state[..gpt.params.len()])?;
             last_val = v;
-            println!("step {t:5}  train {loss:.4}  val {v:.4}");
+            say!(a.json, "step {t:5}  train {loss:.4}  val {v:.4}");
             Some(v)
         } else {
             None
@@ -233,20 +240,21 @@ fn run(a: &Args) -> std::result::Result<(), Box<dyn std::error::Error>> {
         Ok(())
     })?;
     let ms_per_step = (t0.elapsed().as_secs_f64() - eval_s) * 1e3 / a.steps as f64;
-    println!("{ms_per_step:.1} ms per training step; losses in {}", a.out.join("losses.csv").display());
+    say!(a.json, "{ms_per_step:.1} ms per training step; losses in {}", a.out.join("losses.csv").display());
     let trained = run.params_of(&state)?;
 
     // A sample.
     let prompt = vocab.encode(a.prompt.as_bytes())?;
     let sample = gpt.generate(&trained.to_state(), &prompt, a.sample, a.temperature, a.seed)?;
     let sample = vocab.decode(&sample);
-    println!("\n--- sample (temperature {}) ---\n{}{}\n---\n", a.temperature, a.prompt, sample);
+    say!(a.json, "\n--- sample (temperature {}) ---\n{}{}\n---\n", a.temperature, a.prompt, sample);
 
     // The checkpoint round trip.
     let path = a.save.clone().unwrap_or_else(|| a.out.join("gpt.safetensors"));
     let (v_saved, v_loaded) = model::checkpoint_round_trip(&run, &trained, &path)?;
     let bitwise = v_saved.to_bits() == v_loaded.to_bits();
-    println!(
+    say!(
+        a.json,
         "checkpoint {} ({} bytes): validation loss {v_saved} before, {v_loaded} after reloading: {}",
         path.display(),
         std::fs::metadata(&path)?.len(),
@@ -275,13 +283,20 @@ fn run(a: &Args) -> std::result::Result<(), Box<dyn std::error::Error>> {
     let mrun = Run::new(&g64, &start, mh, train, val, 16, true)?;
     let n = a.meta_steps * a.meta_batch;
     let mr = model::meta_check(&mrun, &[0, n - 1], 1e-4)?;
-    println!(
+    say!(
+        a.json,
         "metagradient (f64): validation loss on 16 windows after {} AdamW steps of {} sequences = {:.6}; \
          d/dw over {} per-sequence weights by REPLAY in {:.2} s, norm {:.3e}",
-        a.meta_steps, a.meta_batch, mr.phi, mr.weights, mr.seconds, mr.grad_norm
+        a.meta_steps,
+        a.meta_batch,
+        mr.phi,
+        mr.weights,
+        mr.seconds,
+        mr.grad_norm
     );
     for c in &mr.checks {
-        println!(
+        say!(
+            a.json,
             "  w[{:3}] (step {}, sequence {}): REPLAY {:+.9e}  finite difference {:+.9e}  rel. error {:.1e}",
             c.index,
             c.index / a.meta_batch,
