@@ -8,7 +8,7 @@
 // Unary op codes: `unary_code` in src/backend/cuda/storage.rs.
 enum UnaryOp {
     U_NEG, U_EXP, U_LOG, U_TANH, U_SIGMOID, U_RELU, U_SQRT, U_RSQRT, U_ABS, U_SQUARE, U_ERF, U_POWF,
-    U_CLAMP, U_AFFINE, U_STEP, U_SIGN, U_IN_RANGE, U_SIN, U_COS, U_NONZERO
+    U_CLAMP, U_AFFINE, U_STEP, U_SIGN, U_IN_RANGE, U_SIN, U_COS, U_NONZERO, U_GELU, U_GELU_GRAD
 };
 
 template <typename T> __device__ __forceinline__ T unary_op(int op, T x, T p, T q) {
@@ -37,6 +37,13 @@ template <typename T> __device__ __forceinline__ T unary_op(int op, T x, T p, T 
     case U_SIN: return mg_sin(x);
     case U_COS: return mg_cos(x);
     case U_NONZERO: return x != T(0) ? T(1) : T(0); // NaN counts as nonzero
+    // x/2 · (1 + erf(x/√2)) as the composite ops round it (mul_scalar is an fma with 0).
+    case U_GELU: return mg_fma(T(0.5), x, T(0)) * (mg_erf(mg_fma(T(0.70710678118654752440), x, T(0))) + T(1));
+    case U_GELU_GRAD: {
+        const T cdf = T(0.5) * (mg_erf(T(0.70710678118654752440) * x) + T(1));
+        const T pdf = mg_exp(T(-0.5) * x * x) * T(0.39894228040143267794);
+        return pdf == T(0) ? cdf : mg_fma(x, pdf, cdf); // Φ(x) where φ underflows, also at ±∞
+    }
     }
     __trap();
 }

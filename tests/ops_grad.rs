@@ -1396,3 +1396,26 @@ fn exact_cross_entropy_with() {
     let empty = tape.var(Tensor::zeros([0, 3], DType::F64));
     assert_eq!(empty.cross_entropy_with(&[], CrossEntropyOpts::default()).unwrap().value().to_scalar().unwrap(), 0.0);
 }
+
+/// The one-pass GELU gives the bits of its composite x/2 · (1 + erf(x/√2)) (the ops it replaced), in
+/// f32 and f64, at ±0, ±∞, NaN, subnormals and a sweep; its derivative at ±∞ and far out is Φ(x)
+/// (0 or 1), not the NaN of ∞·φ(∞).
+#[test]
+fn gelu_is_its_erf_composite_bit_for_bit_and_its_derivative_is_finite_far_out() {
+    let mut xs: Vec<f64> = (-4000..=4000).map(|i| i as f64 * 0.0037).collect();
+    xs.extend([0.0, -0.0, f64::INFINITY, f64::NEG_INFINITY, f64::NAN, 1e-310, -1e-310, 1e-40, 30.0, -30.0, 1e30, -1e30]);
+    for dtype in [DType::F32, DType::F64] {
+        let x = Tensor::from_vec(xs.clone(), [xs.len()]).unwrap().to_dtype(dtype);
+        let composite = x
+            .mul_scalar(0.5)
+            .unwrap()
+            .mul(&x.mul_scalar(std::f64::consts::FRAC_1_SQRT_2).unwrap().erf().unwrap().add_scalar(1.0).unwrap())
+            .unwrap();
+        let fused = Var::constant(x.clone()).gelu().unwrap();
+        assert!(fused.value().bit_eq(&composite), "{dtype}");
+        let tape = Tape::new();
+        let far = tape.var(Tensor::from_vec(vec![f64::INFINITY, f64::NEG_INFINITY, 40.0, -40.0], [4]).unwrap().to_dtype(dtype));
+        let g = grad(&far.gelu().unwrap().sum_all().unwrap(), &[&far], false).unwrap();
+        assert_eq!(vals(g[0].value()), vec![1.0, 0.0, 1.0, 0.0], "{dtype}");
+    }
+}

@@ -43,6 +43,11 @@ pub(crate) enum UnaryOp {
     InRange(f64, f64),
     /// 1 where x ≠ 0 (NaN included), else 0: a condition tensor read as a 0/1 mask.
     NonZero,
+    /// GELU x·Φ(x), as the composite x/2 · (1 + erf(x/√2)) rounds it: the same operations in the same
+    /// order, in one pass.
+    Gelu,
+    /// GELU's derivative Φ(x) + x·φ(x), φ(x) = e^(−x²/2)/√(2π).
+    GeluGrad,
 }
 
 /// The element-wise binary functions (with NumPy broadcasting).

@@ -3,7 +3,8 @@
 //! Each VJP multiplies the cotangent by the derivative written in ops (using the saved input or output),
 //! so it is differentiable again. Piecewise-constant derivatives (relu, abs, clamp) multiply by a
 //! constant 0/1 (or ±1) mask: their second derivative is zero almost everywhere, as it should be.
-//! GELU is a composite of erf or tanh, so all its derivatives come from theirs.
+//! GELU (exact) is one op with the bits of its erf composite; its derivative is a second op, and the
+//! derivative of that is composite. The tanh form is a composite of tanh.
 
 use crate::backend::spec::UnaryOp;
 use crate::error::{invalid, Result};
@@ -218,11 +219,21 @@ impl Var {
         Var::record(op, y, &[self], move |_, _, g| Ok(vec![Some(g.mul_scalar(a)?)]))
     }
 
-    /// GELU, exact form: x·Φ(x) = x/2 · (1 + erf(x/√2)).
+    /// GELU, exact form: x·Φ(x) = x/2 · (1 + erf(x/√2)), one pass with the bits of that composite;
+    /// d/dx = Φ(x) + x·φ(x) (also one op), whose derivative φ(x)·(2 − x²) is composite.
     pub fn gelu(&self) -> Result<Var> {
-        super::same_dtypes("gelu", &[self])?;
-        let half_x = self.mul_scalar(0.5)?;
-        half_x.mul(&self.mul_scalar(std::f64::consts::FRAC_1_SQRT_2)?.erf()?.add_scalar(1.0)?)
+        self.unary_op("gelu", UnaryOp::Gelu, |x, _| x.gelu_grad())
+    }
+
+    /// GELU's derivative Φ(x) + x·φ(x), φ(x) = e^(−x²/2)/√(2π); d/dx = φ(x)·(2 − x²).
+    fn gelu_grad(&self) -> Result<Var> {
+        self.unary_op("gelu_grad", UnaryOp::GeluGrad, |x, _| {
+            let s = x.square()?;
+            s.mul_scalar(-0.5)?
+                .exp()?
+                .mul_scalar(0.5 * std::f64::consts::FRAC_1_SQRT_2 * std::f64::consts::FRAC_2_SQRT_PI)?
+                .mul(&s.affine(-1.0, 2.0)?)
+        })
     }
 
     /// GELU, tanh approximation: x/2 · (1 + tanh(√(2/π)·(x + 0.044715·x³))).

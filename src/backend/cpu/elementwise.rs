@@ -2,7 +2,7 @@
 //!
 //! Each output element is computed from its inputs alone, so these are trivially deterministic; they
 //! parallelize over fixed chunks of the output, and run on the calling thread below [`CHUNK`]
-//! elements. The closures passed to [`map`] and [`zip`] are fixed at compile time (one instantiation
+//! elements. The functions of [`unary`] and the closures passed to [`zip`] are fixed at compile time (one instantiation
 //! per function), so the loops inline and vectorize; the AVX-512 and AVX2+FMA copies make `mul_add` one
 //! instruction and give the same bits as the portable ones (the same IEEE operations per element).
 
@@ -11,6 +11,7 @@ use super::{best_isa, for_chunks, pool, Isa, CHUNK};
 use crate::backend::spec::{broadcast_strides, BinaryOp, UnaryOp};
 use crate::error::Result;
 use rayon::prelude::*;
+use std::f64::consts::{FRAC_1_SQRT_2, FRAC_2_SQRT_PI};
 
 impl UnaryOp {
     /// The function on one element.
@@ -42,6 +43,19 @@ impl UnaryOp {
             UnaryOp::Abs => x.abs(),
             UnaryOp::Square => x * x,
             UnaryOp::Erf => x.erf(),
+            // mul_scalar and add_scalar are fused multiply-adds with 0 and 1 (so −0 becomes +0 as
+            // in the composite ops).
+            UnaryOp::Gelu => c(0.5).mul_add(x, T::ZERO) * c(FRAC_1_SQRT_2).mul_add(x, T::ZERO).erf().mul_add(T::ONE, T::ONE),
+            UnaryOp::GeluGrad => {
+                let cdf = c(0.5) * (c(FRAC_1_SQRT_2) * x).erf().mul_add(T::ONE, T::ONE);
+                let pdf = (c(-0.5) * x * x).exp() * c(FRAC_1_SQRT_2 * FRAC_2_SQRT_PI * 0.5);
+                // pdf = 0 for |x| ≥ 14 (f32) or 38.6 (f64): the derivative is Φ(x), also at ±∞.
+                if pdf == T::ZERO {
+                    cdf
+                } else {
+                    x.mul_add(pdf, cdf)
+                }
+            }
             UnaryOp::Sin => x.sin(),
             UnaryOp::Cos => x.cos(),
             UnaryOp::Powf(p) => x.powf(c(p)),
@@ -123,13 +137,41 @@ impl BinaryOp {
     }
 }
 
-/// `f` on every element of `xs`, one kernel instantiation per variant of `f`: each closure rebuilds
-/// its variant from the captured parameters, so the discriminant is a constant in its code, the
-/// per-element `match` folds away and simple bodies vectorize.
+/// `f` on every element of `xs` (parallel over fixed chunks).
 pub(crate) fn unary<T: Float>(op: &'static str, xs: &[T], f: UnaryOp) -> Result<Vec<T>> {
+    let mut out = pool::for_overwrite(op, xs.len())?;
+    let isa = best_isa();
+    for_chunks(&mut out, CHUNK, xs.len(), |i, o| {
+        let x = xs.get(i * CHUNK..i * CHUNK + o.len()).unwrap_or_default();
+        unary_slice_dispatch(isa, o, x, f)
+    });
+    Ok(out)
+}
+
+#[inline(always)]
+fn unary_slice_dispatch<T: Float>(isa: Isa, out: &mut [T], xs: &[T], f: UnaryOp) {
+    match isa {
+        // SAFETY: the caller got `isa` from best_isa(), which checked these features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { unary_slice_avx512(out, xs, f) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { unary_slice_avx2(out, xs, f) },
+        _ => unary_slice(out, xs, f),
+    }
+}
+
+/// out[i] = f(xs[i]), one loop per variant of `f`: each arm rebuilds its variant from the bound
+/// parameters, so the discriminant is a constant in its loop, the per-element `match` of
+/// [`UnaryOp::apply`] folds away and simple bodies vectorize. Everything here is inlined into the
+/// ISA copies below, so the element function is compiled with their features however large it is
+/// (a closure would be a function of its own, compiled without FMA when not inlined: erf's
+/// recurrence would then make a libm call per fused multiply-add).
+#[inline(always)]
+fn unary_slice<T: Float>(out: &mut [T], xs: &[T], f: UnaryOp) {
     macro_rules! per_variant {
         ($($pat:pat => $fixed:expr),* $(,)?) => {
-            match f { $($pat => map(op, xs, &move |v: T| $fixed.apply(v)),)* }
+            match f { $($pat => for (o, &x) in out.iter_mut().zip(xs) { *o = $fixed.apply(x) },)* }
         };
     }
     use UnaryOp::*;
@@ -137,8 +179,22 @@ pub(crate) fn unary<T: Float>(op: &'static str, xs: &[T], f: UnaryOp) -> Result<
         Neg => Neg, Exp => Exp, Log => Log, Tanh => Tanh, Sigmoid => Sigmoid, Relu => Relu, Sqrt => Sqrt,
         Rsqrt => Rsqrt, Abs => Abs, Square => Square, Erf => Erf, Sin => Sin, Cos => Cos, Powf(p) => Powf(p),
         Clamp(lo, hi) => Clamp(lo, hi), Affine(a, b) => Affine(a, b), Step => Step, Sign => Sign,
-        InRange(lo, hi) => InRange(lo, hi), NonZero => NonZero,
+        InRange(lo, hi) => InRange(lo, hi), NonZero => NonZero, Gelu => Gelu, GeluGrad => GeluGrad,
     )
+}
+
+/// [`unary_slice`] compiled for AVX2+FMA (same bits: the same IEEE operations per element).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn unary_slice_avx2<T: Float>(out: &mut [T], xs: &[T], f: UnaryOp) {
+    unary_slice(out, xs, f)
+}
+
+/// [`unary_slice`] compiled for AVX-512 (16 f32 or 8 f64 lanes; same bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn unary_slice_avx512<T: Float>(out: &mut [T], xs: &[T], f: UnaryOp) {
+    unary_slice(out, xs, f)
 }
 
 /// `f(a, b)` with broadcasting, one kernel instantiation per function (see [`unary`]).
@@ -160,52 +216,6 @@ pub(crate) fn binary<T: Float>(
         BinaryOp::Min => zip(op, a, ad, b, bd, out, |p: T, q: T| BinaryOp::Min.apply(p, q)),
         BinaryOp::Select => zip(op, a, ad, b, bd, out, |p: T, q: T| BinaryOp::Select.apply(p, q)),
     }
-}
-
-#[inline(always)]
-fn map_slice<T: Copy, F: Fn(T) -> T>(out: &mut [T], xs: &[T], f: &F) {
-    for (o, &x) in out.iter_mut().zip(xs) {
-        *o = f(x);
-    }
-}
-
-/// [`map_slice`] compiled for AVX2+FMA: `mul_add` becomes one instruction instead of a libm call, and
-/// simple bodies vectorize 8 wide. Same bits: every element is computed by the same IEEE operations.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn map_slice_avx2<T: Copy, F: Fn(T) -> T>(out: &mut [T], xs: &[T], f: &F) {
-    map_slice(out, xs, f)
-}
-
-/// [`map_slice`] compiled for AVX-512 (16 f32 or 8 f64 lanes; same bits).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn map_slice_avx512<T: Copy, F: Fn(T) -> T>(out: &mut [T], xs: &[T], f: &F) {
-    map_slice(out, xs, f)
-}
-
-#[inline(always)]
-fn map_slice_dispatch<T: Copy, F: Fn(T) -> T>(isa: Isa, out: &mut [T], xs: &[T], f: &F) {
-    match isa {
-        // SAFETY: the caller got `isa` from best_isa(), which checked these features.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { map_slice_avx512(out, xs, f) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { map_slice_avx2(out, xs, f) },
-        _ => map_slice(out, xs, f),
-    }
-}
-
-/// `f` applied to every element (parallel over fixed chunks).
-pub(crate) fn map<T: Float, F: Fn(T) -> T + Sync>(op: &'static str, xs: &[T], f: &F) -> Result<Vec<T>> {
-    let mut out = pool::for_overwrite(op, xs.len())?;
-    let isa = best_isa();
-    for_chunks(&mut out, CHUNK, xs.len(), |i, o| {
-        let x = xs.get(i * CHUNK..i * CHUNK + o.len()).unwrap_or_default();
-        map_slice_dispatch(isa, o, x, f)
-    });
-    Ok(out)
 }
 
 /// out[j] = f(a[j·sa], b[j·sb]) for strides 0 or 1 (a broadcast scalar or a contiguous row), with the
@@ -446,10 +456,12 @@ mod tests {
 
     fn unary_agrees_across_isas<T: Float>() {
         let xs = args::<T>();
-        for f in [UnaryOp::Sin, UnaryOp::Cos, UnaryOp::NonZero] {
+        let ops =
+            [UnaryOp::Sin, UnaryOp::Cos, UnaryOp::NonZero, UnaryOp::Tanh, UnaryOp::Erf, UnaryOp::Gelu, UnaryOp::GeluGrad, UnaryOp::Sigmoid];
+        for f in ops {
             let run = |isa: Isa| {
                 let mut out = vec![T::ZERO; xs.len()];
-                map_slice_dispatch(isa, &mut out, &xs, &move |v: T| f.apply(v));
+                unary_slice_dispatch(isa, &mut out, &xs, f);
                 out
             };
             let reference = run(Isa::Portable);

@@ -36,7 +36,7 @@ pub(crate) trait Float:
     fn abs(self) -> Self;
     /// self^p.
     fn powf(self, p: Self) -> Self;
-    /// The error function (libm).
+    /// The error function.
     fn erf(self) -> Self;
     /// Sine (libm's, in f64 for both types: the same bits on every platform and ISA).
     fn sin(self) -> Self;
@@ -51,14 +51,14 @@ pub(crate) trait Float:
 }
 
 macro_rules! float {
-    ($t:ident, $erf:path, $tanh:path, $sin:path, $cos:path) => {
+    ($t:ident, $exp:path, $erf:path, $tanh:path, $sin:path, $cos:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
             const NEG_INFINITY: Self = $t::NEG_INFINITY;
             #[inline(always)]
             fn exp(self) -> Self {
-                $t::exp(self)
+                $exp(self)
             }
             #[inline(always)]
             fn ln(self) -> Self {
@@ -107,10 +107,12 @@ macro_rules! float {
         }
     };
 }
-// f32 tanh: our vectorizable version (see `math`); f64: the platform's libm. sin and cos: the libm
-// crate's (pure Rust, so the same bits on every platform), f32 computed in f64 and rounded once.
-float!(f32, libm::erff, super::math::tanh_f32, super::math::sin_f32, super::math::cos_f32);
-float!(f64, libm::erf, f64::tanh, libm::sin, libm::cos);
+// f32 erf and tanh: our vectorizable versions (see `math`: computed in f64, rounded once, the same
+// bits on every platform); exp, f64 tanh: the platform's libm; f64 erf: the libm crate's. sin and
+// cos: the libm crate's (pure Rust, so the same bits on every platform), f32 computed in f64 and
+// rounded once.
+float!(f32, f32::exp, super::math::erf_f32, super::math::tanh_f32, super::math::sin_f32, super::math::cos_f32);
+float!(f64, f64::exp, libm::erf, f64::tanh, libm::sin, libm::cos);
 
 /// Runs `$body` with the type alias `$T` bound to f32 or f64 according to `$dtype`; a storage-only
 /// dtype returns an [`crate::Error::DType`] naming `$op`. The body runs inside

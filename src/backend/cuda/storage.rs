@@ -139,6 +139,8 @@ fn unary_code(f: UnaryOp) -> (i32, f64, f64) {
         UnaryOp::Sin => (17, 0.0, 0.0),
         UnaryOp::Cos => (18, 0.0, 0.0),
         UnaryOp::NonZero => (19, 0.0, 0.0),
+        UnaryOp::Gelu => (20, 0.0, 0.0),
+        UnaryOp::GeluGrad => (21, 0.0, 0.0),
     }
 }
 
