@@ -107,11 +107,12 @@ macro_rules! float {
         }
     };
 }
-// f32 erf and tanh: our vectorizable versions (see `math`: computed in f64, rounded once, the same
-// bits on every platform); exp, f64 tanh: the platform's libm; f64 erf: the libm crate's. sin and
+// f32 exp, erf and tanh: our vectorizable versions (see `math`: computed in f64, rounded once, the
+// same bits on every platform; every caller runs in code compiled for the ISA it dispatched to, where
+// `mul_add` is one instruction); f64 exp and tanh: the platform's libm; f64 erf: the libm crate's. sin and
 // cos: the libm crate's (pure Rust, so the same bits on every platform), f32 computed in f64 and
 // rounded once.
-float!(f32, f32::exp, super::math::erf_f32, super::math::tanh_f32, super::math::sin_f32, super::math::cos_f32);
+float!(f32, super::math::exp_f32, super::math::erf_f32, super::math::tanh_f32, super::math::sin_f32, super::math::cos_f32);
 float!(f64, f64::exp, libm::erf, f64::tanh, libm::sin, libm::cos);
 
 /// Runs `$body` with the type alias `$T` bound to f32 or f64 according to `$dtype`; a storage-only
