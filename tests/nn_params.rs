@@ -438,3 +438,66 @@ fn debug_lists_names_shapes_and_dtypes() {
     p.add_buffers("sgd.momentum").unwrap();
     assert_eq!(format!("{p:?}"), r#"{"fc.w": [2, 3] f32 cpu, "sgd.momentum.fc.w": [2, 3] f32 cpu}"#);
 }
+
+/// `Adam::step_state` and `Sgd::step_state` on a whole named state: the same bits as `step` on the
+/// slices split by hand, on the fused (untaped) path and the taped one; a gradient of the wrong
+/// shape gives an error naming the parameter; a layout with the wrong buffer groups is refused
+/// with their names.
+#[test]
+fn optimizers_step_a_named_state() {
+    use metagrad::optim::Adam;
+    let mut p = Params::new();
+    p.insert("fc.w", Tensor::from_vec(vec![0.5f64, -1.0, 2.0, 0.25], [2, 2]).unwrap()).unwrap();
+    p.insert("fc.b", Tensor::from_vec(vec![0.1f64, -0.2], [2]).unwrap()).unwrap();
+    let mut adam_layout = p.clone();
+    adam_layout.add_buffers("adamw.m").unwrap();
+    adam_layout.add_buffers("adamw.v").unwrap();
+    let grads = vec![
+        Var::constant(Tensor::from_vec(vec![0.3f64, -0.1, 0.7, 0.2], [2, 2]).unwrap()),
+        Var::constant(Tensor::from_vec(vec![-0.4f64, 0.9], [2]).unwrap()),
+    ];
+    let one = Var::constant(Tensor::ones([], DType::F64));
+    let adam = Adam {
+        lr: scalar(1e-2, &one),
+        beta1: scalar(0.9, &one),
+        beta2: scalar(0.99, &one),
+        eps: 1e-8,
+        eps_root: 0.0,
+        weight_decay: scalar(0.1, &one),
+        decoupled: true,
+    };
+    for taped in [false, true] {
+        let tape = metagrad::Tape::new();
+        // Two steps from a state whose moments are not zero.
+        let mut state: Vec<Var> = adam_layout.to_state().into_iter().map(|t| if taped { tape.var(t) } else { Var::constant(t) }).collect();
+        let mut by_hand = state.clone();
+        for t in 0..2 {
+            state = adam.step_state(t, &adam_layout, &state, &grads).unwrap();
+            let (p, m, v) = adam.step(t, &by_hand[..2], &grads, &by_hand[2..4], &by_hand[4..]).unwrap();
+            by_hand = p.into_iter().chain(m).chain(v).collect();
+        }
+        assert_eq!(state.len(), 6);
+        for (a, b) in state.iter().zip(&by_hand) {
+            assert!(a.value().bit_eq(b.value()), "taped {taped}");
+        }
+        assert!(state[5].value().to_vec_f64().iter().all(|&x| x > 0.0), "the second moments moved");
+    }
+
+    let state: Vec<Var> = adam_layout.to_state().into_iter().map(Var::constant).collect();
+    let bad = vec![grads[0].clone(), Var::constant(Tensor::zeros([3], DType::F64))];
+    let e = adam.step_state(0, &adam_layout, &state, &bad).unwrap_err().to_string();
+    assert!(e.contains("parameter 1 (`fc.b`)") && e.contains("[3]"), "{e}");
+    let e = adam.step_state(0, &p, &state[..2], &grads).unwrap_err().to_string();
+    assert!(e.contains("adam") && e.contains("0 buffer groups") && e.contains("first and second moments"), "{e}");
+
+    let mut sgd_layout = p.clone();
+    sgd_layout.add_buffers("sgd.momentum").unwrap();
+    let sgd = Sgd { lr: scalar(0.1, &one), momentum: Some(scalar(0.9, &one)), weight_decay: scalar(0.0, &one), nesterov: false };
+    let s: Vec<Var> = sgd_layout.to_state().into_iter().map(Var::constant).collect();
+    let new = sgd.step_state(&sgd_layout, &s, &grads).unwrap();
+    let (np, nb) = sgd.step(&s[..2], &grads, &s[2..]).unwrap();
+    assert!(new.iter().zip(np.iter().chain(&nb)).all(|(a, b)| a.value().bit_eq(b.value())));
+    let e = sgd.step_state(&adam_layout, &adam_layout.to_state().into_iter().map(Var::constant).collect::<Vec<_>>(), &grads);
+    let e = e.unwrap_err().to_string();
+    assert!(e.contains("\"adamw.m\", \"adamw.v\"") && e.contains("momentum"), "{e}");
+}

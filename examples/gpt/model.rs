@@ -306,7 +306,7 @@ impl Training for Run<'_> {
 
     fn step(&self, ctx: &StepCtx, t: usize, state: &[Var], meta: &[Var]) -> Result<Vec<Var>> {
         let h = &self.hyper;
-        let (params, bufs) = self.layout.split_state(state)?;
+        let (params, _) = self.layout.split_state(state)?;
         let starts = batch_starts(h.seed, t, h.batch, self.train.len(), self.model.cfg.ctx);
         let w = match (self.weighted, meta.first()) {
             (false, _) => None,
@@ -326,8 +326,7 @@ impl Training for Run<'_> {
             weight_decay: scalar(h.weight_decay, p0),
             decoupled: true,
         };
-        let (p, m, v) = opt.step(h.t0 + t, params, &g, bufs[0], bufs[1])?;
-        Ok(p.into_iter().chain(m).chain(v).collect())
+        opt.step_state(h.t0 + t, &self.layout, state, &g)
     }
 
     fn output(&self, state: &[Var]) -> Result<Var> {

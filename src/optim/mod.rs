@@ -14,6 +14,7 @@
 use crate::backend::spec::Update;
 use crate::backend::Storage;
 use crate::error::{invalid, shape_err, Error, Result};
+use crate::nn::Params;
 use crate::{Device, Tensor, Var};
 
 /// A constant scalar hyperparameter of `like`'s dtype, on the CPU (the optimizers move scalar
@@ -142,6 +143,31 @@ impl Sgd {
         }
         Ok((new_p, new_b))
     }
+
+    /// [`Sgd::step`] on a whole flat state laid out by `layout` (its parameters, then one buffer group
+    /// holding the momentum with momentum, none without): returns the new state in the same layout,
+    /// ready to return from a [`crate::replay::Training::step`]. Errors name the parameter
+    /// ([`Params::annotate_error`]); a layout with the wrong number of buffer groups is an
+    /// [`Error::Invalid`] naming them.
+    pub fn step_state(&self, layout: &Params, state: &[Var], grads: &[Var]) -> Result<Vec<Var>> {
+        let want = usize::from(self.momentum.is_some());
+        let (params, bufs) = split(layout, state, "sgd", want, "the momentum")?;
+        let (p, b) = self.step(params, grads, bufs.first().copied().unwrap_or_default()).map_err(|e| layout.annotate_error(e))?;
+        Ok(p.into_iter().chain(b).collect())
+    }
+}
+
+/// `state` split by `layout` into the parameters and the buffer groups, which must number `want`
+/// (`what`: what they hold, for the error).
+fn split<'a>(layout: &Params, state: &'a [Var], op: &'static str, want: usize, what: &str) -> Result<(&'a [Var], Vec<&'a [Var]>)> {
+    let groups: Vec<&str> = layout.buffer_groups().collect();
+    if groups.len() != want {
+        return invalid(
+            op,
+            format!("the state layout has {} buffer groups ({:?}) but this optimizer keeps {want} ({what})", groups.len(), groups),
+        );
+    }
+    layout.split_state(state)
 }
 
 /// Adam (coupled weight decay) or AdamW (decoupled), with bias correction and `eps_root`:
@@ -218,5 +244,17 @@ impl Adam {
             nv.push(c);
         }
         Ok((np, nm, nv))
+    }
+
+    /// [`Adam::step`] on a whole flat state laid out by `layout` (its parameters, then two buffer
+    /// groups: the first and the second moments, e.g. `adamw.m` and `adamw.v`): returns the new state
+    /// in the same layout, ready to return from a [`crate::replay::Training::step`]. Errors name the
+    /// parameter ([`Params::annotate_error`]); a layout without exactly two buffer groups is an
+    /// [`Error::Invalid`] naming them.
+    pub fn step_state(&self, t: usize, layout: &Params, state: &[Var], grads: &[Var]) -> Result<Vec<Var>> {
+        let (params, bufs) = split(layout, state, "adam", 2, "the first and second moments")?;
+        let (m, v) = (bufs.first().copied().unwrap_or_default(), bufs.get(1).copied().unwrap_or_default());
+        let (p, m, v) = self.step(t, params, grads, m, v).map_err(|e| layout.annotate_error(e))?;
+        Ok(p.into_iter().chain(m).chain(v).collect())
     }
 }
