@@ -78,15 +78,9 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
         1.0 / 2.0,
     ];
     let u = x as f64;
-    // e^89 overflows f32 and e^−104 rounds to 0 in it; NaN passes both tests and stays NaN. So
-    // −150 ≤ k ≤ 129 and 2ᵏ is a normal f64.
-    let u = if u > 89.0 {
-        89.0
-    } else if u < -104.0 {
-        -104.0
-    } else {
-        u
-    };
+    // e^89 overflows f32 and e^−104 rounds to 0 in it; NaN stays NaN. So −150 ≤ k ≤ 129 and 2ᵏ is
+    // a normal f64.
+    let u = u.clamp(-104.0, 89.0);
     let kb = u * std::f64::consts::LOG2_E + MAGIC;
     let k = kb - MAGIC;
     let r = k.mul_add(-std::f64::consts::LN_2, u);
