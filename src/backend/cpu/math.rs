@@ -16,42 +16,51 @@
 /// to f32 every time, glibc's `tanhf` in 97.3%).
 #[inline(always)]
 pub(crate) fn tanh_f32(x: f32) -> f32 {
-    // 1.5·2⁵²: adding it rounds a double of magnitude < 2⁵¹ to an integer, whose value sits in the
-    // low bits of the sum.
-    const MAGIC: f64 = 6_755_399_441_055_744.0;
-    // 1/n! for n = 13 down to 2 (Horner order for expm1(r) = r·(1 + r·(1/2! + r·(1/3! + ...)))).
-    const C: [f64; 12] = [
-        1.0 / 6_227_020_800.0,
-        1.0 / 479_001_600.0,
-        1.0 / 39_916_800.0,
-        1.0 / 3_628_800.0,
-        1.0 / 362_880.0,
-        1.0 / 40_320.0,
-        1.0 / 5_040.0,
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        1.0 / 2.0,
-    ];
     let t = (x as f64).abs();
     // tanh(9.1) rounds to 1 in f32 (as does everything beyond ~9.01); NaN stays NaN.
     let t = if t > 9.1 { 9.1 } else { t };
-    let u = 2.0 * t;
-    let kb = u * std::f64::consts::LOG2_E + MAGIC;
-    let k = kb - MAGIC; // round(u / ln2), 0 ≤ k ≤ 27
-    let r = u - k * std::f64::consts::LN_2;
-    let mut p = C[0];
-    for &c in &C[1..] {
-        p = p.mul_add(r, c);
-    }
-    let em1 = p.mul_add(r, 1.0) * r; // expm1(r)
-    let s = f64::from_bits((kb.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(1023)) << 52); // 2ᵏ
-    let e = s.mul_add(em1, s - 1.0); // expm1(u)
+    let (s, em1) = exp_split(2.0 * t, &INV_FACT); // 0 ≤ k ≤ 27
+    let e = s.mul_add(em1, s - 1.0); // expm1(2t)
     let d = e + 2.0; // in [2, 2²⁷]
     let y = (1.0 / d as f32) as f64;
     let y = y.mul_add((-d).mul_add(y, 1.0), y); // one Newton step for 1/d
     ((e * y) as f32).copysign(x)
+}
+
+/// 1.5·2⁵²: adding it rounds a double of magnitude < 2⁵¹ to an integer, whose value sits in the low
+/// bits of the sum.
+const MAGIC: f64 = 6_755_399_441_055_744.0;
+
+/// 1/n! for n = 13 down to 2 (Horner order for expm1(r) = r·(1 + r·(1/2! + r·(1/3! + ...)))).
+const INV_FACT: [f64; 12] = [
+    1.0 / 6_227_020_800.0,
+    1.0 / 479_001_600.0,
+    1.0 / 39_916_800.0,
+    1.0 / 3_628_800.0,
+    1.0 / 362_880.0,
+    1.0 / 40_320.0,
+    1.0 / 5_040.0,
+    1.0 / 720.0,
+    1.0 / 120.0,
+    1.0 / 24.0,
+    1.0 / 6.0,
+    1.0 / 2.0,
+];
+
+/// (2ᵏ, expm1(r)) for u = k·ln2 + r, k = round(u/ln2), |r| ≤ ln2/2, with expm1(r) by Horner over
+/// `terms` (a tail of [`INV_FACT`]: its length is the degree less one). |u| must keep 2ᵏ a normal f64.
+#[inline(always)]
+fn exp_split(u: f64, terms: &[f64]) -> (f64, f64) {
+    let kb = u * std::f64::consts::LOG2_E + MAGIC;
+    let k = kb - MAGIC; // round(u / ln2)
+    let r = u - k * std::f64::consts::LN_2;
+    let mut p = terms.first().copied().unwrap_or(0.0);
+    for &c in terms.get(1..).unwrap_or_default() {
+        p = p.mul_add(r, c);
+    }
+    let em1 = p.mul_add(r, 1.0) * r;
+    let s = f64::from_bits((kb.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(1023)) << 52);
+    (s, em1)
 }
 
 /// e^x for f32, computed in f64 and rounded once: e^u = 2ᵏ·e^r with u = k·ln2 + r, |r| ≤ ln2/2, and
@@ -62,35 +71,11 @@ pub(crate) fn tanh_f32(x: f32) -> f32 {
 /// bits on every platform, and the element-wise loops over it vectorize (8 f64 lanes with AVX-512).
 #[inline(always)]
 pub(crate) fn exp_f32(x: f32) -> f32 {
-    const MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5·2⁵², as in tanh_f32
-                                                // 1/n! for n = 12 down to 2.
-    const C: [f64; 11] = [
-        1.0 / 479_001_600.0,
-        1.0 / 39_916_800.0,
-        1.0 / 3_628_800.0,
-        1.0 / 362_880.0,
-        1.0 / 40_320.0,
-        1.0 / 5_040.0,
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        1.0 / 2.0,
-    ];
-    let u = x as f64;
     // e^89 overflows f32 and e^−104 rounds to 0 in it; NaN stays NaN. So −150 ≤ k ≤ 129 and 2ᵏ is
     // a normal f64.
-    let u = u.clamp(-104.0, 89.0);
-    let kb = u * std::f64::consts::LOG2_E + MAGIC;
-    let k = kb - MAGIC;
-    let r = k.mul_add(-std::f64::consts::LN_2, u);
-    let mut p = C[0];
-    for &c in &C[1..] {
-        p = p.mul_add(r, c);
-    }
-    let e = p.mul_add(r, 1.0).mul_add(r, 1.0); // e^r
-    let s = f64::from_bits((kb.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(1023)) << 52); // 2ᵏ
-    (e * s) as f32
+    let u = (x as f64).clamp(-104.0, 89.0);
+    let (s, em1) = exp_split(u, INV_FACT.get(1..).unwrap_or_default()); // degree 12
+    s.mul_add(em1, s) as f32
 }
 
 /// erf for f32, computed in f64 and rounded once: erf(t) = t·P(t²/8 − 1) for t = |x| ≤ 4, P a
