@@ -258,14 +258,13 @@ impl<'a> Run<'a> {
         let mut layout = model.params.clone();
         layout.add_buffers("adamw.m")?;
         layout.add_buffers("adamw.v")?;
-        let layout = if start.state_len() == start.len() {
-            let mut p = Params::from_state(&model.params, &start.to_state())?;
-            p.add_buffers("adamw.m")?;
-            p.add_buffers("adamw.v")?;
-            Params::from_state(&layout, &p.to_state())?
-        } else {
-            Params::from_state(&layout, &start.to_state())?
-        };
+        let mut state = start.to_state();
+        if start.state_len() == start.len() {
+            // Parameters only: the layout's zero moments after them (a wrong count is reported by
+            // `from_state`).
+            state.extend(layout.to_state().into_iter().skip(model.params.len()));
+        }
+        let layout = Params::from_state(&layout, &state)?;
         if hyper.warmup >= hyper.steps {
             return invalid(format!("warmup {} must be below the {} steps", hyper.warmup, hyper.steps));
         }

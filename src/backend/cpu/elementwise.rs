@@ -7,6 +7,7 @@
 //! instruction and give the same bits as the portable ones (the same IEEE operations per element).
 
 use super::float::Float;
+use super::simd::multiversion;
 use super::{best_isa, for_chunks, pool, Isa, CHUNK};
 use crate::backend::spec::{broadcast_strides, BinaryOp, UnaryOp};
 use crate::error::Result;
@@ -143,32 +144,21 @@ pub(crate) fn unary<T: Float>(op: &'static str, xs: &[T], f: UnaryOp) -> Result<
     let isa = best_isa();
     for_chunks(&mut out, CHUNK, xs.len(), |i, o| {
         let x = xs.get(i * CHUNK..i * CHUNK + o.len()).unwrap_or_default();
-        unary_slice_dispatch(isa, o, x, f)
+        unary_slice(isa, o, x, f)
     });
     Ok(out)
 }
 
-#[inline(always)]
-fn unary_slice_dispatch<T: Float>(isa: Isa, out: &mut [T], xs: &[T], f: UnaryOp) {
-    match isa {
-        // SAFETY: the caller got `isa` from best_isa(), which checked these features.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { unary_slice_avx512(out, xs, f) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { unary_slice_avx2(out, xs, f) },
-        _ => unary_slice(out, xs, f),
-    }
-}
-
 /// out[i] = f(xs[i]), one loop per variant of `f`: each arm rebuilds its variant from the bound
 /// parameters, so the discriminant is a constant in its loop, the per-element `match` of
-/// [`UnaryOp::apply`] folds away and simple bodies vectorize. Everything here is inlined into the
-/// ISA copies below, so the element function is compiled with their features however large it is
-/// (a closure would be a function of its own, compiled without FMA when not inlined: erf's
-/// recurrence would then make a libm call per fused multiply-add).
+/// [`UnaryOp::apply`] folds away and simple bodies vectorize. `S` only picks the copy: everything
+/// here is inlined into [`unary_slice`]'s `#[target_feature]` copies, so the element function is
+/// compiled with their features however large it is (a closure would be a function of its own,
+/// compiled without FMA when not inlined: erf's recurrence would then make a libm call per fused
+/// multiply-add).
 #[inline(always)]
-fn unary_slice<T: Float>(out: &mut [T], xs: &[T], f: UnaryOp) {
+#[allow(clippy::extra_unused_type_parameters)]
+fn unary_rows<T: Float, S>(out: &mut [T], xs: &[T], f: UnaryOp) {
     macro_rules! per_variant {
         ($($pat:pat => $fixed:expr),* $(,)?) => {
             match f { $($pat => for (o, &x) in out.iter_mut().zip(xs) { *o = $fixed.apply(x) },)* }
@@ -183,18 +173,8 @@ fn unary_slice<T: Float>(out: &mut [T], xs: &[T], f: UnaryOp) {
     )
 }
 
-/// [`unary_slice`] compiled for AVX2+FMA (same bits: the same IEEE operations per element).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn unary_slice_avx2<T: Float>(out: &mut [T], xs: &[T], f: UnaryOp) {
-    unary_slice(out, xs, f)
-}
-
-/// [`unary_slice`] compiled for AVX-512 (16 f32 or 8 f64 lanes; same bits).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn unary_slice_avx512<T: Float>(out: &mut [T], xs: &[T], f: UnaryOp) {
-    unary_slice(out, xs, f)
+multiversion! {
+    fn unary_slice<T: Float>(out: &mut [T], xs: &[T], f: UnaryOp) = unary_rows;
 }
 
 /// `f(a, b)` with broadcasting, one kernel instantiation per function (see [`unary`]).
@@ -461,7 +441,7 @@ mod tests {
         for f in ops {
             let run = |isa: Isa| {
                 let mut out = vec![T::ZERO; xs.len()];
-                unary_slice_dispatch(isa, &mut out, &xs, f);
+                unary_slice(isa, &mut out, &xs, f);
                 out
             };
             let reference = run(Isa::Portable);

@@ -3,7 +3,8 @@
 //! the shape, so the bits do not depend on the thread count.
 
 use super::float::Float;
-use super::{best_isa, for_chunks, pool, Isa, CHUNK};
+use super::simd::multiversion;
+use super::{best_isa, for_chunks, pool, CHUNK};
 use crate::backend::spec::{AxisView, SoftmaxMode};
 use crate::error::Result;
 
@@ -99,24 +100,18 @@ pub(crate) fn softmax_axis<T: Float>(op: &'static str, x: &[T], v: AxisView, mod
     let isa = best_isa();
     for_chunks(&mut out, per, outer * n * inner, |o, y| {
         let x = x.get(o * n * inner..(o + 1) * n * inner).unwrap_or_default();
-        match isa {
-            // SAFETY: best_isa() checked these features.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { softmax_rows_avx512(x, n, inner, mode, y) },
-            // SAFETY: as above.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { softmax_rows_avx2(x, n, inner, mode, y) },
-            _ => softmax_rows(x, n, inner, mode, y),
-        }
+        softmax_rows(isa, x, n, inner, mode, y)
     });
     Ok(out)
 }
 
-/// One outer index of [`softmax_axis`]: `x` is its [n, inner] block, `y` its output. Inlined into
-/// the ISA copies below, so `exp` (f32: [`super::math::exp_f32`], fused multiply-adds) is compiled
-/// with their features; the same IEEE operations, so the same bits, on every path.
+/// One outer index of [`softmax_axis`]: `x` is its [n, inner] block, `y` its output. `S` only
+/// picks the copy: this is inlined into [`softmax_rows`]'s `#[target_feature]` copies, so `exp` (f32:
+/// [`super::math::exp_f32`], fused multiply-adds) is compiled with their features; the same IEEE
+/// operations, so the same bits, on every path.
 #[inline(always)]
-fn softmax_rows<T: Float>(x: &[T], n: usize, inner: usize, mode: SoftmaxMode, y: &mut [T]) {
+#[allow(clippy::extra_unused_type_parameters)]
+fn softmax_block<T: Float, S>(x: &[T], n: usize, inner: usize, mode: SoftmaxMode, y: &mut [T]) {
     for i in 0..inner {
         let at = |j: usize| x[j * inner + i];
         let mut m = T::NEG_INFINITY;
@@ -150,16 +145,6 @@ fn softmax_rows<T: Float>(x: &[T], n: usize, inner: usize, mode: SoftmaxMode, y:
     }
 }
 
-/// [`softmax_rows`] compiled for AVX2+FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_rows_avx2<T: Float>(x: &[T], n: usize, inner: usize, mode: SoftmaxMode, y: &mut [T]) {
-    softmax_rows(x, n, inner, mode, y)
-}
-
-/// [`softmax_rows`] compiled for AVX-512.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn softmax_rows_avx512<T: Float>(x: &[T], n: usize, inner: usize, mode: SoftmaxMode, y: &mut [T]) {
-    softmax_rows(x, n, inner, mode, y)
+multiversion! {
+    fn softmax_rows<T: Float>(x: &[T], n: usize, inner: usize, mode: SoftmaxMode, y: &mut [T]) = softmax_block;
 }
