@@ -25,9 +25,8 @@
 //! reloads it and checks the reloaded parameters give bitwise the same validation loss.
 //!
 //! Then the metagradient: the trained state (parameters and AdamW moments) converted to f64 trains
-//! `--meta-steps` more AdamW steps
-//! on batches of `--meta-batch` sequences, each training sequence's loss scaled by its own data
-//! weight w (all 1). REPLAY (`replay::metagradient`) gives the exact ∂(validation loss after those
+//! `--meta-steps` more AdamW steps on batches of `--meta-batch` sequences, each training sequence's
+//! loss scaled by its own data weight w (all 1). REPLAY (`replay::metagradient`) gives the exact ∂(validation loss after those
 //! steps)/∂w; three of its components (the first, the last and the largest) are checked against
 //! central finite differences of `replay::evaluate` (step 1e-4), printed with their relative errors.
 //! `--json` prints one JSON summary object on stdout (progress then goes to stderr).
@@ -264,7 +263,7 @@ fn run(a: &Args) -> std::result::Result<(), Box<dyn std::error::Error>> {
         return Err("the reloaded checkpoint gives a different validation loss".into());
     }
 
-    // The metagradient, in f64, from the trained parameters.
+    // The metagradient, in f64, from the trained state.
     // It continues from the whole trained state, AdamW's moments included: from zero moments the
     // first steps move each weight by about ±lr (m/√v = g/|g|), a function of the data weights that
     // is smooth only on a scale far below any finite-difference step.
