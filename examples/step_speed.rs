@@ -190,8 +190,14 @@ struct Size {
     l: usize,
     d: usize,
     h: usize,
-    hd: usize,
     mlp: usize,
+}
+
+impl Size {
+    /// Head width.
+    fn hd(self) -> usize {
+        self.d / self.h
+    }
 }
 
 fn size() -> Size {
@@ -200,7 +206,7 @@ fn size() -> Size {
         let args: Vec<String> = std::env::args().collect();
         let example = args.windows(2).any(|w| w[0] == "--gpt-size" && w[1] == "example");
         let (v, l, d) = if example { (76, 64, 64) } else { (65, 32, 32) };
-        Size { v, l, d, h: 4, hd: d / 4, mlp: 4 * d }
+        Size { v, l, d, h: 4, mlp: 4 * d }
     })
 }
 
@@ -269,8 +275,8 @@ fn gpt_loss(p: &[Var], tokens: &[usize]) -> Result<Var> {
     for l in 0..BLOCKS {
         let q = &p[2 + 12 * l..14 + 12 * l];
         let qkv = h.layer_norm(Some(&q[0]), Some(&q[1]), 1e-5)?.matmul(&q[2])?.add(&q[3])?;
-        let head = |i: usize| qkv.narrow(-1, i * z.d, z.d)?.reshape([B, z.l, z.h, z.hd])?.permute(&[0, 2, 1, 3]);
-        let (qh, kh, vh, scale) = (head(0)?, head(1)?, head(2)?, 1.0 / (z.hd as f64).sqrt());
+        let head = |i: usize| qkv.narrow(-1, i * z.d, z.d)?.reshape([B, z.l, z.h, z.hd()])?.permute(&[0, 2, 1, 3]);
+        let (qh, kh, vh, scale) = (head(0)?, head(1)?, head(2)?, 1.0 / (z.hd() as f64).sqrt());
         let o = if composite() { qh.attention_composite(&kh, &vh, scale, true)? } else { qh.attention(&kh, &vh, scale, true)? };
         let o = o.permute(&[0, 2, 1, 3])?.reshape([B, z.l, z.d])?;
         h = h.add(&o.matmul(&q[4])?.add(&q[5])?)?;
@@ -376,6 +382,12 @@ fn main() {
             "usage: step_speed [--json] [--gpt [--composite] [--gpt-size small|example]] [--reps N] [--batches 64,512] [--train-only]"
         );
         return;
+    }
+    if let Some(s) = args.iter().position(|a| a == "--gpt-size").map(|i| args.get(i + 1)) {
+        if !matches!(s.map(String::as_str), Some("small" | "example")) {
+            eprintln!("step_speed: --gpt-size takes small or example, not {}", s.map_or("nothing", String::as_str));
+            std::process::exit(2);
+        }
     }
     let machine = Machine::measure();
     let run = || -> Result<String> {
