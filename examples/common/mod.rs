@@ -6,6 +6,8 @@
 #![allow(dead_code)] // each example uses a subset
 
 pub mod mgdata;
+pub mod mnist_cnn;
+pub mod plot;
 
 use std::time::Instant;
 
@@ -136,4 +138,23 @@ impl Machine {
             self.isa
         )
     }
+}
+
+/// The device named on the command line: `cpu`, `cuda` (device 0) or `auto` (`Device::best()`:
+/// CUDA device 0 when one can be opened, else the CPU).
+pub fn device(name: &str) -> metagrad::Result<metagrad::Device> {
+    match name {
+        "cpu" => Ok(metagrad::Device::Cpu),
+        "cuda" => metagrad::Device::cuda(0),
+        "auto" => Ok(metagrad::Device::best()),
+        other => Err(metagrad::Error::Invalid { op: "--device", msg: format!("`{other}` is not one of cpu, cuda, auto") }),
+    }
+}
+
+/// Mean and sample standard deviation (0 for fewer than two values).
+pub fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 { v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
 }

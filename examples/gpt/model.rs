@@ -239,6 +239,10 @@ pub struct Run<'a> {
     pub val_starts: Vec<usize>,
     /// Per-sequence data weights as the metaparameter.
     pub weighted: bool,
+    /// A fixed pool of training windows (starts into `train`) to draw each batch from, uniformly
+    /// with replacement by (seed, step); with `weighted`, the data weights are then one per pool
+    /// window ([pool.len()]) instead of one per drawn sequence. `None`: windows anywhere in `train`.
+    pub pool: Option<Vec<usize>>,
     layout: Params,
 }
 
@@ -274,7 +278,7 @@ impl<'a> Run<'a> {
             }
         }
         let val_starts = eval_starts(val.len(), model.cfg.ctx, val_windows);
-        Ok(Run { model, hyper, train, val, val_starts, weighted, layout })
+        Ok(Run { model, hyper, train, val, val_starts, weighted, pool: None, layout })
     }
 
     /// The parameters of a state (its first `n` tensors) by name.
@@ -306,11 +310,23 @@ impl Training for Run<'_> {
     fn step(&self, ctx: &StepCtx, t: usize, state: &[Var], meta: &[Var]) -> Result<Vec<Var>> {
         let h = &self.hyper;
         let (params, _) = self.layout.split_state(state)?;
-        let starts = batch_starts(h.seed, t, h.batch, self.train.len(), self.model.cfg.ctx);
-        let w = match (self.weighted, meta.first()) {
-            (false, _) => None,
-            (true, Some(z)) => Some(z.narrow(0, t * h.batch, h.batch)?),
-            (true, None) => return invalid("a weighted run needs the data weights".into()),
+        if self.pool.as_ref().is_some_and(Vec::is_empty) {
+            return invalid("the training pool has no windows".into());
+        }
+        let (starts, picks) = match &self.pool {
+            None => (batch_starts(h.seed, t, h.batch, self.train.len(), self.model.cfg.ctx), None),
+            Some(pool) => {
+                let key = derive_seed(h.seed, t as u64);
+                let picks: Vec<usize> =
+                    (0..h.batch).map(|i| ((uniform(key, i as u64) * pool.len() as f64) as usize).min(pool.len() - 1)).collect();
+                (picks.iter().map(|&i| pool[i]).collect(), Some(picks))
+            }
+        };
+        let w = match (self.weighted, meta.first(), picks) {
+            (false, ..) => None,
+            (true, Some(z), None) => Some(z.narrow(0, t * h.batch, h.batch)?),
+            (true, Some(z), Some(picks)) => Some(z.index_select(0, &picks)?),
+            (true, None, _) => return invalid("a weighted run needs the data weights".into()),
         };
         let loss = self.model.loss(params, self.train, &starts, w.as_ref())?;
         let g = ctx.grad(&loss, &params.iter().collect::<Vec<_>>())?;
