@@ -24,22 +24,15 @@ use common::plot::{self, Mark, Panel, Series};
 use metagrad::replay::{evaluate, metagradient, ScheduleKind};
 use metagrad::{DType, Result, Tensor};
 use model::{Config, Gpt, Hyper, Run, Vocab};
-use std::path::PathBuf;
 use std::time::Instant;
 
 /// Select half of a mixed training pool for a target task by MGD on per-passage weights.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 pub struct Args {
-    /// A reduced run of about a minute.
-    #[arg(long)]
-    pub quick: bool,
-    /// Print one JSON summary object on stdout (progress goes to stderr).
-    #[arg(long)]
-    pub json: bool,
-    /// Output directory for the CSV files and the plot.
-    #[arg(long, default_value = "data_selection_out")]
-    pub out: PathBuf,
+    /// --quick, --json, --out.
+    #[command(flatten)]
+    pub opts: common::mgd::Opts,
     /// Pool passages (half from each source; default 1024; 512 with --quick).
     #[arg(long)]
     pub pool: Option<usize>,
@@ -82,11 +75,9 @@ pub struct Summary {
 /// MGD on the weights, then the from-scratch comparison.
 pub fn run(args: &Args) -> Result<Summary> {
     let t0 = Instant::now();
-    let n_pool = args.pool.unwrap_or(if args.quick { 512 } else { 1024 }) & !1;
-    let steps = args.steps.unwrap_or(if args.quick { 150 } else { 300 });
-    let iters = args.iters.unwrap_or(if args.quick { 2 } else { 6 });
+    let o = &args.opts;
+    let (n_pool, steps, iters) = (o.size(args.pool, 1024, 512) & !1, o.size(args.steps, 300, 150), o.size(args.iters, 6, 2));
     let ctx = args.ctx;
-    let say = |s: String| if args.json { eprintln!("{s}") } else { println!("{s}") };
 
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/shakespeare/shakespeare8.txt");
     let bytes = std::fs::read(path).map_err(|e| metagrad::Error::Invalid { op: "data_selection", msg: format!("{path}: {e}") })?;
@@ -113,7 +104,7 @@ pub fn run(args: &Args) -> Result<Summary> {
     let gpt = Gpt::new(Config { d: args.d, heads: 4, blocks: 2, ctx, dtype: DType::F32, seed: 1 }, vocab.len())?;
     let hyper = Hyper { steps, batch: 16, lr: 3e-3, warmup: steps / 10, clip: 1.0, weight_decay: 0.01, seed: 2, t0: 0 };
     let starts: Vec<usize> = (0..n_pool).map(|i| i * w).collect();
-    say(format!(
+    o.say(&format!(
         "data selection: {n_pool} passages of {w} characters (half Shakespeare, half Shakespeare reversed), target: held-out Shakespeare; GPT d {} ctx {ctx} ({} parameters), {steps} AdamW steps of batch 16, {iters} MGD iterations",
         args.d,
         gpt.n_params()
@@ -123,41 +114,11 @@ pub fn run(args: &Args) -> Result<Summary> {
     let mut weighted = Run::new(&gpt, &gpt.params, hyper, &pool_text, target, 64, true)?;
     weighted.pool = Some(starts.clone());
     let z = |w: &[f64]| -> Result<Vec<Tensor>> { Ok(vec![Tensor::from_vec(w.iter().map(|&v| v as f32).collect::<Vec<_>>(), [n_pool])?]) };
-    let mut wts = vec![1.0f64; n_pool];
-    let mut phi = evaluate(&weighted, &z(&wts)?)?;
-    let mut losses = vec![phi];
-    let bar = plot::progress(iters as u64, "MGD", args.json);
-    let mut step = 0.5f64;
-    for it in 0..iters {
-        bar.set_message(format!("target loss {phi:.4}"));
-        let mg = metagradient(&weighted, &z(&wts)?, ScheduleKind::KAry { k: 4 })?;
-        let g = mg.grads[0].to_vec_f64();
-        let gmax = g.iter().fold(1e-30f64, |a, v| a.max(v.abs()));
-        let mut accepted = false;
-        for _ in 0..5 {
-            let cand: Vec<f64> = wts.iter().zip(&g).map(|(w, gi)| (w - step * gi / gmax).clamp(0.0, 4.0)).collect();
-            let p = evaluate(&weighted, &z(&cand)?)?;
-            if p < phi {
-                (wts, phi, accepted) = (cand, p, true);
-                step *= 1.5;
-                break;
-            }
-            step *= 0.5;
-        }
-        losses.push(phi);
-        bar.inc(1);
-        bar.suspend(|| {
-            say(format!(
-                "MGD {}/{iters}: target loss {phi:.4}{}",
-                it + 1,
-                if accepted { "" } else { " (no descending step found: stopping)" }
-            ))
-        });
-        if !accepted {
-            break;
-        }
-    }
-    bar.finish_and_clear();
+    let ones = vec![1.0f64; n_pool];
+    let phi0 = evaluate(&weighted, &z(&ones)?)?;
+    let grad = |w: &[f64]| -> Result<Vec<f64>> { Ok(metagradient(&weighted, &z(w)?, ScheduleKind::KAry { k: 4 })?.grads[0].to_vec_f64()) };
+    let propose = |w: &[f64], g: &[f64], s: f64| -> Vec<f64> { w.iter().zip(g).map(|(w, g)| (w + s * g).clamp(0.0, 4.0)).collect() };
+    let (wts, losses) = common::mgd::descend(o, "target loss", iters, false, ones, phi0, grad, propose, |w| evaluate(&weighted, &z(w)?))?;
 
     // Train from scratch (unweighted) on halves of the pool: MGD's top half, random halves, and the
     // forward half (what a perfect selector would pick).
@@ -172,7 +133,7 @@ pub fn run(args: &Args) -> Result<Summary> {
     let top = &by_weight[..half];
     let selected_from_target_source = top.iter().filter(|&&i| source[i]).count() as f64 / half as f64;
     let seeds = args.seeds.max(2);
-    let bar = plot::progress(seeds + 2, "training from scratch", args.json);
+    let bar = plot::progress(seeds + 2, "training from scratch", o.json);
     let mgd_target_loss = target_loss(top)?;
     bar.inc(1);
     let forward: Vec<usize> = (0..n_pool).filter(|&i| source[i]).collect();
@@ -186,17 +147,17 @@ pub fn run(args: &Args) -> Result<Summary> {
     bar.finish_and_clear();
     let (random_target_loss_mean, random_target_loss_sd) = common::mean_sd(&random);
 
-    plot::out_dir(&args.out)?;
-    plot::csv(&args.out.join("selection_mgd.csv"), "iteration,target_loss", losses.iter().enumerate().map(|(i, l)| format!("{i},{l}")))?;
+    let out = o.out_dir("data_selection_out")?;
+    plot::csv(&out.join("selection_mgd.csv"), "iteration,target_loss", losses.iter().enumerate().map(|(i, l)| format!("{i},{l}")))?;
     plot::csv(
-        &args.out.join("selection_weights.csv"),
+        &out.join("selection_weights.csv"),
         "passage,source,weight,selected",
         (0..n_pool).map(|i| format!("{i},{},{},{}", if source[i] { "forward" } else { "reversed" }, wts[i], top.contains(&i))),
     )?;
     let halves = std::iter::once(format!("mgd,{mgd_target_loss}"))
         .chain(std::iter::once(format!("forward_only,{oracle_target_loss}")))
         .chain(random.iter().enumerate().map(|(s, l)| format!("random_{s},{l}")));
-    plot::csv(&args.out.join("selection_halves.csv"), "half,target_loss", halves)?;
+    plot::csv(&out.join("selection_halves.csv"), "half,target_loss", halves)?;
     let mut hist = Panel::lines("learned weight of each pool passage", "passage index", "data weight", Vec::new());
     hist.mark = Mark::Points;
     hist.series = vec![
@@ -216,7 +177,7 @@ pub fn run(args: &Args) -> Result<Summary> {
         Series::new("random halves", random.iter().enumerate().map(|(s, &l)| (2.0 + s as f64, l)).collect()),
     ];
     plot::svg(
-        &args.out.join("data_selection.svg"),
+        &out.join("data_selection.svg"),
         &[
             Panel::lines(
                 "target loss of the weighted training (MGD)",
@@ -237,7 +198,7 @@ pub fn run(args: &Args) -> Result<Summary> {
         mgd_losses: losses,
         seconds: t0.elapsed().as_secs_f64(),
     };
-    say(format!(
+    o.say(&format!(
         "target loss after training on half the pool: MGD-selected {:.4} ({:.0}% of it Shakespeare forward), random halves {:.4} ± {:.4} (n = {seeds}), forward only {:.4}; {:.0} s; wrote {}/selection_mgd.csv, selection_weights.csv, selection_halves.csv, data_selection.svg",
         s.mgd_target_loss,
         100.0 * s.selected_from_target_source,
@@ -245,7 +206,7 @@ pub fn run(args: &Args) -> Result<Summary> {
         s.random_target_loss_sd,
         s.oracle_target_loss,
         s.seconds,
-        args.out.display()
+        out.display()
     ));
     Ok(s)
 }
@@ -254,7 +215,7 @@ fn main() -> Result<()> {
     metagrad::use_calling_thread()?;
     let args = Args::parse();
     let s = run(&args)?;
-    if args.json {
+    if args.opts.json {
         let j = serde_json::json!({
             "mgd_target_loss": s.mgd_target_loss, "random_target_loss_mean": s.random_target_loss_mean,
             "random_target_loss_sd": s.random_target_loss_sd, "oracle_target_loss": s.oracle_target_loss,

@@ -21,22 +21,15 @@ use common::plot::{self, Panel, Series};
 use metagrad::replay::reference::keypoint_lr;
 use metagrad::replay::{evaluate, metagradient, ScheduleKind};
 use metagrad::{Result, Tensor, Var};
-use std::path::PathBuf;
 use std::time::Instant;
 
 /// Learn an SGD learning-rate schedule by MGD and compare it with a grid search of equal compute.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 pub struct Args {
-    /// A reduced run of about a minute.
-    #[arg(long)]
-    pub quick: bool,
-    /// Print one JSON summary object on stdout (progress goes to stderr).
-    #[arg(long)]
-    pub json: bool,
-    /// Output directory for the CSV files and the plot.
-    #[arg(long, default_value = "lr_schedule_out")]
-    pub out: PathBuf,
+    /// --quick, --json, --out.
+    #[command(flatten)]
+    pub opts: common::mgd::Opts,
     /// cpu, cuda or auto (CUDA device 0 when one opens, else the CPU).
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -93,58 +86,33 @@ fn per_step(eta: &[f64], steps: usize) -> Result<Vec<f64>> {
 pub fn run(args: &Args) -> Result<Summary> {
     let t_start = Instant::now();
     let device = common::device(&args.device)?;
-    let n = args.train.unwrap_or(if args.quick { 1024 } else { 2048 });
-    let steps = args.steps.unwrap_or(if args.quick { 160 } else { 320 });
-    let iters = args.iters.unwrap_or(if args.quick { 4 } else { 10 });
+    let o = &args.opts;
+    let (n, steps, iters) = (o.size(args.train, 2048, 1024), o.size(args.steps, 320, 160), o.size(args.iters, 10, 4));
     let k = args.keypoints.max(2);
     let digits = Digits::load(n, 256, 2000, device)?;
-    let say = |s: String| if args.json { eprintln!("{s}") } else { println!("{s}") };
-    say(format!("MGD on the learning-rate schedule: {n} training digits, T = {steps} SGD steps of batch 64, {k} keypoints from a flat {}, {iters} iterations, device {device}", args.lr0));
+    o.say(&format!("MGD on the learning-rate schedule: {n} training digits, T = {steps} SGD steps of batch 64, {k} keypoints from a flat {}, {iters} iterations, device {device}", args.lr0));
     let fixed = |lr: Vec<f64>| Cnn::new(&digits, Arch::SMOOTH, steps, 64, 0, Lr::Fixed(lr));
     let mgd_run = Cnn::new(&digits, Arch::SMOOTH, steps, 64, 0, Lr::Keypoints);
 
-    // One training run's seconds: the unit of compute for both searches.
-    let t = Instant::now();
+    // One training run's seconds: the unit of compute for both searches (timed after a first run,
+    // which also pays for page faults and the thread pool's start).
     let z = |eta: &[f64]| -> Result<Vec<Tensor>> { Ok(vec![Tensor::from_vec(eta.iter().map(|&v| v as f32).collect::<Vec<_>>(), [k])?]) };
-    let mut eta = vec![args.lr0; k];
-    let mut phi = evaluate(&mgd_run, &z(&eta)?)?;
+    let flat = vec![args.lr0; k];
+    evaluate(&mgd_run, &z(&flat)?)?;
+    let t = Instant::now();
+    let phi0 = evaluate(&mgd_run, &z(&flat)?)?;
     let run_secs = t.elapsed().as_secs_f64();
 
-    // MGD in log space (η ← η·exp(−s·η∘g/‖η∘g‖∞)), backtracking until φ falls.
+    // MGD in log space: the gradient in log η is η∘∂φ/∂η, and a step s moves η to η·exp(s·g).
     let t_mgd = Instant::now();
-    let mut losses = vec![phi];
-    let mut step = 0.5f64;
-    let bar = plot::progress(iters as u64, "MGD", args.json);
-    for it in 0..iters {
-        bar.set_message(format!("φ = {phi:.4}"));
-        let mg = metagradient(&mgd_run, &z(&eta)?, ScheduleKind::KAry { k: 4 })?;
-        let g: Vec<f64> = eta.iter().zip(mg.grads[0].to_vec_f64()).map(|(e, g)| e * g).collect();
-        let gmax = g.iter().fold(1e-30f64, |a, v| a.max(v.abs()));
-        let mut accepted = false;
-        for _ in 0..5 {
-            let cand: Vec<f64> = eta.iter().zip(&g).map(|(e, gi)| e * (-step * gi / gmax).exp()).collect();
-            let p = evaluate(&mgd_run, &z(&cand)?)?;
-            if p < phi {
-                (eta, phi, accepted) = (cand, p, true);
-                step *= 1.5;
-                break;
-            }
-            step *= 0.5;
-        }
-        losses.push(phi);
-        bar.inc(1);
-        bar.suspend(|| {
-            say(format!(
-                "MGD {}/{iters}: validation loss {phi:.4}{}",
-                it + 1,
-                if accepted { "" } else { " (no descending step found: stopping)" }
-            ))
-        });
-        if !accepted {
-            break;
-        }
-    }
-    bar.finish_and_clear();
+    let grad = |eta: &[f64]| -> Result<Vec<f64>> {
+        let mg = metagradient(&mgd_run, &z(eta)?, ScheduleKind::KAry { k: 4 })?;
+        Ok(eta.iter().zip(mg.grads[0].to_vec_f64()).map(|(e, g)| e * g).collect())
+    };
+    let propose = |eta: &[f64], g: &[f64], s: f64| -> Vec<f64> { eta.iter().zip(g).map(|(e, g)| e * (s * g).exp()).collect() };
+    let (eta, losses) =
+        common::mgd::descend(o, "validation loss", iters, false, flat, phi0, grad, propose, |eta| evaluate(&mgd_run, &z(eta)?))?;
+    let phi = losses.last().copied().unwrap_or(phi0);
     let mgd_secs = t_mgd.elapsed().as_secs_f64() + run_secs;
     let mgd_runs = mgd_secs / run_secs;
     let learned = per_step(&eta, steps)?;
@@ -156,7 +124,7 @@ pub fn run(args: &Args) -> Result<Summary> {
     let per_family = grid_runs / 3;
     let families: [Family; 3] = [("constant", schedules::constant), ("step", schedules::step), ("cosine", schedules::cosine)];
     let mut grid = Vec::new();
-    let bar = plot::progress((3 * per_family) as u64, "grid", args.json);
+    let bar = plot::progress((3 * per_family) as u64, "grid", o.json);
     for (name, f) in families {
         for i in 0..per_family {
             let peak = 0.01 * 300f64.powf(if per_family > 1 { i as f64 / (per_family - 1) as f64 } else { 0.5 });
@@ -177,22 +145,22 @@ pub fn run(args: &Args) -> Result<Summary> {
     let best_fn = families.iter().find(|f| f.0 == best.0).map(|f| f.1).unwrap_or(schedules::constant);
     let best_schedule = best_fn(best.1, steps);
 
-    plot::out_dir(&args.out)?;
-    plot::csv(&args.out.join("lr_mgd.csv"), "iteration,validation_loss", losses.iter().enumerate().map(|(i, l)| format!("{i},{l}")))?;
+    let out = o.out_dir("lr_schedule_out")?;
+    plot::csv(&out.join("lr_mgd.csv"), "iteration,validation_loss", losses.iter().enumerate().map(|(i, l)| format!("{i},{l}")))?;
     plot::csv(
-        &args.out.join("lr_grid.csv"),
+        &out.join("lr_grid.csv"),
         "family,peak_lr,validation_loss,test_loss",
         grid.iter().map(|g| format!("{},{},{},{}", g.0, g.1, g.2, g.3)),
     )?;
     plot::csv(
-        &args.out.join("lr_schedules.csv"),
+        &out.join("lr_schedules.csv"),
         "step,flat,mgd,best_grid",
         (0..steps).map(|t| format!("{t},{},{},{}", args.lr0, learned[t], best_schedule[t])),
     )?;
     let steps_axis = |v: &[f64]| v.iter().enumerate().map(|(t, &y)| (t as f64, y)).collect::<Vec<_>>();
     let grid_line = vec![(0.0, best.2), ((losses.len() - 1) as f64, best.2)];
     plot::svg(
-        &args.out.join("lr_schedule.svg"),
+        &out.join("lr_schedule.svg"),
         &[
             Panel::lines(
                 "validation loss: MGD iterations vs best grid point",
@@ -223,7 +191,7 @@ pub fn run(args: &Args) -> Result<Summary> {
         mgd_losses: losses,
         seconds: t_start.elapsed().as_secs_f64(),
     };
-    say(format!(
+    o.say(&format!(
         "MGD: validation loss {:.4} (test {:.4}) for {:.1} training runs of compute; grid of {} runs: best {} validation {:.4} (test {:.4}); {:.0} s; wrote {}/lr_mgd.csv, lr_grid.csv, lr_schedules.csv, lr_schedule.svg",
         s.mgd_val_loss,
         s.mgd_test_loss,
@@ -233,7 +201,7 @@ pub fn run(args: &Args) -> Result<Summary> {
         s.best_grid_val_loss,
         s.best_grid_test_loss,
         s.seconds,
-        args.out.display()
+        out.display()
     ));
     Ok(s)
 }
@@ -242,7 +210,7 @@ fn main() -> Result<()> {
     metagrad::use_calling_thread()?;
     let args = Args::parse();
     let s = run(&args)?;
-    if args.json {
+    if args.opts.json {
         let j = serde_json::json!({
             "mgd_val_loss": s.mgd_val_loss, "best_grid_val_loss": s.best_grid_val_loss,
             "mgd_test_loss": s.mgd_test_loss, "best_grid_test_loss": s.best_grid_test_loss,

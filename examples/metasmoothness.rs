@@ -19,22 +19,15 @@ use common::mnist_cnn::{schedules, Arch, BnPlace, Cnn, Digits, Lr};
 use common::plot::{self, Mark, Panel, Series};
 use metagrad::replay::{metasmoothness, train};
 use metagrad::{DType, Result, Tensor};
-use std::path::PathBuf;
 use std::time::Instant;
 
 /// Measure the metasmoothness and accuracy of MNIST CNN configurations.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 pub struct Args {
-    /// A reduced run of about a minute.
-    #[arg(long)]
-    pub quick: bool,
-    /// Print one JSON summary object on stdout (progress goes to stderr).
-    #[arg(long)]
-    pub json: bool,
-    /// Output directory for the CSV file and the plot.
-    #[arg(long, default_value = "metasmoothness_out")]
-    pub out: PathBuf,
+    /// --quick, --json, --out.
+    #[command(flatten)]
+    pub opts: common::mgd::Opts,
     /// cpu, cuda or auto (CUDA device 0 when one opens, else the CPU).
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -83,13 +76,11 @@ impl Row {
 pub fn run(args: &Args) -> Result<Vec<Row>> {
     let t0 = Instant::now();
     let device = common::device(&args.device)?;
-    let n = args.train.unwrap_or(if args.quick { 512 } else { 1024 });
-    let steps = args.steps.unwrap_or(if args.quick { 120 } else { 240 });
-    let dirs = args.directions.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
+    let o = &args.opts;
+    let (n, steps, dirs) = (o.size(args.train, 1024, 512), o.size(args.steps, 240, 120), o.size(args.directions, 3, 1).max(1));
     let m = args.images.clamp(1, n);
     let digits = Digits::load(n, 256, 2000, device)?;
-    let say = |s: String| if args.json { eprintln!("{s}") } else { println!("{s}") };
-    say(format!(
+    o.say(&format!(
         "metasmoothness at z = 0 (pixels of {m} of {n} training digits), h = {}, {dirs} direction(s), T = {steps}, device {device}",
         args.h
     ));
@@ -101,7 +92,7 @@ pub fn run(args: &Args) -> Result<Vec<Row>> {
             }
         }
     }
-    let bar = plot::progress((configs.len() as u64) * (3 * dirs), "trainings", args.json);
+    let bar = plot::progress((configs.len() as u64) * (3 * dirs), "trainings", o.json);
     let mut rows = Vec::new();
     for arch in configs {
         let mut cnn = Cnn::new(&digits, arch, steps, 64, 0, Lr::Fixed(schedules::cosine(0.1, steps)));
@@ -120,15 +111,19 @@ pub fn run(args: &Args) -> Result<Vec<Row>> {
         let (smoothness, smoothness_sd) = common::mean_sd(&s);
         let row = Row { width: arch.width, bn: arch.bn, out_scale: arch.out_scale, smoothness, smoothness_sd, accuracy };
         bar.suspend(|| {
-            say(format!("{:<22} metasmoothness {smoothness:.3} ± {smoothness_sd:.3}   test accuracy {:.2}%", row.name(), 100.0 * accuracy))
+            o.say(&format!(
+                "{:<22} metasmoothness {smoothness:.3} ± {smoothness_sd:.3}   test accuracy {:.2}%",
+                row.name(),
+                100.0 * accuracy
+            ))
         });
         rows.push(row);
     }
     bar.finish_and_clear();
 
-    plot::out_dir(&args.out)?;
+    let out = o.out_dir("metasmoothness_out")?;
     plot::csv(
-        &args.out.join("metasmoothness.csv"),
+        &out.join("metasmoothness.csv"),
         "width,batch_norm,out_scale,metasmoothness,metasmoothness_sd,test_accuracy",
         rows.iter().map(|r| {
             format!(
@@ -154,12 +149,12 @@ pub fn run(args: &Args) -> Result<Vec<Row>> {
         panel.series.push(Series::new(if bn == BnPlace::Before { "batch norm before GELU" } else { "batch norm after GELU" }, pts));
     }
     panel.annotations = rows.iter().map(|r| (r.smoothness, r.accuracy, format!(" w{} x{}", r.width, r.out_scale))).collect();
-    plot::svg(&args.out.join("metasmoothness.svg"), &[panel])?;
-    say(format!(
+    plot::svg(&out.join("metasmoothness.svg"), &[panel])?;
+    o.say(&format!(
         "{} configurations in {:.0} s; wrote {}/metasmoothness.csv, metasmoothness.svg",
         rows.len(),
         t0.elapsed().as_secs_f64(),
-        args.out.display()
+        out.display()
     ));
     Ok(rows)
 }
@@ -168,7 +163,7 @@ fn main() -> Result<()> {
     metagrad::use_calling_thread()?;
     let args = Args::parse();
     let rows = run(&args)?;
-    if args.json {
+    if args.opts.json {
         let table: Vec<_> = rows
             .iter()
             .map(|r| {

@@ -22,22 +22,15 @@ use common::mnist_cnn::{permutation, schedules, Arch, Cnn, Digits, Lr};
 use common::plot::{self, Mark, Panel, Series};
 use metagrad::replay::{evaluate, metagradient, train, ScheduleKind};
 use metagrad::{Result, Tensor};
-use std::path::PathBuf;
 use std::time::Instant;
 
 /// Poison 3% of MNIST's training images by metagradient ascent on the validation loss.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 pub struct Args {
-    /// A reduced run of about a minute (fewer digits, steps and MGD iterations).
-    #[arg(long)]
-    pub quick: bool,
-    /// Print one JSON summary object on stdout (progress goes to stderr).
-    #[arg(long)]
-    pub json: bool,
-    /// Output directory for the CSV files and the plot.
-    #[arg(long, default_value = "poisoning_out")]
-    pub out: PathBuf,
+    /// --quick, --json, --out.
+    #[command(flatten)]
+    pub opts: common::mgd::Opts,
     /// cpu, cuda or auto (CUDA device 0 when one opens, else the CPU).
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -53,9 +46,12 @@ pub struct Args {
     /// The poisoned fraction of the training set.
     #[arg(long, default_value_t = 0.03)]
     pub eps: f64,
-    /// Fresh training seeds for the from-scratch evaluations (the attack uses seed 0).
+    /// Fresh training seeds for the from-scratch evaluations (1..=N; the attack never sees them).
     #[arg(long, default_value_t = 3)]
     pub eval_seeds: u64,
+    /// Training seeds the attack averages its validation loss over (0, 1000, 2000, ...).
+    #[arg(long, default_value_t = 1)]
+    pub attack_seeds: u64,
 }
 
 /// The measured outcome.
@@ -102,59 +98,44 @@ fn from_scratch(base: &Cnn<'_>, x: &Tensor, y: &[usize], seeds: u64, bar: &indic
 pub fn run(args: &Args) -> Result<Summary> {
     let t0 = Instant::now();
     let device = common::device(&args.device)?;
-    let n = args.train.unwrap_or(if args.quick { 1024 } else { 2048 });
-    let steps = args.steps.unwrap_or(if args.quick { 160 } else { 320 });
-    let iters = args.iters.unwrap_or(if args.quick { 5 } else { 16 });
+    let o = &args.opts;
+    let (n, steps, iters) = (o.size(args.train, 2048, 1024), o.size(args.steps, 320, 160), o.size(args.iters, 16, 5));
     let digits = Digits::load(n, 256, 2000, device)?;
     let m = ((args.eps * n as f64).round() as usize).clamp(1, n);
-    let mut cnn = Cnn::new(&digits, Arch::SMOOTH, steps, BATCH, 0, Lr::Fixed(schedules::cosine(0.1, steps)));
-    cnn.perturbed = m;
+    let attacked: Vec<Cnn<'_>> = (0..args.attack_seeds.max(1))
+        .map(|s| {
+            let mut c = Cnn::new(&digits, Arch::SMOOTH, steps, BATCH, 1000 * s, Lr::Fixed(schedules::cosine(0.1, steps)));
+            c.perturbed = m;
+            c
+        })
+        .collect();
+    let cnn = &attacked[0];
     let x0 = cnn.x_train.narrow(0, n - m, m)?.to_vec_f64();
-    let say = |s: String| if args.json { eprintln!("{s}") } else { println!("{s}") };
-    say(format!(
+    o.say(&format!(
         "poisoning {m} of {n} training digits ({:.1}%), T = {steps} SGD steps of batch {BATCH}, {iters} MGD iterations, device {device}",
         100.0 * m as f64 / n as f64
     ));
 
-    // Metagradient ascent on φ over the perturbation δ, keeping x0 + δ in [0, 1]; a backtracking
-    // step on the ∞-norm-scaled metagradient, accepted only if φ rises.
+    // Metagradient ascent on φ over the perturbation δ, keeping x0 + δ in [0, 1].
     let shape = [m, 1, 28, 28];
-    let mut delta = vec![0.0f64; x0.len()];
     let to_z = |d: &[f64]| -> Result<Vec<Tensor>> { Ok(vec![Tensor::from_vec(d.iter().map(|&v| v as f32).collect::<Vec<_>>(), shape)?]) };
-    let mut phi = evaluate(&cnn, &to_z(&delta)?)?;
-    let mut losses = vec![phi];
-    let bar = plot::progress(iters as u64, "MGD", args.json);
-    let mut step = 0.5f64;
-    for it in 0..iters {
-        bar.set_message(format!("φ = {phi:.4}"));
-        let mg = metagradient(&cnn, &to_z(&delta)?, ScheduleKind::KAry { k: 4 })?;
-        let g = mg.grads[0].to_vec_f64();
-        let gmax = g.iter().fold(1e-30f64, |a, v| a.max(v.abs()));
-        let mut accepted = false;
-        for _ in 0..5 {
-            let cand: Vec<f64> = delta.iter().zip(&g).zip(&x0).map(|((d, gi), x)| (x + d + step * gi / gmax).clamp(0.0, 1.0) - x).collect();
-            let p = evaluate(&cnn, &to_z(&cand)?)?;
-            if p > phi {
-                (delta, phi, accepted) = (cand, p, true);
-                step *= 1.5;
-                break;
-            }
-            step *= 0.5;
+    // φ of the attack: the validation loss averaged over the attacked training seeds.
+    let phi_of =
+        |d: &[f64]| -> Result<f64> { Ok(attacked.iter().map(|c| evaluate(c, &to_z(d)?)).sum::<Result<f64>>()? / attacked.len() as f64) };
+    let grad = |d: &[f64]| -> Result<Vec<f64>> {
+        let mut g = vec![0.0f64; d.len()];
+        for c in &attacked {
+            let mg = metagradient(c, &to_z(d)?, ScheduleKind::KAry { k: 4 })?;
+            g.iter_mut().zip(mg.grads[0].to_vec_f64()).for_each(|(a, b)| *a += b);
         }
-        losses.push(phi);
-        bar.inc(1);
-        bar.suspend(|| {
-            say(format!(
-                "MGD {}/{iters}: validation loss {phi:.4}{}",
-                it + 1,
-                if accepted { "" } else { " (no ascending step found: stopping)" }
-            ))
-        });
-        if !accepted {
-            break;
-        }
-    }
-    bar.finish_and_clear();
+        Ok(g)
+    };
+    let propose = |d: &[f64], g: &[f64], s: f64| -> Vec<f64> {
+        d.iter().zip(g).zip(&x0).map(|((d, g), x)| (x + d + s * g).clamp(0.0, 1.0) - x).collect()
+    };
+    let zero = vec![0.0f64; x0.len()];
+    let phi0 = phi_of(&zero)?;
+    let (delta, losses) = common::mgd::descend(o, "validation loss", iters, true, zero, phi0, grad, propose, phi_of)?;
 
     // The poisoned, noised and label-flipped training sets, each trained from scratch.
     let x_clean = digits.x_train.clone();
@@ -167,19 +148,19 @@ pub fn run(args: &Args) -> Result<Summary> {
     let y_flip: Vec<usize> =
         digits.y_train.iter().enumerate().map(|(i, &l)| if i >= n - m { (l + 1 + flip[i % 9]) % 10 } else { l }).collect();
     let seeds = args.eval_seeds.max(1);
-    let bar = plot::progress(4 * seeds, "training from scratch", args.json);
-    let clean_acc = from_scratch(&cnn, &x_clean, &digits.y_train, seeds, &bar)?;
-    let poisoned_acc = from_scratch(&cnn, &x_poison, &digits.y_train, seeds, &bar)?;
-    let noise_acc = from_scratch(&cnn, &x_noise, &digits.y_train, seeds, &bar)?;
-    let label_flip_acc = from_scratch(&cnn, &x_clean, &y_flip, seeds, &bar)?;
+    let bar = plot::progress(4 * seeds, "training from scratch", o.json);
+    let clean_acc = from_scratch(cnn, &x_clean, &digits.y_train, seeds, &bar)?;
+    let poisoned_acc = from_scratch(cnn, &x_poison, &digits.y_train, seeds, &bar)?;
+    let noise_acc = from_scratch(cnn, &x_noise, &digits.y_train, seeds, &bar)?;
+    let label_flip_acc = from_scratch(cnn, &x_clean, &y_flip, seeds, &bar)?;
     bar.finish_and_clear();
     let baseline_acc = noise_acc.min(label_flip_acc);
-    let attack_seed_acc = cnn.test(&train(&cnn, &to_z(&delta)?)?)?.1;
+    let attack_seed_acc = cnn.test(&train(cnn, &to_z(&delta)?)?)?.1;
 
-    plot::out_dir(&args.out)?;
-    plot::csv(&args.out.join("poisoning.csv"), "iteration,validation_loss", losses.iter().enumerate().map(|(i, l)| format!("{i},{l}")))?;
+    let out = o.out_dir("poisoning_out")?;
+    plot::csv(&out.join("poisoning.csv"), "iteration,validation_loss", losses.iter().enumerate().map(|(i, l)| format!("{i},{l}")))?;
     plot::csv(
-        &args.out.join("poisons.csv"),
+        &out.join("poisons.csv"),
         "image,pixel,clean,poisoned",
         poisons.iter().enumerate().map(|(i, p)| format!("{},{},{},{p}", i / 784, i % 784, x0[i])),
     )?;
@@ -194,7 +175,7 @@ pub fn run(args: &Args) -> Result<Summary> {
     bars.series = accs.iter().enumerate().map(|(i, (name, a))| Series::new(*name, vec![(i as f64, *a)])).collect();
     bars.annotations = accs.iter().enumerate().map(|(i, (_, a))| (i as f64, *a, format!(" {:.1}%", 100.0 * a))).collect();
     plot::svg(
-        &args.out.join("poisoning.svg"),
+        &out.join("poisoning.svg"),
         &[
             Panel::lines(
                 "validation loss during the attack (MGD ascent)",
@@ -217,7 +198,7 @@ pub fn run(args: &Args) -> Result<Summary> {
         n_train: n,
         seconds: t0.elapsed().as_secs_f64(),
     };
-    say(format!(
+    o.say(&format!(
         "test accuracy (mean of {seeds} fresh training seeds): clean {:.2}%, MGD-poisoned {:.2}% (drop {:.2} points; {:.2}% for the training seed attacked), noise {:.2}%, label flip {:.2}% (best baseline drop {:.2} points); {:.0} s; wrote {}/poisoning.csv, poisons.csv, poisoning.svg",
         100.0 * s.clean_acc,
         100.0 * s.poisoned_acc,
@@ -227,7 +208,7 @@ pub fn run(args: &Args) -> Result<Summary> {
         100.0 * s.label_flip_acc,
         100.0 * (s.clean_acc - s.baseline_acc),
         s.seconds,
-        args.out.display()
+        out.display()
     ));
     Ok(s)
 }
@@ -236,7 +217,7 @@ fn main() -> Result<()> {
     metagrad::use_calling_thread()?;
     let args = Args::parse();
     let s = run(&args)?;
-    if args.json {
+    if args.opts.json {
         let j = serde_json::json!({
             "clean_acc": s.clean_acc, "poisoned_acc": s.poisoned_acc, "baseline_acc": s.baseline_acc,
             "attack_seed_acc": s.attack_seed_acc,

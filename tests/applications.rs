@@ -90,7 +90,7 @@ fn metasmoothness_table_covers_eight_configurations() {
             .copied()
             .chain([dir.to_str().unwrap()]),
     );
-    assert!(!args.quick && args.h == 0.5);
+    assert!(!args.opts.quick && args.h == 0.5);
     let rows = metasmoothness::run(&args).unwrap();
     assert_eq!(rows.len(), 8);
     for r in &rows {

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)] // each example uses a subset
 
+pub mod mgd;
 pub mod mgdata;
 pub mod mnist_cnn;
 pub mod plot;
