@@ -78,6 +78,12 @@ pub fn run(args: &Args) -> Result<Summary> {
     let o = &args.opts;
     let (n_pool, steps, iters) = (o.size(args.pool, 1024, 512) & !1, o.size(args.steps, 300, 150), o.size(args.iters, 6, 2));
     let ctx = args.ctx;
+    if n_pool < 4 || ctx == 0 {
+        return Err(metagrad::Error::Invalid {
+            op: "data_selection",
+            msg: format!("--pool {n_pool} must be at least 4 and --ctx {ctx} at least 1"),
+        });
+    }
 
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/shakespeare/shakespeare8.txt");
     let bytes = std::fs::read(path).map_err(|e| metagrad::Error::Invalid { op: "data_selection", msg: format!("{path}: {e}") })?;

@@ -42,7 +42,7 @@ pub struct Args {
     /// MGD iterations (default 10; 4 with --quick).
     #[arg(long)]
     pub iters: Option<usize>,
-    /// Schedule keypoints k.
+    /// Schedule keypoints k (at least 2).
     #[arg(long, default_value_t = 8)]
     pub keypoints: usize,
     /// The flat schedule MGD starts from.
@@ -88,7 +88,10 @@ pub fn run(args: &Args) -> Result<Summary> {
     let device = common::device(&args.device)?;
     let o = &args.opts;
     let (n, steps, iters) = (o.size(args.train, 2048, 1024), o.size(args.steps, 320, 160), o.size(args.iters, 10, 4));
-    let k = args.keypoints.max(2);
+    let k = args.keypoints;
+    if k < 2 {
+        return Err(metagrad::Error::Invalid { op: "lr_schedule", msg: format!("--keypoints {k} must be at least 2") });
+    }
     let digits = Digits::load(n, 256, 2000, device)?;
     o.say(&format!("MGD on the learning-rate schedule: {n} training digits, T = {steps} SGD steps of batch 64, {k} keypoints from a flat {}, {iters} iterations, device {device}", args.lr0));
     let fixed = |lr: Vec<f64>| Cnn::new(&digits, Arch::SMOOTH, steps, 64, 0, Lr::Fixed(lr));

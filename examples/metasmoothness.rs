@@ -78,8 +78,8 @@ pub fn run(args: &Args) -> Result<Vec<Row>> {
     let device = common::device(&args.device)?;
     let o = &args.opts;
     let (n, steps, dirs) = (o.size(args.train, 1024, 512), o.size(args.steps, 240, 120), o.size(args.directions, 3, 1).max(1));
-    let m = args.images.clamp(1, n);
     let digits = Digits::load(n, 256, 2000, device)?;
+    let m = args.images.clamp(1, n);
     o.say(&format!(
         "metasmoothness at z = 0 (pixels of {m} of {n} training digits), h = {}, {dirs} direction(s), T = {steps}, device {device}",
         args.h

@@ -100,6 +100,9 @@ pub fn run(args: &Args) -> Result<Summary> {
     let device = common::device(&args.device)?;
     let o = &args.opts;
     let (n, steps, iters) = (o.size(args.train, 2048, 1024), o.size(args.steps, 320, 160), o.size(args.iters, 16, 5));
+    if !(args.eps > 0.0 && args.eps <= 0.5) {
+        return Err(metagrad::Error::Invalid { op: "poisoning", msg: format!("--eps {} must be in (0, 0.5]", args.eps) });
+    }
     let digits = Digits::load(n, 256, 2000, device)?;
     let m = ((args.eps * n as f64).round() as usize).clamp(1, n);
     let attacked: Vec<Cnn<'_>> = (0..args.attack_seeds.max(1))

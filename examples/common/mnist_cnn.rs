@@ -44,6 +44,12 @@ impl Digits {
     pub fn load(n_train: usize, n_val: usize, n_test: usize, device: Device) -> Result<Digits> {
         let data = Mnist::load(default_path())?;
         let order = data.balanced_order();
+        if n_train == 0 || n_val == 0 {
+            return Err(Error::Invalid {
+                op: "Digits::load",
+                msg: format!("{n_train} training and {n_val} validation digits: both must be at least 1"),
+            });
+        }
         if n_train + n_val + n_test > order.len() {
             let msg = format!("{n_train} + {n_val} + {n_test} digits asked for, {} bundled", order.len());
             return Err(Error::Invalid { op: "Digits::load", msg });
