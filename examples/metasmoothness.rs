@@ -2,8 +2,12 @@
 //! norm before or after the activation, and the output scale. For each configuration: train once for
 //! its test accuracy, and measure the empirical (h, v)-metasmoothness `replay::metasmoothness` at
 //! z = 0 where z perturbs the pixels of `--images` training images and v ~ N(0, 1) (averaged over
-//! `--directions` directions) — three trainings per direction, no metagradient needed. A scatter plot
-//! of smoothness against accuracy and a CSV table come out.
+//! `--directions` directions) — three trainings per direction, no metagradient needed. Then, as the
+//! paper's figure 4 (right) asks whether smoothness predicts the metagradient's usefulness, one exact
+//! REPLAY metagradient g of the validation loss in z and one ascent step z₁ = s·g/‖g‖∞: the realized
+//! rise of the loss over the rise g·z₁ that g predicts (1: the metagradient describes the loss over
+//! the step). Two scatter plots (smoothness against accuracy, and against that ratio) and a CSV table
+//! come out.
 //!
 //! ```sh
 //! cargo run --release --example metasmoothness             # a few minutes on 2 CPU cores
@@ -17,7 +21,7 @@ mod common;
 use clap::Parser;
 use common::mnist_cnn::{schedules, Arch, BnPlace, Cnn, Digits, Lr};
 use common::plot::{self, Mark, Panel, Series};
-use metagrad::replay::{metasmoothness, train};
+use metagrad::replay::{evaluate, metagradient, metasmoothness, train, ScheduleKind};
 use metagrad::{DType, Result, Tensor};
 use std::time::Instant;
 
@@ -46,6 +50,9 @@ pub struct Args {
     /// The finite-difference step h.
     #[arg(long, default_value_t = 0.5)]
     pub h: f64,
+    /// The metagradient ascent step (∞-norm, in pixel units) of the utility column.
+    #[arg(long, default_value_t = 0.5)]
+    pub ascent: f64,
 }
 
 /// One configuration's row.
@@ -63,6 +70,11 @@ pub struct Row {
     pub smoothness_sd: f64,
     /// Test accuracy at z = 0.
     pub accuracy: f64,
+    /// Metagradient utility (after the paper's figure 4, right): after one metagradient ascent step
+    /// z₁ = s·g/‖g‖∞ (s = `--ascent`), the realized rise of the validation loss over the rise the
+    /// metagradient predicts, (φ(z₁) − φ(0)) / (g·z₁): 1 where the metagradient describes the loss
+    /// over the step, near 0 or negative where it does not.
+    pub prediction_ratio: f64,
 }
 
 impl Row {
@@ -92,7 +104,7 @@ pub fn run(args: &Args) -> Result<Vec<Row>> {
             }
         }
     }
-    let bar = plot::progress((configs.len() as u64) * (3 * dirs), "trainings", o.json);
+    let bar = plot::progress((configs.len() as u64) * (3 * dirs + 2), "trainings", o.json);
     let mut rows = Vec::new();
     for arch in configs {
         let mut cnn = Cnn::new(&digits, arch, steps, 64, 0, Lr::Fixed(schedules::cosine(0.1, steps)));
@@ -109,12 +121,22 @@ pub fn run(args: &Args) -> Result<Vec<Row>> {
             s.push(metasmoothness(a, &zero, &v, args.h)?);
         }
         let (smoothness, smoothness_sd) = common::mean_sd(&s);
-        let row = Row { width: arch.width, bn: arch.bn, out_scale: arch.out_scale, smoothness, smoothness_sd, accuracy };
+        // One exact metagradient (REPLAY) of the validation loss in z, and one ascent step along it.
+        let mg = metagradient(&cnn, &zero, ScheduleKind::KAry { k: 4 })?;
+        let g = mg.grads[0].to_vec_f64();
+        let gmax = g.iter().fold(1e-30f64, |a, v| a.max(v.abs()));
+        let z1: Vec<f32> = g.iter().map(|v| (args.ascent * v / gmax) as f32).collect();
+        let phi1 = evaluate(&cnn, &[Tensor::from_vec(z1, [m, 1, 28, 28])?.to_device(device)?])?;
+        let predicted: f64 = g.iter().map(|v| args.ascent * v * v / gmax).sum();
+        let prediction_ratio = (phi1 - mg.phi) / predicted;
+        bar.inc(2);
+        let row = Row { width: arch.width, bn: arch.bn, out_scale: arch.out_scale, smoothness, smoothness_sd, accuracy, prediction_ratio };
         bar.suspend(|| {
             o.say(&format!(
-                "{:<22} metasmoothness {smoothness:.3} ± {smoothness_sd:.3}   test accuracy {:.2}%",
+                "{:<22} metasmoothness {smoothness:.3} ± {smoothness_sd:.3}   test accuracy {:.2}%   realized/predicted loss rise {:.3} after one ascent step",
                 row.name(),
-                100.0 * accuracy
+                100.0 * accuracy,
+                prediction_ratio
             ))
         });
         rows.push(row);
@@ -124,32 +146,41 @@ pub fn run(args: &Args) -> Result<Vec<Row>> {
     let out = o.out_dir("metasmoothness_out")?;
     plot::csv(
         &out.join("metasmoothness.csv"),
-        "width,batch_norm,out_scale,metasmoothness,metasmoothness_sd,test_accuracy",
+        "width,batch_norm,out_scale,metasmoothness,metasmoothness_sd,test_accuracy,prediction_ratio",
         rows.iter().map(|r| {
             format!(
-                "{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{}",
                 r.width,
                 if r.bn == BnPlace::Before { "before" } else { "after" },
                 r.out_scale,
                 r.smoothness,
                 r.smoothness_sd,
-                r.accuracy
+                r.accuracy,
+                r.prediction_ratio
             )
         }),
     )?;
-    let mut panel = Panel::lines(
-        "metasmoothness (definition 2) against test accuracy",
-        "empirical metasmoothness at z = 0",
-        "test accuracy (fraction)",
-        Vec::new(),
-    );
-    panel.mark = Mark::Points;
-    for bn in [BnPlace::After, BnPlace::Before] {
-        let pts = rows.iter().filter(|r| r.bn == bn).map(|r| (r.smoothness, r.accuracy)).collect();
-        panel.series.push(Series::new(if bn == BnPlace::Before { "batch norm before GELU" } else { "batch norm after GELU" }, pts));
-    }
-    panel.annotations = rows.iter().map(|r| (r.smoothness, r.accuracy, format!(" w{} x{}", r.width, r.out_scale))).collect();
-    plot::svg(&out.join("metasmoothness.svg"), &[panel])?;
+    // Two scatter panels over the same configurations: smoothness against accuracy (figure 4, left)
+    // and against the metagradient's utility (figure 4, right).
+    let scatter = |title: &'static str, y_label: &'static str, y: fn(&Row) -> f64| -> Panel<'static> {
+        let mut panel = Panel::lines(title, "empirical metasmoothness at z = 0", y_label, Vec::new());
+        panel.mark = Mark::Points;
+        for bn in [BnPlace::After, BnPlace::Before] {
+            let pts = rows.iter().filter(|r| r.bn == bn).map(|r| (r.smoothness, y(r))).collect();
+            panel.series.push(Series::new(if bn == BnPlace::Before { "batch norm before GELU" } else { "batch norm after GELU" }, pts));
+        }
+        panel.annotations = rows.iter().map(|r| (r.smoothness, y(r), format!(" w{} x{}", r.width, r.out_scale))).collect();
+        panel
+    };
+    plot::svg(
+        &out.join("metasmoothness.svg"),
+        &[
+            scatter("metasmoothness (definition 2) against test accuracy", "test accuracy (fraction)", |r| r.accuracy),
+            scatter("metasmoothness against metagradient utility", "realized / predicted loss rise, one ascent step", |r| {
+                r.prediction_ratio
+            }),
+        ],
+    )?;
     o.say(&format!(
         "{} configurations in {:.0} s; wrote {}/metasmoothness.csv, metasmoothness.svg",
         rows.len(),
@@ -170,7 +201,7 @@ fn main() -> Result<()> {
                 serde_json::json!({
                     "width": r.width, "batch_norm": if r.bn == BnPlace::Before { "before" } else { "after" },
                     "out_scale": r.out_scale, "metasmoothness": r.smoothness, "metasmoothness_sd": r.smoothness_sd,
-                    "test_accuracy": r.accuracy,
+                    "test_accuracy": r.accuracy, "prediction_ratio": r.prediction_ratio,
                 })
             })
             .collect();

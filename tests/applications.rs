@@ -96,10 +96,16 @@ fn metasmoothness_table_covers_eight_configurations() {
     for r in &rows {
         assert!((-1.0..=1.0).contains(&r.smoothness) && r.smoothness_sd >= 0.0, "{}: {}", r.name(), r.smoothness);
         assert!(r.accuracy > 0.3, "{}: accuracy {}", r.name(), r.accuracy);
+        // One ascent step along the exact metagradient raises the validation loss.
+        assert!(r.prediction_ratio > 0.0 && r.prediction_ratio.is_finite(), "{}: realized/predicted {}", r.name(), r.prediction_ratio);
     }
     // Configurations differ: a table of equal values would measure nothing.
     assert!(rows.iter().any(|r| r.smoothness != rows[0].smoothness));
-    written(&dir, "metasmoothness.csv", "width,batch_norm,out_scale,metasmoothness,metasmoothness_sd,test_accuracy\n4,after,1,");
+    written(
+        &dir,
+        "metasmoothness.csv",
+        "width,batch_norm,out_scale,metasmoothness,metasmoothness_sd,test_accuracy,prediction_ratio\n4,after,1,",
+    );
     written(&dir, "metasmoothness.svg", "<svg");
     std::fs::remove_dir_all(&dir).ok();
 }
