@@ -241,17 +241,20 @@ impl Training for Cnn<'_> {
         let meta = |slot: Option<usize>| {
             slot.and_then(|i| z.get(i)).ok_or_else(|| Error::Invalid { op: "Cnn::step", msg: "a metaparameter is missing".into() })
         };
-        let x_all = Var::constant(self.x_train.clone());
-        let x_all = match px_slot {
-            None => x_all,
+        let x = Var::constant(self.x_train.clone()).index_select(0, &idx)?;
+        let x = match px_slot {
+            None => x,
             Some(_) => {
+                // Only the batch's rows: row 0 of [0; δ] for a clean image, row 1 + j for perturbed
+                // image n − m + j (adding +0.0 to a pixel leaves it unchanged), so a step copies
+                // m + 1 images, not the whole training set.
                 let m = self.perturbed;
                 let dx = meta(px_slot)?.to_device(self.x_train.device())?;
-                let tail = x_all.narrow(0, n - m, m)?.add(&dx)?;
-                Var::concat(&[&x_all.narrow(0, 0, n - m)?, &tail], 0)?
+                let zero = Var::constant(Tensor::full_on(0.0, [1, 1, 28, 28], DType::F32, self.x_train.device())?);
+                let rows: Vec<usize> = idx.iter().map(|&i| if i >= n - m { 1 + i - (n - m) } else { 0 }).collect();
+                x.add(&Var::concat(&[&zero, &dx], 0)?.index_select(0, &rows)?)?
             }
         };
-        let x = x_all.index_select(0, &idx)?;
         let w = match w_slot {
             None => None,
             Some(_) => Some(meta(w_slot)?.to_device(self.x_train.device())?.index_select(0, &idx)?),
