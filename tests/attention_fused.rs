@@ -23,19 +23,24 @@ impl Case {
         let with = |n: usize, w: usize| lead.iter().copied().chain([n, w]).collect::<Vec<_>>();
         [with(self.nq, self.d), with(self.nk, self.d), with(self.nk, self.dv)]
     }
+    /// Random normal values drawn in f32 and widened to `dt`, so that the f32 and f64 runs of a case
+    /// see exactly the same numbers (the f64 run is then an exact reference for the f32 one).
+    fn randn(shape: Vec<usize>, dt: DType, seed: u64) -> Tensor {
+        Tensor::randn(shape, DType::F32, seed).to_dtype(dt)
+    }
     fn inputs(&self, dt: DType) -> [Tensor; 3] {
         let [qs, ks, vs] = self.shapes();
-        [Tensor::randn(qs, dt, self.seed), Tensor::randn(ks, dt, self.seed + 1), Tensor::randn(vs, dt, self.seed + 2)]
+        [Self::randn(qs, dt, self.seed), Self::randn(ks, dt, self.seed + 1), Self::randn(vs, dt, self.seed + 2)]
     }
     fn directions(&self, dt: DType) -> [Tensor; 3] {
         let [qs, ks, vs] = self.shapes();
-        [Tensor::randn(qs, dt, self.seed + 3), Tensor::randn(ks, dt, self.seed + 4), Tensor::randn(vs, dt, self.seed + 5)]
+        [Self::randn(qs, dt, self.seed + 3), Self::randn(ks, dt, self.seed + 4), Self::randn(vs, dt, self.seed + 5)]
     }
     /// The loss weights R, shaped like O.
     fn weights(&self, dt: DType) -> Tensor {
         let mut s = self.shapes()[0].clone();
         *s.last_mut().unwrap() = self.dv;
-        Tensor::randn(s, dt, self.seed + 6)
+        Self::randn(s, dt, self.seed + 6)
     }
 }
 
@@ -72,23 +77,37 @@ fn derivatives(fused: bool, c: &Case, dt: DType, square: bool) -> Vec<Tensor> {
     out
 }
 
-/// max |a − b| / max(max |b|, 1): relative to the result's scale, or to the inputs' (O(1)) where the
-/// result vanishes (with one key, softmax is constant and the Q-derivatives are 0 up to rounding).
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+/// max |a − b| / max(scale, max |b|, 1): relative to the result's own scale, a stated larger scale, or
+/// the inputs' (O(1)) where the result vanishes.
+fn rel_err(a: &Tensor, b: &Tensor, scale: f64) -> f64 {
     assert_eq!(a.shape(), b.shape());
     let (a, b) = (a.to_vec_f64(), b.to_vec_f64());
-    let scale = b.iter().fold(0f64, |m, x| m.max(x.abs()));
     let diff = a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
-    diff / scale.max(1.0)
+    diff / b.iter().fold(scale.max(1.0), |m, x| m.max(x.abs()))
+}
+
+fn max_abs(ts: &[Tensor]) -> f64 {
+    ts.iter().flat_map(|t| t.to_vec_f64()).fold(0.0, |m, x| m.max(x.abs()))
 }
 
 const NAMES: [&str; 7] = ["O", "dQ", "dK", "dV", "HVP_Q", "HVP_K", "HVP_V"];
 
+/// In f64 each fused result agrees with the composite's within `tol` of its own scale. In f32 both
+/// paths round differently, so the fused result is compared with the composite in f64 on the same
+/// (f32-representable) inputs, relative to the scale of its group (dQ, dK, dV; or the three HVPs): a
+/// member that vanishes exactly is computed as a difference of terms of the group's size (dK with one
+/// key: the fused path gets D = rowsum(dO∘O) and dP = dO·V as two roundings of the same number), so
+/// its rounding is of the group's size, not its own.
 fn fused_matches_composite(c: &Case, dt: DType, tol: f64) -> std::result::Result<(), TestCaseError> {
     for square in [false, true] {
-        let (f, r) = (derivatives(true, c, dt, square), derivatives(false, c, dt, square));
-        for ((name, a), b) in NAMES.iter().zip(&f).zip(&r) {
-            let e = rel_err(a, b);
+        let f = derivatives(true, c, dt, square);
+        let (r, group) = match dt {
+            DType::F64 => (derivatives(false, c, dt, square), false),
+            _ => (derivatives(false, c, DType::F64, square), true),
+        };
+        for (i, ((name, a), b)) in NAMES.iter().zip(&f).zip(&r).enumerate() {
+            let members = &r[if i == 0 { 0..1 } else { (i - 1) / 3 * 3 + 1..(i - 1) / 3 * 3 + 4 }];
+            let e = rel_err(a, b, if group { max_abs(members) } else { 0.0 });
             prop_assert!(e <= tol, "{name} (square {square}) differs by {e:.3e} (tol {tol:.0e}) for {c:?}");
         }
     }
@@ -110,7 +129,8 @@ fn case_strategy(max_n: usize) -> impl Strategy<Value = Case> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    // 64 cases by default; PROPTEST_CASES=N for a longer sweep.
+    #![proptest_config(ProptestConfig::with_cases(std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)))]
 
     #[test]
     fn fused_matches_composite_f64(c in case_strategy(90)) {
@@ -156,7 +176,7 @@ fn subsets_of_inputs_match_composite() {
                 out
             };
             for (a, b) in run(true).iter().zip(&run(false)) {
-                let e = rel_err(a, b);
+                let e = rel_err(a, b, 0.0);
                 assert!(e < 1e-10, "tracked {tracked:?} square {square}: differs by {e:.3e}");
             }
         }
@@ -173,7 +193,7 @@ fn jvp_matches_composite() {
             let o = attn(fused, &q, &k, &v, &c).unwrap();
             jvp(&tape, &o, &[&q, &k, &v], &c.directions(DType::F64)).unwrap()
         };
-        let e = rel_err(&run(true), &run(false));
+        let e = rel_err(&run(true), &run(false), 0.0);
         assert!(e < 1e-10, "jvp differs by {e:.3e}");
     }
 }
@@ -262,4 +282,12 @@ fn empty_keys_give_zero_output_and_gradients() {
     let c = Case { batch: (1, 0), nq: 3, nk: 0, d: 2, dv: 2, scale: 1.0, causal: true, seed: 1 };
     let f = derivatives(true, &c, DType::F64, false);
     assert!(f.iter().all(|t| t.to_vec_f64().iter().all(|&x| x == 0.0)));
+}
+
+/// A case a random run once found past the old fixed f32 tolerance: with one key, dK and its HVP are
+/// exactly 0 but computed as differences of terms of size ~10, so f32 rounding alone leaves ~2e-4.
+#[test]
+fn one_key_f32_rounding_is_judged_at_the_group_scale() {
+    let c = Case { batch: (0, 0), nq: 31, nk: 1, d: 32, dv: 40, scale: 0.5139781775979633, causal: false, seed: 530492 };
+    fused_matches_composite(&c, DType::F32, 2e-4).unwrap();
 }

@@ -109,7 +109,8 @@ fn fused_matches_composite(case: &Case, dtype: DType, tol: f64, seed: u64) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    // 256 cases by default; PROPTEST_CASES=N for a longer sweep.
+    #![proptest_config(ProptestConfig::with_cases(std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)))]
     #[test]
     fn fused_equals_composite_f64(case in case_strategy(), seed in 0u64..1000) {
         fused_matches_composite(&case, DType::F64, 1e-12, seed);
