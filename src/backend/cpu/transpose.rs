@@ -38,6 +38,12 @@ pub(crate) unsafe fn transpose_rows<T: Float, R: Transpose<T>>(
     let l = R::LANES;
     let full = kc / l * l;
     let mut buf = [T::ZERO; 256];
+    // Fewer rows than lanes, packed back to back (ds = n: the matmul's MR-tall panels): a destination
+    // row may be stored as a whole register, its last L − n values spilling onto the rows after it,
+    // which their own stores (later: rows go in ascending order) overwrite; only a store that would
+    // pass the block's end is masked. Masked stores are slow on some CPUs (AMD's vmaskmovps cost a
+    // quarter of a 512³ product's time on a Zen 3).
+    let spill = n < l && ds == n;
     for g in 0..n.div_ceil(l) {
         let n = l.min(n - g * l);
         // A partial group repeats its first row (valid memory) and keeps only its own rows.
@@ -51,7 +57,12 @@ pub(crate) unsafe fn transpose_rows<T: Float, R: Transpose<T>>(
                 } else {
                     R::transpose(&at[..l], buf.as_mut_ptr(), l);
                     for c in 0..l {
-                        R::load_ptr(buf.as_ptr().add(c * l)).store_first(dst.add((k0 + c) * ds + g * l), n);
+                        let (v, at) = (R::load_ptr(buf.as_ptr().add(c * l)), dst.add((k0 + c) * ds + g * l));
+                        if spill && (k0 + c) * n + l <= kc * n {
+                            v.store_ptr(at);
+                        } else {
+                            v.store_first(at, n);
+                        }
                     }
                 }
             }
@@ -260,16 +271,22 @@ mod tests {
 
     /// Blocks of any row count and length, through each register type: the plain transpose.
     fn check_rows<T: Float, R: Transpose<T>>() {
-        for (nrows, kc) in [(12, 37), (6, 16), (16, 3), (5, 40), (32, 64), (1, 1)] {
+        for (nrows, kc) in [(12, 37), (6, 16), (6, 17), (4, 9), (3, 8), (16, 3), (5, 40), (32, 64), (1, 1), (2, 11)] {
             let src: Vec<T> = (0..nrows * (kc + 2)).map(|i| T::from_f64(i as f64)).collect();
             let rows: Vec<*const T> = (0..nrows).map(|r| src[r * (kc + 2)..].as_ptr()).collect();
-            let mut got = vec![T::ZERO; kc * (nrows + 1)];
-            // SAFETY: rows hold kc + 2 elements; dst kc rows of nrows + 1.
-            unsafe { transpose_rows::<T, R>(nrows, |r| rows[r], kc, got.as_mut_ptr(), nrows + 1) };
-            for kk in 0..kc {
-                for r in 0..nrows {
-                    assert_eq!(got[kk * (nrows + 1) + r], src[r * (kc + 2) + kk], "{nrows}x{kc} at ({kk}, {r})");
+            // At a stride with a gap (which must stay untouched), and back to back (where a row's store
+            // may spill onto the next one's; the canary after the block must stay untouched).
+            for ds in [nrows + 1, nrows] {
+                let mut got = vec![T::from_f64(-1.0); kc * ds + 1];
+                // SAFETY: rows hold kc + 2 elements; dst kc rows of nrows at stride ds.
+                unsafe { transpose_rows::<T, R>(nrows, |r| rows[r], kc, got.as_mut_ptr(), ds) };
+                for kk in 0..kc {
+                    for r in 0..ds {
+                        let want = if r < nrows { src[r * (kc + 2) + kk] } else { T::from_f64(-1.0) };
+                        assert_eq!(got[kk * ds + r], want, "{nrows}x{kc} at ({kk}, {r}), stride {ds}");
+                    }
                 }
+                assert_eq!(got[kc * ds], T::from_f64(-1.0), "{nrows}x{kc} stride {ds}: written past the block");
             }
         }
     }
