@@ -4,20 +4,24 @@
 //! C (m×n) = op(A)·op(B), all row-major, where op(A) is A stored m×k, or with `ta` the transpose of A
 //! stored k×m (likewise B: k×n, or with `tb` the transpose of B stored n×k).
 //!
-//! # Loops (per task, see below)
+//! # Loops
 //! ```text
-//! for jc in n, step nc:                    B block kc×nc packed into NR-wide panels (L2-sized)
+//! for ic in m, step mc:                    A block mc×kc packed into MR-tall panels (L3-sized)
 //!   for pc in k, step kc:                  k blocks, ascending
-//!     pack B[pc.., jc..]
-//!     for ic in m, step mc:                A block mc×kc packed into MR-tall panels (L3-sized)
-//!       pack A[ic.., pc..]
-//!       for each A panel (MR×kc, stays in L1; its values are broadcast):
-//!         for each B panel (kc×NR, streams from L2; its rows are vector loads):
-//!           micro-kernel: the MR×NR tile of C += A panel · B panel, over kc
+//!     pack A[ic.., pc..]                   (once, shared by every task)
+//!     for jc in n, step nc:                B block kc×nc packed into NR-wide panels (L2-sized)
+//!       pack B[pc.., jc..]                 (once, shared by every task)
+//!       tasks (rows of the A block × groups of B panels), each:
+//!         for each A panel (MR×kc, stays in L1; its values are broadcast):
+//!           for each B panel (kc×NR, streams from L2; its rows are vector loads):
+//!             micro-kernel: the MR×NR tile of C += A panel · B panel, over kc
 //! ```
-//! When the whole column block of op(B) fits the B block's budget (small products, as in a small
-//! model's training step), all its k blocks are packed in one parallel region and each task runs them
-//! in order: two parallel regions per product instead of two per k block.
+//! The operand that lives in L3 (the A block) is packed outermost, once per k block, and read
+//! against every B block, as BLIS does with its L3-resident operand; packed inside the column loop it
+//! was repacked n / nc times (11 on a 2048³ product, a tenth of its time). When the whole column
+//! block of op(B) fits the B block's budget (small products, as in a small model's training step),
+//! all its k blocks are packed in one parallel region and each task runs them in order: fewer
+//! parallel regions per product.
 //!
 //! Where C is a single row or column of tiles, the large operand meets one tile per panel and is read
 //! where it lies instead of packed ([`InPlace`]).
@@ -36,10 +40,10 @@
 //! split and thread count gives the same bits as the scalar loop `s = fma(a[i,p], b[p,j], s)`.
 //!
 //! # Threads
-//! The product is split into as many tasks as threads (rows of C when m ≥ n, else columns, in whole
-//! tiles); each task runs the loops above on its part with its own packing buffers, so there is one
-//! parallel region per product and no synchronization inside it. Small products run on the calling
-//! thread.
+//! Each packing step is one parallel region over panels, and each B block's tiles one parallel region
+//! over tasks: about four per thread (rows of the A block, and groups of B panels where C has few
+//! rows), each writing its own tiles of C, so nothing inside a region synchronizes. Small products
+//! run on the calling thread.
 
 use super::float::Float;
 use super::pool;
@@ -119,83 +123,137 @@ pub(crate) fn matmul_t_into<T: Tiled>(
         return Ok(());
     }
     let p = Problem { a, b, m, k, n, ta, tb };
-    let size = std::mem::size_of::<T>();
-    let inplace = InPlace::of(m, n, tb, mr, nr);
-    let bl = Blocks::new(mr, nr, size);
+    blocked(op, c, &p, isa, (mr, nr), Blocks::new(mr, nr, std::mem::size_of::<T>()))
+}
+
+/// The loop nest of [`matmul_t_into`] for one orientation, with the tile `(mr, nr)` and the blocks
+/// `bl` (from the caches; the tests pass small ones, to reach every loop on small products).
+fn blocked<T: Tiled>(
+    op: &'static str,
+    c: &mut [T],
+    p: &Problem<'_, T>,
+    isa: super::Isa,
+    (mr, nr): (usize, usize),
+    bl: Blocks,
+) -> Result<()> {
+    let (m, k, n) = (p.m, p.k, p.n);
+    let inplace = InPlace::of(m, n, p.tb, mr, nr);
     // Equal blocks (in whole units) rather than full ones and a sliver: a last k block of a few steps
     // would pay the tile's loads and stores for almost no work.
-    let even = |len: usize, max: usize, unit: usize| len.div_ceil(len.div_ceil(max)).div_ceil(unit) * unit;
+    let even = |len: usize, max: usize, unit: usize| len.div_ceil(len.div_ceil(max.max(1))).div_ceil(unit) * unit;
     let (kc, nc) = (even(k, bl.kc, 8), even(n, bl.nc, nr));
-    let parallel = m.saturating_mul(k).saturating_mul(n) > SEQUENTIAL_MACS && rayon::current_num_threads() > 1;
+    let threads = rayon::current_num_threads();
+    let parallel = m.saturating_mul(k).saturating_mul(n) > SEQUENTIAL_MACS && threads > 1;
     // Row tasks: about four per thread, so that a core slowed by something else hands its share to
-    // the others (work stealing), each at most one A block.
-    let tasks = if parallel { 4 * rayon::current_num_threads() } else { 1 };
-    let mt = even(m, m.div_ceil(tasks).max(mr).min(bl.mc), mr);
+    // the others (work stealing).
+    let tasks = if parallel { 4 * threads } else { 1 };
     // The k blocks packed per parallel region: one (the B block stays in L2 while every row task reads
     // it), or all of them when the whole column block of op(B) fits that budget anyway (a small
     // product: one packing region and one task region instead of two per k block, and the tasks run
     // their k blocks in order, so each C element keeps its one FMA chain over k ascending).
     let blocks_k: Vec<(usize, usize)> = (0..k).step_by(kc).map(|pc| (pc, kc.min(k - pc))).collect();
     let whole_k = k.saturating_mul(nc.min(n)) <= bl.kc * bl.nc;
-    let per_region = if whole_k { blocks_k.len() } else { 1 };
-    let cap = if whole_k { k * nc.min(n).div_ceil(nr) * nr } else { kc * nc };
-    let mut b_buf = pool::for_overwrite::<T>(op, cap + 64)?;
-    let bp = aligned(&mut b_buf, cap);
+    let (per_region, group_k) = if whole_k { (blocks_k.len(), k) } else { (1, kc) };
+    // The A block: the rows of op(A) packed at once, for the group's k steps, within half of the L3
+    // share of each thread taking part. It is packed once and read against every B block (BLIS packs
+    // its L3-resident operand outermost for the same reason: a 2048³ product repacked A once per B
+    // block, 11 times, a tenth of its time).
+    let mc = even(m, (bl.mc * bl.kc * if parallel { threads } else { 1 } / group_k).max(mr), mr);
+    let a_panels = |rows: usize| if inplace.a { usize::from(!rows.is_multiple_of(mr)) } else { rows.div_ceil(mr) };
+    // (mc is whole panels, so only the last A block can end in a partial one.)
+    let a_cap = if inplace.a { a_panels(m) } else { a_panels(mc.min(m)) } * mr * group_k;
+    let b_cap = if whole_k { k * nc.min(n).div_ceil(nr) * nr } else { kc * nc };
+    let mut a_buf = pool::for_overwrite::<T>(op, a_cap + 64)?;
+    let mut b_buf = pool::for_overwrite::<T>(op, b_cap + 64)?;
+    let (ap, bp) = (aligned(&mut a_buf, a_cap), aligned(&mut b_buf, b_cap));
     let out = C { ptr: c.as_mut_ptr(), ld: n };
-    for jc in (0..n).step_by(nc) {
-        let jn = nc.min(n - jc);
-        let npanels = jn.div_ceil(nr);
+    fn run_all<J: Send>(parallel: bool, jobs: Vec<J>, f: impl Fn(J) + Sync + Send) {
+        if parallel {
+            jobs.into_par_iter().for_each(f);
+        } else {
+            jobs.into_iter().for_each(f);
+        }
+    }
+    for ic in (0..m).step_by(mc) {
+        let ih = mc.min(m - ic);
         for group in blocks_k.chunks(per_region) {
-            // The group's B blocks, packed once and shared by every row task (block after block, each
-            // as NR-wide panels of its kb rows).
-            let mut jobs: Vec<(usize, usize, &mut [T])> = Vec::with_capacity(group.len() * npanels);
-            let mut rest = &mut bp[..];
+            // The group's A blocks for rows ic..ic + ih, block after block, each as MR-tall panels
+            // (with op(A) read in place, only a partial last panel).
+            let mut jobs: Vec<(usize, usize, &mut [T])> = Vec::with_capacity(group.len() * a_panels(ih));
+            let mut rest = &mut ap[..];
             for &(pc, kb) in group {
-                for q in 0..npanels {
-                    let (dst, tail) = rest.split_at_mut(kb * nr);
-                    // A full panel of an op(B) read in place is not copied.
-                    if !(inplace.b && (q + 1) * nr <= jn) {
-                        jobs.push((pc, q, dst));
-                    }
+                let first = if inplace.a { ih / mr } else { 0 };
+                for r in first..first + a_panels(ih) {
+                    let (dst, tail) = rest.split_at_mut(kb * mr);
+                    jobs.push((pc, r, dst));
                     rest = tail;
                 }
             }
-            let pack = |(pc, q, dst): (usize, usize, &mut [T])| {
-                let kb = dst.len() / nr;
-                tile::run(isa, mr, PackB { p: &p, dst, j0: jc + q * nr, cols: nr.min(jn - q * nr), p0: pc, kc: kb })
-            };
-            if parallel {
-                jobs.into_par_iter().for_each(pack);
-            } else {
-                jobs.into_iter().for_each(pack);
-            }
+            run_all(parallel, jobs, |(pc, r, dst): (usize, usize, &mut [T])| {
+                let kb = dst.len() / mr;
+                tile::run(isa, mr, PackA { p, dst, i0: ic + r * mr, rows: mr.min(ih - r * mr), p0: pc, kc: kb })
+            });
             let mut at = 0;
-            let blocks: Vec<Block<'_, T>> = group
+            let a_blocks: Vec<&[T]> = group
                 .iter()
-                .map(|&(pc, kb)| {
-                    let b = &bp[at..at + npanels * kb * nr];
-                    at += npanels * kb * nr;
-                    Block { jc, jn, pc, kb, b }
+                .map(|&(_, kb)| {
+                    let a = &ap[at..at + a_panels(ih) * kb * mr];
+                    at += a.len();
+                    a
                 })
                 .collect();
-            // Tasks: row blocks × groups of B panels (a C with few rows is split by columns too).
-            let row_tasks = m.div_ceil(mt);
-            let per_group = npanels.div_ceil(tasks.div_ceil(row_tasks).min(npanels));
-            let groups = npanels.div_ceil(per_group);
-            let task = |t: usize| {
-                let (r, g) = (t / groups, t % groups);
-                let q = g * per_group..((g + 1) * per_group).min(npanels);
-                blocks.iter().try_for_each(|b| {
-                    tile::run(isa, mr, RowTask { op, p: &p, b, inplace, i0: r * mt, i1: ((r + 1) * mt).min(m), q: q.clone(), c: out })
-                })
-            };
-            if parallel {
-                (0..row_tasks * groups).into_par_iter().try_for_each(task)?;
-            } else {
-                (0..row_tasks * groups).try_for_each(task)?;
+            for jc in (0..n).step_by(nc) {
+                let jn = nc.min(n - jc);
+                let npanels = jn.div_ceil(nr);
+                // The group's B blocks, packed once and shared by every row task (block after block,
+                // each as NR-wide panels of its kb rows).
+                let mut jobs: Vec<(usize, usize, &mut [T])> = Vec::with_capacity(group.len() * npanels);
+                let mut rest = &mut bp[..];
+                for &(pc, kb) in group {
+                    for q in 0..npanels {
+                        let (dst, tail) = rest.split_at_mut(kb * nr);
+                        // A full panel of an op(B) read in place is not copied.
+                        if !(inplace.b && (q + 1) * nr <= jn) {
+                            jobs.push((pc, q, dst));
+                        }
+                        rest = tail;
+                    }
+                }
+                run_all(parallel, jobs, |(pc, q, dst): (usize, usize, &mut [T])| {
+                    let kb = dst.len() / nr;
+                    tile::run(isa, mr, PackB { p, dst, j0: jc + q * nr, cols: nr.min(jn - q * nr), p0: pc, kc: kb })
+                });
+                let mut at = 0;
+                let blocks: Vec<Block<'_, T>> = group
+                    .iter()
+                    .zip(&a_blocks)
+                    .map(|(&(pc, kb), &a)| {
+                        let b = &bp[at..at + npanels * kb * nr];
+                        at += npanels * kb * nr;
+                        Block { jc, jn, pc, kb, a, b }
+                    })
+                    .collect();
+                // Tasks: rows of the A block × groups of B panels (a C with few rows is split by
+                // columns too).
+                let mt = even(ih, ih.div_ceil(tasks).max(mr), mr);
+                let row_tasks = ih.div_ceil(mt);
+                let per_group = npanels.div_ceil(tasks.div_ceil(row_tasks).min(npanels));
+                let groups = npanels.div_ceil(per_group);
+                let task = |t: usize| {
+                    let (r, g) = (t / groups, t % groups);
+                    let q = g * per_group..((g + 1) * per_group).min(npanels);
+                    let (i0, i1) = (ic + r * mt, (ic + (r + 1) * mt).min(ic + ih));
+                    blocks.iter().for_each(|b| tile::run(isa, mr, RowTask { p, b, inplace, ic, i0, i1, q: q.clone(), c: out }))
+                };
+                if parallel {
+                    (0..row_tasks * groups).into_par_iter().for_each(task);
+                } else {
+                    (0..row_tasks * groups).for_each(task);
+                }
             }
         }
     }
+    pool::recycle(a_buf);
     pool::recycle(b_buf);
     Ok(())
 }
@@ -332,12 +390,14 @@ fn copy_upto<T: Copy, const N: usize>(dst: &mut [T], src: &[T], w: usize) {
     }
 }
 
-/// One packed B block: columns jc..jc + jn, k steps pc..pc + kb, as NR-wide panels.
+/// One k block of the product: op(B)'s columns jc..jc + jn and k steps pc..pc + kb as NR-wide packed
+/// panels, beside the A block's MR-tall packed panels of the same steps.
 pub(super) struct Block<'a, T> {
     jc: usize,
     jn: usize,
     pc: usize,
     kb: usize,
+    a: &'a [T],
     b: &'a [T],
 }
 
@@ -361,6 +421,24 @@ impl<T: Float> TileJob<T> for TransposeBack<'_, T> {
     }
 }
 
+/// Packs one A panel (see [`Problem::pack_a`]).
+struct PackA<'a, T> {
+    p: &'a Problem<'a, T>,
+    dst: &'a mut [T],
+    i0: usize,
+    rows: usize,
+    p0: usize,
+    kc: usize,
+}
+
+impl<T: Float> TileJob<T> for PackA<'_, T> {
+    type Out = ();
+    #[inline(always)]
+    fn run<R: Transpose<T>, const MR: usize, const NV: usize>(self) {
+        self.p.pack_a::<R, MR>(self.dst, self.i0, self.rows, self.p0, self.kc)
+    }
+}
+
 /// Packs one B panel (see [`Problem::pack_b`]).
 struct PackB<'a, T> {
     p: &'a Problem<'a, T>,
@@ -379,13 +457,13 @@ impl<T: Float> TileJob<T> for PackB<'_, T> {
     }
 }
 
-/// Rows i0..i1 of C against the panels `q` of one packed B block: packs the rows' A block (MR-tall
-/// panels, its own buffer), then for each A panel (stays in L1) sweeps the B panels (stream from L2).
+/// Rows i0..i1 of C (inside the A block that starts at row ic) against the panels `q` of one k block:
+/// for each A panel (stays in L1) sweeps the B panels (stream from L2).
 struct RowTask<'a, T> {
-    op: &'static str,
     p: &'a Problem<'a, T>,
     b: &'a Block<'a, T>,
     inplace: InPlace,
+    ic: usize,
     i0: usize,
     i1: usize,
     q: Range<usize>,
@@ -393,25 +471,18 @@ struct RowTask<'a, T> {
 }
 
 impl<T: Float> TileJob<T> for RowTask<'_, T> {
-    type Out = Result<()>;
+    type Out = ();
     #[inline(always)]
-    fn run<R: Transpose<T>, const MR: usize, const NV: usize>(self) -> Result<()> {
-        let RowTask { op, p, b, inplace, i0, i1, q, c } = self;
-        let (im, kb, nr) = (i1 - i0, b.kb, NV * R::LANES);
-        // Packed A panels: all of them, or with op(A) in place only a partial last one.
-        let packed = if inplace.a { usize::from(!im.is_multiple_of(MR)) } else { im.div_ceil(MR) };
-        let mut a_buf = pool::for_overwrite::<T>(op, packed * MR * kb + 64)?;
-        let ap = aligned(&mut a_buf, packed * MR * kb);
-        for (r, dst) in ap.chunks_exact_mut(kb * MR).enumerate() {
-            let r = if inplace.a { im / MR } else { r };
-            p.pack_a::<R, MR>(dst, i0 + r * MR, MR.min(im - r * MR), b.pc, kb);
-        }
-        for r in 0..im.div_ceil(MR) {
-            let (i, h) = (i0 + r * MR, MR.min(im - r * MR));
+    fn run<R: Transpose<T>, const MR: usize, const NV: usize>(self) {
+        let RowTask { p, b, inplace, ic, i0, i1, q, c } = self;
+        let (kb, nr) = (b.kb, NV * R::LANES);
+        for i in (i0..i1).step_by(MR) {
+            let h = MR.min(i1 - i);
             let a_here = inplace.a && h == MR;
+            // Panel (i − ic) / MR of the A block (with op(A) in place, the one packed: the last).
             let a_packed = || {
-                let r = if inplace.a { 0 } else { r };
-                PackedA::new(&ap[r * kb * MR..(r + 1) * kb * MR], kb, MR)
+                let r = if inplace.a { 0 } else { (i - ic) / MR };
+                PackedA::new(&b.a[r * kb * MR..(r + 1) * kb * MR], kb, MR)
             };
             let (off, rs, ks) = if p.ta { (b.pc * p.m + i, 1, p.m) } else { (i * p.k + b.pc, p.k, 1) };
             for q in q.clone() {
@@ -435,8 +506,6 @@ impl<T: Float> TileJob<T> for RowTask<'_, T> {
                 }
             }
         }
-        pool::recycle(a_buf);
-        Ok(())
     }
 }
 

@@ -116,6 +116,41 @@ fn single_row_or_column_of_tiles_gives_the_bits_of_the_fma_chain() {
     }
 }
 
+/// Tiny blocks (16 k steps, 2 tiles of rows and of columns), so that small products run every loop of
+/// the nest many times over: A blocks after the first (several ic), k blocks packed one per region and
+/// all at once, B blocks after the first, on one thread and split into tasks; every instruction set
+/// and layout gives the bits of the FMA chain.
+#[test]
+fn small_blocks_reach_every_loop_and_keep_the_bits() {
+    for (m, k, n) in [(100, 130, 90), (61, 40, 200), (7, 300, 33), (130, 9, 5)] {
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1013) as f32).sin()).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729 % 997) as f32).cos()).collect();
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let want: Vec<u32> = reference(&a, &b, m, k, n, ta, tb).iter().map(|x| x.to_bits()).collect();
+            for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512].into_iter().filter(|&i| i <= detect()) {
+                let (mr, nr) = f32::tile(isa, m);
+                for (kc, whole) in [(16, false), (16, true)] {
+                    // nc · kc below k · n keeps one k block per region; a large budget packs them all.
+                    let bl = Blocks { kc, mc: 2 * mr, nc: if whole { 64 * nr } else { 2 * nr } };
+                    for t in [1, 3] {
+                        let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+                        let got = pool.install(|| {
+                            let mut c = vec![0f32; m * n];
+                            let p = Problem { a: &a, b: &b, m, k, n, ta, tb };
+                            blocked("test", &mut c, &p, isa, (mr, nr), bl).unwrap();
+                            c
+                        });
+                        assert!(
+                            got.iter().map(|x| x.to_bits()).eq(want.iter().copied()),
+                            "{isa:?} {m}x{k}x{n} ta={ta} tb={tb} {bl:?} on {t} threads"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn cache_sizes_and_blocks_are_sane() {
     let c = Caches::get();
