@@ -122,22 +122,23 @@ fn single_row_or_column_of_tiles_gives_the_bits_of_the_fma_chain() {
 /// and layout gives the bits of the FMA chain.
 #[test]
 fn small_blocks_reach_every_loop_and_keep_the_bits() {
-    for (m, k, n) in [(100, 130, 90), (61, 40, 200), (7, 300, 33), (130, 9, 5)] {
+    for (m, k, n) in [(100, 130, 90), (61, 40, 200), (7, 300, 33), (130, 9, 5), (40, 20, 1400)] {
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1013) as f32).sin()).collect();
         let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729 % 997) as f32).cos()).collect();
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             let want: Vec<u32> = reference(&a, &b, m, k, n, ta, tb).iter().map(|x| x.to_bits()).collect();
             for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512].into_iter().filter(|&i| i <= detect()) {
                 let (mr, nr) = f32::tile(isa, m);
-                for (kc, whole) in [(16, false), (16, true)] {
-                    // nc · kc below k · n keeps one k block per region; a large budget packs them all.
-                    let bl = Blocks { kc, mc: 2 * mr, nc: if whole { 64 * nr } else { 2 * nr } };
+                // nc · kc below k · n keeps one k block per region, a large budget packs them all;
+                // split 0 shares the blocks between threads, usize::MAX runs one part per thread.
+                for (whole, split) in [(false, 0), (true, 0), (false, usize::MAX), (true, usize::MAX)] {
+                    let bl = Blocks { kc: 16, mc: 2 * mr, nc: if whole { 64 * nr } else { 2 * nr }, split };
                     for t in [1, 3] {
                         let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
                         let got = pool.install(|| {
                             let mut c = vec![0f32; m * n];
                             let p = Problem { a: &a, b: &b, m, k, n, ta, tb };
-                            blocked("test", &mut c, &p, isa, (mr, nr), bl).unwrap();
+                            product("test", &mut c, &p, isa, (mr, nr), bl).unwrap();
                             c
                         });
                         assert!(
