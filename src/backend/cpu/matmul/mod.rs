@@ -209,7 +209,7 @@ unsafe fn blocked<T: Tiled>(
     // its L3-resident operand outermost for the same reason: a 2048³ product repacked A once per B
     // block, 11 times, a tenth of its time).
     let mc = even(rows.len(), (bl.mc * bl.kc * if parallel { threads } else { 1 } / group_k).max(mr), mr);
-    let a_panels = |rows: usize| if inplace.a { usize::from(!rows.is_multiple_of(mr)) } else { rows.div_ceil(mr) };
+    let a_panels = |h: usize| if inplace.a { usize::from(!h.is_multiple_of(mr)) } else { h.div_ceil(mr) };
     // (mc is whole panels, so only the last A block can end in a partial one.)
     let a_cap = if inplace.a { a_panels(rows.len()) } else { a_panels(mc.min(rows.len())) } * mr * group_k;
     let b_cap = if whole_k { k * nc.min(cols.len()).div_ceil(nr) * nr } else { kc * nc };
@@ -240,7 +240,7 @@ unsafe fn blocked<T: Tiled>(
             }
             run_all(parallel, jobs, |(pc, r, dst): (usize, usize, &mut [T])| {
                 let kb = dst.len() / mr;
-                tile::run(isa, mr, PackA { p, dst, i0: ic + r * mr, rows: mr.min(ih - r * mr), p0: pc, kc: kb })
+                tile::run(isa, mr, Pack { p, a: true, dst, at: ic + r * mr, len: mr.min(ih - r * mr), p0: pc, kc: kb })
             });
             let mut at = 0;
             let a_blocks: Vec<&[T]> = group
@@ -270,7 +270,7 @@ unsafe fn blocked<T: Tiled>(
                 }
                 run_all(parallel, jobs, |(pc, q, dst): (usize, usize, &mut [T])| {
                     let kb = dst.len() / nr;
-                    tile::run(isa, mr, PackB { p, dst, j0: jc + q * nr, cols: nr.min(jn - q * nr), p0: pc, kc: kb })
+                    tile::run(isa, mr, Pack { p, a: false, dst, at: jc + q * nr, len: nr.min(jn - q * nr), p0: pc, kc: kb })
                 });
                 let mut at = 0;
                 let blocks: Vec<Block<'_, T>> = group
@@ -470,39 +470,28 @@ impl<T: Float> TileJob<T> for TransposeBack<'_, T> {
     }
 }
 
-/// Packs one A panel (see [`Problem::pack_a`]).
-struct PackA<'a, T> {
+/// Packs one panel: of op(A) (`a`: rows at..at + len, see [`Problem::pack_a`]) or of op(B) (columns
+/// at..at + len, see [`Problem::pack_b`]), k steps p0..p0 + kc.
+struct Pack<'a, T> {
     p: &'a Problem<'a, T>,
+    a: bool,
     dst: &'a mut [T],
-    i0: usize,
-    rows: usize,
+    at: usize,
+    len: usize,
     p0: usize,
     kc: usize,
 }
 
-impl<T: Float> TileJob<T> for PackA<'_, T> {
+impl<T: Float> TileJob<T> for Pack<'_, T> {
     type Out = ();
     #[inline(always)]
     fn run<R: Transpose<T>, const MR: usize, const NV: usize>(self) {
-        self.p.pack_a::<R, MR>(self.dst, self.i0, self.rows, self.p0, self.kc)
-    }
-}
-
-/// Packs one B panel (see [`Problem::pack_b`]).
-struct PackB<'a, T> {
-    p: &'a Problem<'a, T>,
-    dst: &'a mut [T],
-    j0: usize,
-    cols: usize,
-    p0: usize,
-    kc: usize,
-}
-
-impl<T: Float> TileJob<T> for PackB<'_, T> {
-    type Out = ();
-    #[inline(always)]
-    fn run<R: Transpose<T>, const MR: usize, const NV: usize>(self) {
-        self.p.pack_b::<R, NV>(self.dst, self.j0, self.cols, self.p0, self.kc)
+        let Pack { p, a, dst, at, len, p0, kc } = self;
+        if a {
+            p.pack_a::<R, MR>(dst, at, len, p0, kc)
+        } else {
+            p.pack_b::<R, NV>(dst, at, len, p0, kc)
+        }
     }
 }
 
