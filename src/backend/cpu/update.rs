@@ -70,7 +70,7 @@ mod tests {
     fn fused_updates_give_the_scalar_formula_bits_at_every_isa() {
         for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
             set_isa_cap(isa);
-            for n in [0, 5, 16, 37, 40_003] {
+            for n in [0, 5, 16, 37, 255, 256, 257, 40_003] {
                 let (p, g, b) = (data(n, 1), data(n, 2), data(n, 3));
                 let v: Vec<f32> = data(n, 4).iter().map(|x| x * x).collect();
                 let (lr, wd, mu) = (0.05f32, 1e-3f32, 0.9f32);
