@@ -330,8 +330,17 @@ impl Backend for CpuStorage {
             let (x, w) = (self.get::<T>(op)?, rhs.get::<T>(op)?);
             let mut out = pool::for_overwrite::<T>(op, out_len)?;
             if m * n > 0 {
-                for (bi, c) in out.chunks_mut(m * n).enumerate() {
-                    matmul::matmul_t_into(op, c, &x[bi * m * k..(bi + 1) * m * k], &w[bi * k * n..(bi + 1) * k * n], m, k, n, ta, tb)?;
+                let one = |(bi, c): (usize, &mut [T])| {
+                    matmul::matmul_t_into(op, c, &x[bi * m * k..(bi + 1) * m * k], &w[bi * k * n..(bi + 1) * k * n], m, k, n, ta, tb)
+                };
+                let products = out.chunks_mut(m * n).enumerate();
+                // Products too small to split (each runs on one thread) run side by side instead:
+                // attention's per-head products in a small transformer. Same bits either way.
+                let macs = m.saturating_mul(k).saturating_mul(n);
+                if batches > 1 && macs <= matmul::SEQUENTIAL_MACS && macs.saturating_mul(batches) > matmul::SEQUENTIAL_MACS {
+                    products.collect::<Vec<_>>().into_par_iter().try_for_each(one)?;
+                } else {
+                    products.into_iter().try_for_each(one)?;
                 }
             }
             Ok(Self::wrap(out))

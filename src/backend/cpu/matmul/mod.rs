@@ -54,7 +54,7 @@ use rayon::prelude::*;
 use std::ops::Range;
 
 /// Products of at most this many multiply-adds (about 10 µs of one core) run on the calling thread.
-const SEQUENTIAL_MACS: usize = 1 << 20;
+pub(super) const SEQUENTIAL_MACS: usize = 1 << 20;
 
 /// Products of at most this many multiply-adds (about 100 µs of two cores) run as one part of C per
 /// thread, in one parallel region (see [`product`]); larger ones share their packed blocks between
