@@ -5,7 +5,9 @@
 //! transposed copy (the kernel packs its operands anyway). The VJP of a product is a pair of products
 //! of the same family — for C = A·B, dA = G·Bᵀ and dB = Aᵀ·G — so it needs no transposes either, and
 //! its derivative is again such products. Broadcast batch dimensions go through the differentiable
-//! `broadcast_to`, whose VJP sums them back.
+//! `broadcast_to`, whose VJP sums them back, except for the commonest case, a batched `a` times a
+//! matrix `b` (a linear layer on a [batch, tokens, features] input): that is one product of all of
+//! `a`'s rows, through `reshape`, with no copy of `b` (see `flat_rows`).
 
 use super::same_dtype_t;
 use crate::backend::spec::MatmulShape;
