@@ -49,7 +49,8 @@ fn with_batch(batch: &Shape, d: &[usize]) -> Shape {
 /// [batch, tokens, features] input is then one product instead of one per batch entry against a
 /// broadcast copy of the weight: the same bits in the value and in dA (each element is the same FMA
 /// chain over k, or over n), one FMA chain over all rows in dB (instead of a chain per batch entry
-/// and a sum of those), and on the GPT of `examples/step_speed` a fifth less time per training step.
+/// and a sum of those). On the GPT of `examples/step_speed` (Zen 3, 2 threads) a training step took
+/// 5.3 ms with per-entry products run side by side and 4.6 ms as one product.
 fn flat_rows(a: &[usize], b: &[usize], ta: bool, tb: bool) -> Option<(Shape, Shape)> {
     let ([batch @ .., m, k], &[b0, b1]) = (a, b) else { return None };
     let n = if tb { b0 } else { b1 };
