@@ -7,6 +7,7 @@
 //! instruction and give the same bits as the portable ones (the same IEEE operations per element).
 
 use super::float::Float;
+use super::math;
 use super::simd::multiversion;
 use super::{best_isa, for_chunks, pool, Isa, CHUNK};
 use crate::backend::spec::{broadcast_strides, BinaryOp, UnaryOp};
@@ -46,17 +47,8 @@ impl UnaryOp {
             UnaryOp::Erf => x.erf(),
             // mul_scalar and add_scalar are fused multiply-adds with 0 and 1 (so −0 becomes +0 as
             // in the composite ops).
-            UnaryOp::Gelu => c(0.5).mul_add(x, T::ZERO) * c(FRAC_1_SQRT_2).mul_add(x, T::ZERO).erf().mul_add(T::ONE, T::ONE),
-            UnaryOp::GeluGrad => {
-                let cdf = c(0.5) * (c(FRAC_1_SQRT_2) * x).erf().mul_add(T::ONE, T::ONE);
-                let pdf = (c(-0.5) * x * x).exp() * c(FRAC_1_SQRT_2 * FRAC_2_SQRT_PI * 0.5);
-                // pdf = 0 for |x| ≥ 14 (f32) or 38.6 (f64): the derivative is Φ(x), also at ±∞.
-                if pdf == T::ZERO {
-                    cdf
-                } else {
-                    x.mul_add(pdf, cdf)
-                }
-            }
+            UnaryOp::Gelu => gelu_from(x, gelu_erf_arg(x).erf()),
+            UnaryOp::GeluGrad => gelu_grad_from(x, gelu_grad_erf_arg(x).erf(), gelu_grad_exp_arg(x).exp()),
             UnaryOp::Sin => x.sin(),
             UnaryOp::Cos => x.cos(),
             UnaryOp::Powf(p) => x.powf(c(p)),
@@ -101,6 +93,91 @@ impl UnaryOp {
                 }
             }
         }
+    }
+}
+
+impl UnaryOp {
+    /// Whether the loops run this function a block at a time ([`UnaryOp::apply_block`]): those whose
+    /// cost is a polynomial (exp, tanh, erf and the GELUs).
+    fn has_block_form(self) -> bool {
+        matches!(self, UnaryOp::Exp | UnaryOp::Tanh | UnaryOp::Erf | UnaryOp::Gelu | UnaryOp::GeluGrad)
+    }
+
+    /// The function on a block of values, with the same bits as [`UnaryOp::apply`] on each: the
+    /// transcendental part runs the block's values side by side (see [`super::math`]); functions
+    /// without a block form ([`UnaryOp::has_block_form`]) go one by one.
+    #[inline(always)]
+    fn apply_block<T: Float>(self, x: &[T; math::BLOCK]) -> [T; math::BLOCK] {
+        let mut y = *x;
+        match self {
+            UnaryOp::Exp => y = T::exp_block(x),
+            UnaryOp::Tanh => y = T::tanh_block(x),
+            UnaryOp::Erf => y = T::erf_block(x),
+            UnaryOp::Gelu => {
+                let mut a = *x;
+                for a in &mut a {
+                    *a = gelu_erf_arg(*a);
+                }
+                let e = T::erf_block(&a);
+                for ((y, &x), &e) in y.iter_mut().zip(x).zip(&e) {
+                    *y = gelu_from(x, e);
+                }
+            }
+            UnaryOp::GeluGrad => {
+                let (mut a, mut b) = (*x, *x);
+                for (a, b) in a.iter_mut().zip(&mut b) {
+                    (*a, *b) = (gelu_grad_erf_arg(*a), gelu_grad_exp_arg(*b));
+                }
+                let (e, p) = (T::erf_block(&a), T::exp_block(&b));
+                for (((y, &x), &e), &p) in y.iter_mut().zip(x).zip(&e).zip(&p) {
+                    *y = gelu_grad_from(x, e, p);
+                }
+            }
+            _ => {
+                for y in &mut y {
+                    *y = self.apply(*y);
+                }
+            }
+        }
+        y
+    }
+}
+
+/// GELU's erf argument x/√2 (a fused multiply-add with 0, as the composite's mul_scalar: −0 becomes
+/// +0).
+#[inline(always)]
+fn gelu_erf_arg<T: Float>(x: T) -> T {
+    T::from_f64(FRAC_1_SQRT_2).mul_add(x, T::ZERO)
+}
+
+/// GELU from x and erf(x/√2): x/2 · (1 + erf), with the composite's mul_scalar and add_scalar.
+#[inline(always)]
+fn gelu_from<T: Float>(x: T, erf: T) -> T {
+    T::from_f64(0.5).mul_add(x, T::ZERO) * erf.mul_add(T::ONE, T::ONE)
+}
+
+/// GELU's derivative's erf argument x/√2.
+#[inline(always)]
+fn gelu_grad_erf_arg<T: Float>(x: T) -> T {
+    T::from_f64(FRAC_1_SQRT_2) * x
+}
+
+/// GELU's derivative's exp argument −x²/2.
+#[inline(always)]
+fn gelu_grad_exp_arg<T: Float>(x: T) -> T {
+    T::from_f64(-0.5) * x * x
+}
+
+/// GELU's derivative Φ(x) + x·φ(x) from x, erf(x/√2) and e^(−x²/2).
+#[inline(always)]
+fn gelu_grad_from<T: Float>(x: T, erf: T, exp: T) -> T {
+    let cdf = T::from_f64(0.5) * erf.mul_add(T::ONE, T::ONE);
+    let pdf = exp * T::from_f64(FRAC_1_SQRT_2 * FRAC_2_SQRT_PI * 0.5);
+    // pdf = 0 for |x| ≥ 14 (f32) or 38.6 (f64): the derivative is Φ(x), also at ±∞.
+    if pdf == T::ZERO {
+        cdf
+    } else {
+        x.mul_add(pdf, cdf)
     }
 }
 
@@ -149,7 +226,8 @@ pub(crate) fn unary<T: Float>(op: &'static str, xs: &[T], f: UnaryOp) -> Result<
     Ok(out)
 }
 
-/// out[i] = f(xs[i]), one loop per variant of `f`: each arm rebuilds its variant from the bound
+/// out[i] = f(xs[i]): a block at a time for the functions with a block form (the same bits, faster:
+/// see [`super::math`]), else one loop per variant of `f`: each arm rebuilds its variant from the bound
 /// parameters, so the discriminant is a constant in its loop, the per-element `match` of
 /// [`UnaryOp::apply`] folds away and simple bodies vectorize. `S` only picks the copy: everything
 /// here is inlined into [`unary_slice`]'s `#[target_feature]` copies, so the element function is
@@ -165,6 +243,19 @@ fn unary_rows<T: Float, S>(out: &mut [T], xs: &[T], f: UnaryOp) {
         };
     }
     use UnaryOp::*;
+    if f.has_block_form() {
+        let mut oc = out.chunks_exact_mut(math::BLOCK);
+        let mut xc = xs.chunks_exact(math::BLOCK);
+        for (o, x) in (&mut oc).zip(&mut xc) {
+            if let (Ok(o), Ok(x)) = (<&mut [T; math::BLOCK]>::try_from(o), <&[T; math::BLOCK]>::try_from(x)) {
+                *o = f.apply_block(x);
+            }
+        }
+        for (o, &x) in oc.into_remainder().iter_mut().zip(xc.remainder()) {
+            *o = f.apply(x);
+        }
+        return;
+    }
     per_variant!(
         Neg => Neg, Exp => Exp, Log => Log, Tanh => Tanh, Sigmoid => Sigmoid, Relu => Relu, Sqrt => Sqrt,
         Rsqrt => Rsqrt, Abs => Abs, Square => Square, Erf => Erf, Sin => Sin, Cos => Cos, Powf(p) => Powf(p),
@@ -452,6 +543,31 @@ mod tests {
                 assert!(same(&run(isa), &reference), "{f:?} differs on {isa:?}: {:?}", bits(&run(isa)));
             }
         }
+    }
+
+    /// The block path of the loops (exp, tanh, erf, the GELUs) against [`UnaryOp::apply`] on each
+    /// value, bit for bit, on every ISA; 4,008 arguments, so a partial block is left over.
+    fn unary_blocks_give_the_bits_of_apply<T: Float>() {
+        let xs = args::<T>();
+        for f in [UnaryOp::Exp, UnaryOp::Tanh, UnaryOp::Erf, UnaryOp::Gelu, UnaryOp::GeluGrad] {
+            assert!(f.has_block_form(), "{f:?} has a block form");
+            let want: Vec<T> = xs.iter().map(|&x| f.apply(x)).collect();
+            for isa in isas() {
+                let mut out = vec![T::ZERO; xs.len()];
+                unary_slice(isa, &mut out, &xs, f);
+                assert!(same(&out, &want), "{f:?} in blocks differs from one by one on {isa:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn unary_blocks_give_the_bits_of_apply_f32() {
+        unary_blocks_give_the_bits_of_apply::<f32>();
+    }
+
+    #[test]
+    fn unary_blocks_give_the_bits_of_apply_f64() {
+        unary_blocks_give_the_bits_of_apply::<f64>();
     }
 
     fn binary_agrees_across_isas<T: Float>() {

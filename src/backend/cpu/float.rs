@@ -3,6 +3,7 @@
 //! Kernels are written once, generic over [`Float`], and instantiated for the runtime [`DType`] with
 //! [`with_float!`] (the same idea as candle's `cpu_backend/utils.rs`).
 
+use super::math::BLOCK;
 use crate::dtype::Element;
 
 /// A compute element type (f32 or f64) with the math the kernels need.
@@ -48,10 +49,17 @@ pub(crate) trait Float:
     fn is_finite(self) -> bool;
     /// Whether the value is NaN.
     fn is_nan(self) -> bool;
+    /// [`Float::exp`] on a block: the same bits as one by one (f32 runs the block's values side by
+    /// side, see [`super::math`]).
+    fn exp_block(x: &[Self; BLOCK]) -> [Self; BLOCK];
+    /// [`Float::tanh`] on a block, as [`Float::exp_block`].
+    fn tanh_block(x: &[Self; BLOCK]) -> [Self; BLOCK];
+    /// [`Float::erf`] on a block, as [`Float::exp_block`].
+    fn erf_block(x: &[Self; BLOCK]) -> [Self; BLOCK];
 }
 
 macro_rules! float {
-    ($t:ident, $exp:path, $erf:path, $tanh:path, $sin:path, $cos:path) => {
+    ($t:ident, $exp:path, $erf:path, $tanh:path, $sin:path, $cos:path, $blocks:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -104,6 +112,21 @@ macro_rules! float {
             fn is_nan(self) -> bool {
                 $t::is_nan(self)
             }
+            #[inline(always)]
+            fn exp_block(x: &[Self; BLOCK]) -> [Self; BLOCK] {
+                use $blocks as b;
+                b::exp(x)
+            }
+            #[inline(always)]
+            fn tanh_block(x: &[Self; BLOCK]) -> [Self; BLOCK] {
+                use $blocks as b;
+                b::tanh(x)
+            }
+            #[inline(always)]
+            fn erf_block(x: &[Self; BLOCK]) -> [Self; BLOCK] {
+                use $blocks as b;
+                b::erf(x)
+            }
         }
     };
 }
@@ -112,8 +135,30 @@ macro_rules! float {
 // `mul_add` is one instruction); f64 exp and tanh: the platform's libm; f64 erf: the libm crate's. sin and
 // cos: the libm crate's (pure Rust, so the same bits on every platform), f32 computed in f64 and
 // rounded once.
-float!(f32, super::math::exp_f32, super::math::erf_f32, super::math::tanh_f32, super::math::sin_f32, super::math::cos_f32);
-float!(f64, f64::exp, libm::erf, f64::tanh, libm::sin, libm::cos);
+float!(f32, super::math::exp_f32, super::math::erf_f32, super::math::tanh_f32, super::math::sin_f32, super::math::cos_f32, f32_blocks);
+float!(f64, f64::exp, libm::erf, f64::tanh, libm::sin, libm::cos, f64_blocks);
+
+/// The block forms of f32's functions: [`super::math`]'s, which run the block's values side by side.
+mod f32_blocks {
+    pub(super) use super::super::math::{erf_f32_block as erf, exp_f32_block as exp, tanh_f32_block as tanh};
+}
+
+/// The block forms of f64's functions: one value at a time (libm's, which do not vectorize).
+mod f64_blocks {
+    use super::BLOCK;
+    #[inline(always)]
+    pub(super) fn exp(x: &[f64; BLOCK]) -> [f64; BLOCK] {
+        x.map(f64::exp)
+    }
+    #[inline(always)]
+    pub(super) fn tanh(x: &[f64; BLOCK]) -> [f64; BLOCK] {
+        x.map(f64::tanh)
+    }
+    #[inline(always)]
+    pub(super) fn erf(x: &[f64; BLOCK]) -> [f64; BLOCK] {
+        x.map(libm::erf)
+    }
+}
 
 /// Runs `$body` with the type alias `$T` bound to f32 or f64 according to `$dtype`; a storage-only
 /// dtype returns an [`crate::Error::DType`] naming `$op`. The body runs inside
