@@ -1,5 +1,13 @@
-//! The GEMM on strips: an 8-row register tile of explicit SIMD fused multiply-adds (registers from
-//! `cpu::simd`), and the per-thread scratch buffers the passes carve their strips from.
+//! The GEMM on strips: a register tile of explicit SIMD fused multiply-adds (registers from
+//! `cpu::simd`) over A panels of 8 rows, and the per-thread scratch buffers the passes carve their
+//! strips from.
+//!
+//! The tile is 8 rows × two registers with AVX-512 (16 of its 32 registers accumulate), 4 rows × two
+//! with AVX2 (8 of 16, leaving room for the two B rows and the broadcast; an 8-row panel is two
+//! tiles), 8 × one portable. Its k loop reads raw pointers after one bounds check per tile. Measured on
+//! a Zen 3 against the earlier 8 × one AVX2 tile with per-step slice checks, n = 128–512, d = 64, 4
+//! heads, 3 interleaved rounds: forward 25–40% and backward 20–35% less time, backward-over-backward
+//! 25–40%.
 
 use crate::backend::cpu::float::Float;
 use crate::backend::cpu::simd::{Reg, Simd};
@@ -53,13 +61,15 @@ pub(super) fn gemm<T: Float, S: Simd>(
     }
     // Float is implemented for f32 and f64 only, so these casts are identities.
     use bytemuck::{cast_slice as cs, cast_slice_mut as cm};
-    // Two AVX-512 registers per tile row; one otherwise.
-    let nv = if S::ISA == Isa::Avx512 { 2 } else { 1 };
-    match (T::DTYPE, nv) {
-        (DType::F32, 2) => tiles::<f32, S::R32, 2>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc, cm(edge)),
-        (DType::F32, _) => tiles::<f32, S::R32, 1>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc, cm(edge)),
-        (_, 2) => tiles::<f64, S::R64, 2>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc, cm(edge)),
-        _ => tiles::<f64, S::R64, 1>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc, cm(edge)),
+    // AVX-512: 8 rows × two registers (16 of 32 registers accumulate); AVX2: 4 rows × two (8 of 16,
+    // leaving room for the two B rows and the broadcast); portable: 8 rows × one.
+    match (T::DTYPE, S::ISA) {
+        (DType::F32, Isa::Avx512) => tiles::<f32, S::R32, 2, 8>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc, cm(edge)),
+        (DType::F32, Isa::Avx2) => tiles::<f32, S::R32, 2, 4>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc, cm(edge)),
+        (DType::F32, _) => tiles::<f32, S::R32, 1, 8>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc, cm(edge)),
+        (_, Isa::Avx512) => tiles::<f64, S::R64, 2, 8>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc, cm(edge)),
+        (_, Isa::Avx2) => tiles::<f64, S::R64, 2, 4>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc, cm(edge)),
+        _ => tiles::<f64, S::R64, 1, 8>(acc, m, n, k, cast_a(a), cs(b), ldb, cm(c), ldc, cm(edge)),
     }
 }
 
@@ -73,7 +83,7 @@ fn cast_a<T: bytemuck::Pod, U: bytemuck::Pod>(a: A<'_, T>) -> A<'_, U> {
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn tiles<T: Float, R: Reg<T>, const NV: usize>(
+fn tiles<T: Float, R: Reg<T>, const NV: usize, const TR: usize>(
     acc: bool,
     m: usize,
     n: usize,
@@ -111,16 +121,19 @@ fn tiles<T: Float, R: Reg<T>, const NV: usize>(
         let w = nr.min(n - j0);
         for p in 0..panels {
             let (ap, stride) = panel(p);
-            tile::<T, R, NV>(acc, MR.min(m - p * MR), w, k, ap, stride, &b[j0..], ldb, &mut c[p * MR * ldc + j0..], ldc);
+            for r0 in (0..MR.min(m - p * MR)).step_by(TR) {
+                let rows = TR.min(m - p * MR - r0);
+                tile::<T, R, NV, TR>(acc, rows, w, k, &ap[r0..], stride, &b[j0..], ldb, &mut c[(p * MR + r0) * ldc + j0..], ldc);
+            }
         }
     }
 }
 
-/// One MR × NV·LANES tile of C (`rows` × `w` of it loaded and stored): element (r, kk) of the A panel
+/// One TR × NV·LANES tile of C (`rows` × `w` of it loaded and stored): element (r, kk) of the A panel
 /// is `ap[kk·stride + r]`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn tile<T: Float, R: Reg<T>, const NV: usize>(
+fn tile<T: Float, R: Reg<T>, const NV: usize, const TR: usize>(
     acc: bool,
     rows: usize,
     w: usize,
@@ -134,7 +147,7 @@ fn tile<T: Float, R: Reg<T>, const NV: usize>(
 ) {
     let l = R::LANES;
     let full = w == NV * l;
-    let mut t = [[R::zero(); NV]; MR];
+    let mut t = [[R::zero(); NV]; TR];
     let mut buf = [T::ZERO; MAX_NR];
     if acc {
         for r in 0..rows {
@@ -150,24 +163,36 @@ fn tile<T: Float, R: Reg<T>, const NV: usize>(
             }
         }
     }
-    for kk in 0..k {
-        #[allow(clippy::unwrap_used)] // infallible: the slice has exactly MR elements
-        let av: &[T; MR] = ap[kk * stride..kk * stride + MR].try_into().unwrap();
-        let brow = &b[kk * ldb..kk * ldb + w];
-        let brow = if full {
-            brow
-        } else {
-            buf[..w].copy_from_slice(brow);
-            &buf[..]
-        };
-        let mut bv = [R::zero(); NV];
-        for v in 0..NV {
-            bv[v] = R::load(&brow[v * l..]);
+    if full {
+        // The hot loop: one bounds check up front, then raw reads (the loop carries nothing else).
+        assert!(ap.len() >= (k - 1) * stride + TR && b.len() >= (k - 1) * ldb + w, "gemm operands shorter than their tiles");
+        let (pa, pb) = (ap.as_ptr(), b.as_ptr());
+        for kk in 0..k {
+            // SAFETY: kk < k, so A's TR values at kk·stride and B's NV·LANES = w at kk·ldb are inside
+            // the slices (asserted above).
+            let bv: [R; NV] = std::array::from_fn(|v| unsafe { R::load_ptr(pb.add(kk * ldb + v * l)) });
+            for (r, tr) in t.iter_mut().enumerate() {
+                // SAFETY: as above.
+                let a = R::splat(unsafe { *pa.add(kk * stride + r) });
+                for (y, &bv) in tr.iter_mut().zip(&bv) {
+                    *y = a.fma(bv, *y);
+                }
+            }
         }
-        for r in 0..MR {
-            let a = R::splat(av[r]);
+    } else {
+        for kk in 0..k {
+            #[allow(clippy::unwrap_used)] // infallible: the slice has exactly TR elements
+            let av: &[T; TR] = ap[kk * stride..kk * stride + TR].try_into().unwrap();
+            buf[..w].copy_from_slice(&b[kk * ldb..kk * ldb + w]);
+            let mut bv = [R::zero(); NV];
             for v in 0..NV {
-                t[r][v] = a.fma(bv[v], t[r][v]);
+                bv[v] = R::load(&buf[v * l..]);
+            }
+            for r in 0..TR {
+                let a = R::splat(av[r]);
+                for v in 0..NV {
+                    t[r][v] = a.fma(bv[v], t[r][v]);
+                }
             }
         }
     }

@@ -24,7 +24,7 @@
 //!   the bits depend on the shapes alone: not on the thread count, the scheduling, or the instruction
 //!   set (the register tile widens with AVX2 or AVX-512; the arithmetic does not change, and a test
 //!   checks it).
-//! - **Fast.** Every product is a small GEMM with an 8-row register tile of explicit SIMD FMAs,
+//! - **Fast.** Every product is a small GEMM with a register tile of explicit SIMD FMAs ([`gemm`]),
 //!   compiled for AVX-512, AVX2+FMA and portable code and picked at run time. Strips are stored
 //!   key-major, which the row-output GEMMs read in place; for the key-output GEMMs they are packed
 //!   into 8-key panels (O(N·block) per strip). The [N, d] inputs are transposed or packed once per
