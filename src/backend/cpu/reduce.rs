@@ -3,6 +3,7 @@
 //! the shape, so the bits do not depend on the thread count.
 
 use super::float::Float;
+use super::math;
 use super::simd::multiversion;
 use super::{best_isa, for_chunks, pool, CHUNK};
 use crate::backend::spec::{AxisView, SoftmaxMode};
@@ -123,15 +124,29 @@ fn softmax_block<T: Float, S>(x: &[T], n: usize, inner: usize, mode: SoftmaxMode
         if !m.is_finite() {
             m = T::ZERO; // all −inf (or inf/NaN): let the arithmetic below propagate it
         }
+        // s = Σ_j e^(x_j − m), j ascending: the exponentials a block at a time (the same bits as one
+        // by one, several times faster: see `math`), the sum in order. Softmax keeps them in y.
         let mut s = T::ZERO;
-        for j in 0..n {
-            s += (at(j) - m).exp();
+        let keep = mode == SoftmaxMode::Softmax;
+        for j0 in (0..n).step_by(math::BLOCK) {
+            let len = math::BLOCK.min(n - j0);
+            let mut e = [T::ZERO; math::BLOCK];
+            for (jj, e) in e.iter_mut().enumerate().take(len) {
+                *e = at(j0 + jj) - m;
+            }
+            let e = T::exp_block(&e);
+            for (jj, &e) in e.iter().enumerate().take(len) {
+                s += e;
+                if keep {
+                    y[(j0 + jj) * inner + i] = e;
+                }
+            }
         }
         match mode {
             SoftmaxMode::Softmax => {
                 let inv = T::ONE / s;
                 for j in 0..n {
-                    y[j * inner + i] = (at(j) - m).exp() * inv;
+                    y[j * inner + i] = y[j * inner + i] * inv;
                 }
             }
             SoftmaxMode::LogSoftmax => {
