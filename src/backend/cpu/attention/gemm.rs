@@ -119,6 +119,15 @@ fn tiles<T: Float, R: Reg<T>, const NV: usize, const TR: usize>(
     let nr = NV * R::LANES;
     for j0 in (0..n).step_by(nr) {
         let w = nr.min(n - j0);
+        if NV > 1 && w <= R::LANES {
+            // Columns for one register only (a head width of 8 f32 with AVX2, or the last columns):
+            // the full-panel tile of one register, rather than half-empty two-register tiles.
+            for p in 0..panels {
+                let (ap, stride) = panel(p);
+                tile::<T, R, 1, MR>(acc, MR.min(m - p * MR), w, k, ap, stride, &b[j0..], ldb, &mut c[p * MR * ldc + j0..], ldc);
+            }
+            continue;
+        }
         for p in 0..panels {
             let (ap, stride) = panel(p);
             for r0 in (0..MR.min(m - p * MR)).step_by(TR) {
