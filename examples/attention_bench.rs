@@ -13,10 +13,11 @@
 //! ```sh
 //! cargo run --release --example attention_bench -- [reps] [n] [d]
 //! ```
-//! prints one JSON object. `benches/jax_attention_hvp.py` times the same workload in JAX.
+//! prints one JSON object, with the machine (CPU model, threads, ISA level, measured f32 FMA peak).
+//! `benches/jax_attention_hvp.py` times the same workload in JAX.
 
 mod common;
-use common::median;
+use common::{median, Machine};
 use metagrad::{grad, hvp, no_grad, DType, Result, Tape, Tensor, Var};
 use std::time::Instant;
 
@@ -99,11 +100,12 @@ fn main() -> Result<()> {
         )
     };
     println!(
-        "{{\"workload\": \"attention_b{b}_h{h}_n{n}_d{d}\", \"dtype\": \"f32\", \"threads\": {}, \"reps\": {reps}, \"fused\": {}, \"composite\": {}, \"bob_speedup_vs_composite\": {:.2}}}",
+        "{{\"workload\": \"attention_b{b}_h{h}_n{n}_d{d}\", \"dtype\": \"f32\", \"threads\": {}, \"reps\": {reps}, \"fused\": {}, \"composite\": {}, \"bob_speedup_vs_composite\": {:.2}, \"machine\": {{{}}}}}",
         rayon::current_num_threads(),
         path(fused),
         path(composite),
-        composite[2] / fused[2]
+        composite[2] / fused[2],
+        Machine::measure().json_fields()
     );
     Ok(())
 }
