@@ -16,10 +16,11 @@
 //! - `bob_ms`: the Hessian-vector product along a fixed random v by reverse over reverse (`hvp`:
 //!   `grad(loss, [w1, w2], true)`, then the gradient of ⟨g, v⟩), after a taped forward (not timed).
 //!
+//! The JSON ends with the machine (CPU model, threads, ISA level, measured f32 FMA peak).
 //! `benches/jax_conv_hvp.py` times the same workload in JAX.
 
 mod common;
-use common::median;
+use common::{median, Machine};
 use metagrad::{grad, hvp, Conv2dOpts, DType, Result, Tape, Tensor, Var};
 use std::time::Instant;
 
@@ -115,11 +116,12 @@ fn main() -> Result<()> {
     };
     let bob = |path: usize| if times[path][2].is_empty() { f64::NAN } else { median(times[path][2].clone()) };
     println!(
-        "{{\"workload\": \"{NAME}\", \"dtype\": \"f32\", \"threads\": {}, \"reps\": {reps}, \"fused\": {}, \"composite\": {}, \"composite_bob_over_fused_bob\": {:.2}}}",
+        "{{\"workload\": \"{NAME}\", \"dtype\": \"f32\", \"threads\": {}, \"reps\": {reps}, \"fused\": {}, \"composite\": {}, \"composite_bob_over_fused_bob\": {:.2}, \"machine\": {{{}}}}}",
         rayon::current_num_threads(),
         fields(0),
         fields(1),
-        bob(1) / bob(0)
+        bob(1) / bob(0),
+        Machine::measure().json_fields()
     );
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! What a metagradient costs next to plain training, measured in one run on the reference problem R1
 //! (f64, CPU): wall time of REPLAY (k-ary tree for several k, revolve) and step-wise AD over the time of
 //! one plain training run, beside the schedule's replayed steps per training step, the peak stored
-//! states and arena bytes. Medians over `--reps` runs (default 7). Prints one JSON object.
+//! states and arena bytes. Medians over `--reps` runs (default 7). Prints one JSON object, ending with
+//! the machine (CPU model, threads, ISA level, measured f32 FMA peak).
 //!
 //! ```sh
 //! cargo run --release --example replay_cost
@@ -12,7 +13,7 @@
 //! `replay_seconds`).
 
 mod common;
-use common::median;
+use common::{median, Machine};
 use metagrad::replay::reference::{Reference, ReferenceProblem};
 use metagrad::replay::{metagradient, train, ScheduleKind, Training};
 use metagrad::DType;
@@ -64,6 +65,11 @@ fn main() -> metagrad::Result<()> {
             mg.stats.arena.total_bytes
         ));
     }
-    println!("{{\"problem\": \"R1\", \"T\": {}, \"reps\": {reps}, \"train_ms\": {train_ms:.3}, {}}}", p.steps(), rows.join(", "));
+    let machine = Machine::measure().json_fields();
+    println!(
+        "{{\"problem\": \"R1\", \"T\": {}, \"reps\": {reps}, \"train_ms\": {train_ms:.3}, {}, \"machine\": {{{machine}}}}}",
+        p.steps(),
+        rows.join(", ")
+    );
     Ok(())
 }
