@@ -59,7 +59,7 @@ pub(crate) trait Float:
 }
 
 macro_rules! float {
-    ($t:ident, $exp:path, $erf:path, $tanh:path, $sin:path, $cos:path, $blocks:path) => {
+    ($t:ident, $exp:path, $erf:path, $tanh:path, $sin:path, $cos:path, [$exp_b:path, $tanh_b:path, $erf_b:path]) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -114,18 +114,15 @@ macro_rules! float {
             }
             #[inline(always)]
             fn exp_block(x: &[Self; BLOCK]) -> [Self; BLOCK] {
-                use $blocks as b;
-                b::exp(x)
+                $exp_b(x)
             }
             #[inline(always)]
             fn tanh_block(x: &[Self; BLOCK]) -> [Self; BLOCK] {
-                use $blocks as b;
-                b::tanh(x)
+                $tanh_b(x)
             }
             #[inline(always)]
             fn erf_block(x: &[Self; BLOCK]) -> [Self; BLOCK] {
-                use $blocks as b;
-                b::erf(x)
+                $erf_b(x)
             }
         }
     };
@@ -135,29 +132,33 @@ macro_rules! float {
 // `mul_add` is one instruction); f64 exp and tanh: the platform's libm; f64 erf: the libm crate's. sin and
 // cos: the libm crate's (pure Rust, so the same bits on every platform), f32 computed in f64 and
 // rounded once.
-float!(f32, super::math::exp_f32, super::math::erf_f32, super::math::tanh_f32, super::math::sin_f32, super::math::cos_f32, f32_blocks);
-float!(f64, f64::exp, libm::erf, f64::tanh, libm::sin, libm::cos, f64_blocks);
+float!(
+    f32,
+    super::math::exp_f32,
+    super::math::erf_f32,
+    super::math::tanh_f32,
+    super::math::sin_f32,
+    super::math::cos_f32,
+    [super::math::exp_f32_block, super::math::tanh_f32_block, super::math::erf_f32_block]
+);
+float!(f64, f64::exp, libm::erf, f64::tanh, libm::sin, libm::cos, [exp_f64_block, tanh_f64_block, erf_f64_block]);
 
-/// The block forms of f32's functions: [`super::math`]'s, which run the block's values side by side.
-mod f32_blocks {
-    pub(super) use super::super::math::{erf_f32_block as erf, exp_f32_block as exp, tanh_f32_block as tanh};
+// The block forms of f64's functions: one value at a time (libm's, which do not vectorize); f32's are
+// `math`'s, which run the block's values side by side.
+
+#[inline(always)]
+fn exp_f64_block(x: &[f64; BLOCK]) -> [f64; BLOCK] {
+    x.map(f64::exp)
 }
 
-/// The block forms of f64's functions: one value at a time (libm's, which do not vectorize).
-mod f64_blocks {
-    use super::BLOCK;
-    #[inline(always)]
-    pub(super) fn exp(x: &[f64; BLOCK]) -> [f64; BLOCK] {
-        x.map(f64::exp)
-    }
-    #[inline(always)]
-    pub(super) fn tanh(x: &[f64; BLOCK]) -> [f64; BLOCK] {
-        x.map(f64::tanh)
-    }
-    #[inline(always)]
-    pub(super) fn erf(x: &[f64; BLOCK]) -> [f64; BLOCK] {
-        x.map(libm::erf)
-    }
+#[inline(always)]
+fn tanh_f64_block(x: &[f64; BLOCK]) -> [f64; BLOCK] {
+    x.map(f64::tanh)
+}
+
+#[inline(always)]
+fn erf_f64_block(x: &[f64; BLOCK]) -> [f64; BLOCK] {
+    x.map(libm::erf)
 }
 
 /// Runs `$body` with the type alias `$T` bound to f32 or f64 according to `$dtype`; a storage-only
