@@ -50,16 +50,25 @@ pub(crate) trait Float:
     /// Whether the value is NaN.
     fn is_nan(self) -> bool;
     /// [`Float::exp`] on a block: the same bits as one by one (f32 runs the block's values side by
-    /// side, see [`super::math`]).
-    fn exp_block(x: &[Self; BLOCK]) -> [Self; BLOCK];
+    /// side, see [`super::math`]; f64's libm calls go one by one).
+    #[inline(always)]
+    fn exp_block(x: &[Self; BLOCK]) -> [Self; BLOCK] {
+        x.map(Self::exp)
+    }
     /// [`Float::tanh`] on a block, as [`Float::exp_block`].
-    fn tanh_block(x: &[Self; BLOCK]) -> [Self; BLOCK];
+    #[inline(always)]
+    fn tanh_block(x: &[Self; BLOCK]) -> [Self; BLOCK] {
+        x.map(Self::tanh)
+    }
     /// [`Float::erf`] on a block, as [`Float::exp_block`].
-    fn erf_block(x: &[Self; BLOCK]) -> [Self; BLOCK];
+    #[inline(always)]
+    fn erf_block(x: &[Self; BLOCK]) -> [Self; BLOCK] {
+        x.map(Self::erf)
+    }
 }
 
 macro_rules! float {
-    ($t:ident, $exp:path, $erf:path, $tanh:path, $sin:path, $cos:path, [$exp_b:path, $tanh_b:path, $erf_b:path]) => {
+    ($t:ident, $exp:path, $erf:path, $tanh:path, $sin:path, $cos:path $(, [$exp_b:path, $tanh_b:path, $erf_b:path])?) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -112,18 +121,20 @@ macro_rules! float {
             fn is_nan(self) -> bool {
                 $t::is_nan(self)
             }
-            #[inline(always)]
-            fn exp_block(x: &[Self; BLOCK]) -> [Self; BLOCK] {
-                $exp_b(x)
-            }
-            #[inline(always)]
-            fn tanh_block(x: &[Self; BLOCK]) -> [Self; BLOCK] {
-                $tanh_b(x)
-            }
-            #[inline(always)]
-            fn erf_block(x: &[Self; BLOCK]) -> [Self; BLOCK] {
-                $erf_b(x)
-            }
+            $(
+                #[inline(always)]
+                fn exp_block(x: &[Self; BLOCK]) -> [Self; BLOCK] {
+                    $exp_b(x)
+                }
+                #[inline(always)]
+                fn tanh_block(x: &[Self; BLOCK]) -> [Self; BLOCK] {
+                    $tanh_b(x)
+                }
+                #[inline(always)]
+                fn erf_block(x: &[Self; BLOCK]) -> [Self; BLOCK] {
+                    $erf_b(x)
+                }
+            )?
         }
     };
 }
@@ -141,25 +152,8 @@ float!(
     super::math::cos_f32,
     [super::math::exp_f32_block, super::math::tanh_f32_block, super::math::erf_f32_block]
 );
-float!(f64, f64::exp, libm::erf, f64::tanh, libm::sin, libm::cos, [exp_f64_block, tanh_f64_block, erf_f64_block]);
-
-// The block forms of f64's functions: one value at a time (libm's, which do not vectorize); f32's are
-// `math`'s, which run the block's values side by side.
-
-#[inline(always)]
-fn exp_f64_block(x: &[f64; BLOCK]) -> [f64; BLOCK] {
-    x.map(f64::exp)
-}
-
-#[inline(always)]
-fn tanh_f64_block(x: &[f64; BLOCK]) -> [f64; BLOCK] {
-    x.map(f64::tanh)
-}
-
-#[inline(always)]
-fn erf_f64_block(x: &[f64; BLOCK]) -> [f64; BLOCK] {
-    x.map(libm::erf)
-}
+// f64 keeps the one-by-one block forms (libm's functions do not vectorize).
+float!(f64, f64::exp, libm::erf, f64::tanh, libm::sin, libm::cos);
 
 /// Runs `$body` with the type alias `$T` bound to f32 or f64 according to `$dtype`; a storage-only
 /// dtype returns an [`crate::Error::DType`] naming `$op`. The body runs inside
